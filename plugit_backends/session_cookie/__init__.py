@@ -1,0 +1,129 @@
+"""The default session backend: the whole session in a signed cookie (itsdangerous).
+
+The cookie is signed (not encrypted) with the proxy's ``secret_key``: users can read but not change
+it, so keep secrets out of sessions.  It is HttpOnly, SameSite=Lax, Secure outside dev mode, and
+expires after ``max_age`` seconds.
+
+Configuration (all optional)::
+
+    session = "cookie"
+
+    [session_cookie]
+    cookie_name = "plugit_session"
+    max_age = 1209600        # seconds (14 days)
+    secure = true            # default: true, false in dev mode
+    samesite = "Lax"         # "Lax", "Strict" or "None" (None requires secure)
+    domain = ""              # default: the host only
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Mapping
+from typing import Any
+
+from itsdangerous import BadSignature, URLSafeTimedSerializer
+from werkzeug.wrappers import Request, Response
+
+from plugit_core.backends import Session
+from plugit_core.config import ConfigError, ProxyConfig
+from plugit_core.hookspecs import hookimpl
+
+__all__ = ["CookieSessionBackend"]
+
+MAX_COOKIE_BYTES = 4000  # browsers drop cookies over 4096 bytes
+
+
+class CookieSessionBackend:
+    """A :class:`plugit_core.backends.SessionBackend` keeping the session in a signed cookie."""
+
+    def __init__(
+        self,
+        secret_key: str,
+        *,
+        cookie_name: str = "plugit_session",
+        max_age: int = 14 * 24 * 3600,
+        secure: bool = True,
+        samesite: str = "Lax",
+        domain: str | None = None,
+    ) -> None:
+        self._serializer = URLSafeTimedSerializer(secret_key, salt="plugit.session")
+        self.cookie_name = cookie_name
+        self.max_age = max_age
+        self.secure = secure
+        self.samesite = samesite
+        self.domain = domain or None
+
+    def open(self, request: Request) -> Session:
+        raw = request.cookies.get(self.cookie_name)
+        if not raw:
+            return Session()
+        try:
+            data = self._serializer.loads(raw, max_age=self.max_age)
+        except (BadSignature, ValueError, TypeError):
+            return Session()
+        if not isinstance(data, dict):
+            return Session()
+        return Session(data, new=False)
+
+    def save(self, session: Session, request: Request, response: Response) -> None:
+        if not session.modified and not session.rotate:
+            return
+        if not session:
+            if not session.new:
+                response.delete_cookie(self.cookie_name, domain=self.domain, path="/")
+            return
+        if session.rotate or "_sid" not in session:
+            dict.__setitem__(session, "_sid", secrets.token_urlsafe(16))
+        value = self._serializer.dumps(dict(session))
+        if len(value) > MAX_COOKIE_BYTES:
+            raise ValueError(
+                f"the session is {len(value)} bytes, over the {MAX_COOKIE_BYTES} "
+                "a cookie can hold; "
+                "use a server-side session backend"
+            )
+        response.set_cookie(
+            self.cookie_name,
+            value,
+            max_age=self.max_age,
+            secure=self.secure,
+            httponly=True,
+            samesite=self.samesite,
+            domain=self.domain,
+            path="/",
+        )
+
+
+def _factory(config: ProxyConfig, section: Mapping[str, Any]) -> CookieSessionBackend:
+    known = {"cookie_name", "max_age", "secure", "samesite", "domain"}
+    unknown = set(section) - known
+    if unknown:
+        raise ConfigError(f"session_cookie.{sorted(unknown)[0]}", "unknown setting", config.source)
+    max_age = section.get("max_age", 14 * 24 * 3600)
+    if isinstance(max_age, bool) or not isinstance(max_age, int) or max_age <= 0:
+        raise ConfigError(
+            "session_cookie.max_age", "expected a whole number of seconds > 0", config.source
+        )
+    samesite = section.get("samesite", "Lax")
+    if samesite not in ("Lax", "Strict", "None"):
+        raise ConfigError("session_cookie.samesite", "must be Lax, Strict or None", config.source)
+    secure = section.get("secure", not config.dev_mode)
+    if not isinstance(secure, bool):
+        raise ConfigError("session_cookie.secure", "expected true or false", config.source)
+    if samesite == "None" and not secure:
+        raise ConfigError(
+            "session_cookie.samesite", "SameSite=None requires secure = true", config.source
+        )
+    return CookieSessionBackend(
+        config.secret_key,
+        cookie_name=str(section.get("cookie_name", "plugit_session")),
+        max_age=max_age,
+        secure=secure,
+        samesite=samesite,
+        domain=section.get("domain") or None,
+    )
+
+
+@hookimpl(trylast=True)
+def plugit_register_backends(register: Any) -> None:
+    register("session", "cookie", _factory)

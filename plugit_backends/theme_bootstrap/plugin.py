@@ -1,0 +1,23 @@
+"""Registers the Bootstrap theme as the ``theme`` backend named ``bootstrap``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from plugit_core.backends import Theme
+from plugit_core.config import ConfigError, ProxyConfig
+from plugit_core.hookspecs import hookimpl
+
+from . import SERVICE_TEMPLATES_DIR, STATIC_DIR, TEMPLATES_DIR
+
+
+def _factory(config: ProxyConfig, section: Mapping[str, Any]) -> Theme:
+    if section:
+        raise ConfigError(f"theme_bootstrap.{sorted(section)[0]}", "unknown setting", config.source)
+    return Theme("bootstrap", TEMPLATES_DIR, SERVICE_TEMPLATES_DIR, STATIC_DIR)
+
+
+@hookimpl(trylast=True)
+def plugit_register_backends(register: Any) -> None:
+    register("theme", "bootstrap", _factory)

@@ -1,0 +1,307 @@
+"""Proxy configuration: one TOML file, validated at start-up.
+
+Every error names the key (``services[1].timeout``) and the file, so a typo is found at once.
+Secrets may be given inline or, better, read from the environment with an inline table:
+``secret_key = { env = "PLUGIT_SECRET_KEY" }``.
+
+Backends read their own table, named after them (``[cache_memory]``, ``[session_cookie]``);
+:meth:`ProxyConfig.section` hands it over.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .networks import parse_networks
+from .users import DEFAULT_USER_DATA
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+__all__ = ["ConfigError", "ProxyConfig", "ServiceMount", "load_config"]
+
+_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
+_RESERVED_MOUNTS = ("/_plugit/",)
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid.  ``key`` is the dotted path of the faulty setting."""
+
+    def __init__(self, key: str, message: str, source: str | None = None) -> None:
+        where = f" (in {source})" if source else ""
+        super().__init__(f"{key}: {message}{where}")
+        self.key = key
+        self.source = source
+
+
+class _Reader:
+    """Typed access to one table, recording which keys were read so leftovers can be refused."""
+
+    def __init__(self, data: Mapping[str, Any], prefix: str, source: str | None) -> None:
+        if not isinstance(data, Mapping):
+            raise ConfigError(prefix.rstrip(".") or "config", "expected a table", source)
+        self.data = data
+        self.prefix = prefix
+        self.source = source
+        self.seen: set[str] = set()
+
+    def error(self, key: str, message: str) -> ConfigError:
+        return ConfigError(self.prefix + key, message, self.source)
+
+    def raw(self, key: str, default: Any = None) -> Any:
+        self.seen.add(key)
+        value = self.data.get(key, default)
+        if isinstance(value, Mapping) and set(value) == {"env"}:
+            name = value["env"]
+            if not isinstance(name, str) or name not in os.environ:
+                raise self.error(key, f"environment variable {name!r} is not set")
+            return os.environ[name]
+        return value
+
+    def str(self, key: str, default: str | None = None, *, required: bool = False) -> str | None:
+        value = self.raw(key, default)
+        if value is None:
+            if required:
+                raise self.error(key, "is required")
+            return None
+        if not isinstance(value, str):
+            raise self.error(key, f"expected a string, got {type(value).__name__}")
+        return value
+
+    def bool(self, key: str, default: bool) -> bool:
+        value = self.raw(key, default)
+        if not isinstance(value, bool):
+            raise self.error(key, f"expected true or false, got {value!r}")
+        return value
+
+    def number(self, key: str, default: float, *, minimum: float = 0, integer: bool = False) -> Any:
+        value = self.raw(key, default)
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not math.isfinite(value)
+        ):
+            raise self.error(key, f"expected a number, got {value!r}")
+        if integer and not isinstance(value, int):
+            raise self.error(key, f"expected a whole number, got {value!r}")
+        if value < minimum:
+            raise self.error(key, f"must be at least {minimum}, got {value!r}")
+        return value
+
+    def str_list(self, key: str, default: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+        value = self.raw(key, default)
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise self.error(key, "expected a list of strings")
+        return tuple(value)
+
+    def choice(self, key: str, default: str, choices: tuple[str, ...]) -> str:
+        value = self.str(key, default)
+        if value not in choices:
+            raise self.error(key, f"must be one of {', '.join(choices)}, got {value!r}")
+        return value
+
+    def finish(self, allowed_extra: set[str] = frozenset()) -> None:  # type: ignore[assignment]
+        unknown = set(self.data) - self.seen - set(allowed_extra)
+        if unknown:
+            key = sorted(unknown)[0]
+            raise self.error(key, "unknown setting (check its spelling)")
+
+
+@dataclass(frozen=True)
+class ServiceMount:
+    """One service mounted on the proxy."""
+
+    name: str
+    url: str
+    mount: str
+    title: str
+    timeout: float = 5.0
+    connect_timeout: float = 2.0
+    template_dialect: str = "jinja"
+    secret: str | None = field(default=None, repr=False)
+    api_key: str | None = field(default=None, repr=False)
+    orga_mode: bool = False
+    proxy_mode: bool = False
+    menu_block: str = "menubar"
+    layout: str = "default"
+    max_concurrency: int = 32
+    max_response_size: int = 10 * 1024 * 1024
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def media_url(self) -> str:
+        return self.mount + "media/"
+
+
+@dataclass(frozen=True)
+class ProxyConfig:
+    """The whole proxy configuration."""
+
+    secret_key: str = field(repr=False)
+    services: tuple[ServiceMount, ...] = ()
+    dev_mode: bool = False
+    site_name: str = "PlugIt"
+    theme: str = "bootstrap"
+    cache: str = "memory"
+    session: str = "cookie"
+    auth: tuple[str, ...] = ()
+    user_data: tuple[str, ...] = DEFAULT_USER_DATA
+    allowed_redirect_hosts: tuple[str, ...] = ()
+    trusted_proxies: tuple[str, ...] = ()
+    max_upload_size: int = 16 * 1024 * 1024
+    source: str | None = None
+    sections: Mapping[str, Mapping[str, Any]] = field(default_factory=dict, repr=False)
+
+    def section(self, name: str) -> Mapping[str, Any]:
+        """The table ``[name]`` of the file (empty when absent), for the backend called ``name``."""
+        return self.sections.get(name, {})
+
+    def service(self, name: str) -> ServiceMount:
+        for mount in self.services:
+            if mount.name == name:
+                return mount
+        raise KeyError(name)
+
+    @classmethod
+    def from_mapping(
+        cls, data: Mapping[str, Any], source: str | None = None, *, check_secret: bool = True
+    ) -> ProxyConfig:
+        """Validate a parsed configuration; raise :class:`ConfigError` naming the faulty key."""
+        top = _Reader(data, "", source)
+        dev_mode = top.bool("dev_mode", False)
+        secret_key = top.str("secret_key")
+        if secret_key is None or not secret_key:
+            if not dev_mode:
+                raise top.error("secret_key", "is required outside dev mode")
+            secret_key = "dev-mode-insecure-secret-key-do-not-use-in-production"  # noqa: S105
+        elif check_secret and not dev_mode:
+            _check_strong(secret_key, top, "secret_key")
+        services_raw = top.raw("services", [])
+        if not isinstance(services_raw, list):
+            raise top.error("services", "expected [[services]] tables")
+        services = tuple(_service(item, i, source) for i, item in enumerate(services_raw))
+        _check_unique(services, source)
+        trusted = top.str_list("trusted_proxies", ())
+        try:
+            parse_networks(trusted, setting="trusted_proxies")
+        except ValueError as exc:
+            raise top.error("trusted_proxies", str(exc)) from None
+        user_data = top.str_list("user_data", DEFAULT_USER_DATA)
+        if "pk" not in user_data:
+            raise top.error("user_data", "must contain 'pk'")
+        config = cls(
+            secret_key=secret_key,
+            services=services,
+            dev_mode=dev_mode,
+            site_name=top.str("site_name", "PlugIt") or "PlugIt",
+            theme=top.str("theme", "bootstrap") or "bootstrap",
+            cache=top.str("cache", "memory") or "memory",
+            session=top.str("session", "cookie") or "cookie",
+            auth=top.str_list("auth", ()),
+            user_data=user_data,
+            allowed_redirect_hosts=tuple(
+                h.lower() for h in top.str_list("allowed_redirect_hosts", ())
+            ),
+            trusted_proxies=trusted,
+            max_upload_size=top.number(
+                "max_upload_size", 16 * 1024 * 1024, minimum=0, integer=True
+            ),
+            source=source,
+            sections={
+                k: v for k, v in data.items() if isinstance(v, Mapping) and k not in top.seen
+            },
+        )
+        # Remaining top-level tables belong to backends; they check them when built.
+        top.finish(allowed_extra=set(config.sections))
+        return config
+
+
+def _check_strong(secret: str, reader: _Reader, key: str) -> None:
+    if len(secret) < 32 or len(set(secret)) < 10:
+        raise reader.error(
+            key,
+            "is too weak: use at least 32 random characters "
+            "(python -c 'import secrets; print(secrets.token_urlsafe(48))')",
+        )
+
+
+def _service(data: Any, index: int, source: str | None) -> ServiceMount:
+    r = _Reader(data, f"services[{index}].", source)
+    name = r.str("name", required=True)
+    assert name is not None
+    if not _NAME.match(name):
+        raise r.error("name", f"must be lower-case letters, digits, '-' or '_', got {name!r}")
+    url = r.str("url", required=True)
+    assert url is not None
+    if not re.match(r"^https?://[^/\s]+", url):
+        raise r.error("url", f"must be an http:// or https:// URL, got {url!r}")
+    mount = r.str("mount", f"/{name}/")
+    assert mount is not None
+    if not mount.startswith("/") or not mount.endswith("/"):
+        raise r.error("mount", f"must start and end with '/', got {mount!r}")
+    if any(mount.startswith(reserved) for reserved in _RESERVED_MOUNTS):
+        raise r.error("mount", f"{mount!r} is reserved by the proxy")
+    secret = r.str("secret")
+    if secret is not None and len(secret) < 16:
+        raise r.error("secret", "must be at least 16 characters long")
+    mount_obj = ServiceMount(
+        name=name,
+        url=url.rstrip("/"),
+        mount=mount,
+        title=r.str("title", name.replace("_", " ").replace("-", " ").title()) or name,
+        timeout=r.number("timeout", 5.0, minimum=0.001),
+        connect_timeout=r.number("connect_timeout", 2.0, minimum=0.001),
+        template_dialect=r.choice("template_dialect", "jinja", ("jinja", "django")),
+        secret=secret,
+        api_key=r.str("api_key"),
+        orga_mode=r.bool("orga_mode", False),
+        proxy_mode=r.bool("proxy_mode", False),
+        menu_block=r.str("menu_block", "menubar") or "menubar",
+        layout=r.choice("layout", "default", ("default", "menu")),
+        max_concurrency=r.number("max_concurrency", 32, minimum=1, integer=True),
+        max_response_size=r.number(
+            "max_response_size", 10 * 1024 * 1024, minimum=1024, integer=True
+        ),
+        options=dict(r.raw("options", {}) or {}),
+    )
+    r.finish()
+    return mount_obj
+
+
+def _check_unique(services: tuple[ServiceMount, ...], source: str | None) -> None:
+    names: set[str] = set()
+    mounts: set[str] = set()
+    for i, service in enumerate(services):
+        if service.name in names:
+            raise ConfigError(f"services[{i}].name", f"{service.name!r} is used twice", source)
+        if service.mount in mounts:
+            raise ConfigError(f"services[{i}].mount", f"{service.mount!r} is used twice", source)
+        names.add(service.name)
+        mounts.add(service.mount)
+
+
+def load_config(path: str | os.PathLike[str]) -> ProxyConfig:
+    """Read and validate a TOML configuration file."""
+    source = str(path)
+    try:
+        text = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError("config", f"cannot read the file: {exc.strerror}", source) from None
+    try:
+        data = tomllib.loads(text.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError("config", "the file is not UTF-8 text", source) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("config", f"invalid TOML: {exc}", source) from None
+    return ProxyConfig.from_mapping(data, source)

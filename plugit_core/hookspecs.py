@@ -1,0 +1,172 @@
+"""Every extension point of the PlugIt proxy, as pluggy hook specifications.
+
+A plugin is a module or object with functions marked ``@hookimpl`` whose names are the hooks below.
+Built-in backends (``plugit_backends``) are ordinary plugins; third-party ones are found through
+the entry-point group ``plugit``.
+
+Order of one page request through the hooks (the pipeline in ``plugit_core.proxy.pipeline``)::
+
+    plugit_identify_user          who is the user (first answer wins)
+    plugit_access_decision        may they see this action (any refusal wins)
+    plugit_upstream_request       add to the request sent to the service (every plugin)
+    plugit_call_service           wrappers around the HTTP call to the service
+    plugit_template_context       add template variables (every plugin, merged in order)
+    plugit_response               change the final response (every plugin, in order)
+    plugit_handle_error           a fallback when the service failed (first answer wins)
+
+At start-up: ``plugit_register_backends`` (historic: late plugins are called too), then
+``plugit_extra_routes``, then ``plugit_startup``.
+
+Plugins registered later are called first (pluggy's LIFO order); built-in defaults are marked
+``trylast`` so any installed plugin runs before them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    from werkzeug.wrappers import Response
+
+    from .backends import RegisterBackend
+    from .proxy.app import ProxyApp
+    from .proxy.pipeline import PageRequest, ServiceError, ServiceReply, UpstreamRequest
+    from .proxy.routes import Route
+    from .users import PlugItUser
+
+__all__ = ["hookimpl", "hookspec"]
+
+PROJECT = "plugit"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+# -- start-up --------------------------------------------------------------------------------------
+
+
+@hookspec(historic=True)
+def plugit_register_backends(register: RegisterBackend) -> None:
+    """Offer backends, by calling ``register(kind, name, factory)`` once per backend.
+
+    Called once when the plugin manager is built, and for any plugin registered later (historic).
+    ``kind`` is one of :data:`plugit_core.backends.KINDS` (``cache``, ``session``, ``theme``,
+    ``auth``, ...); ``name`` is what the configuration uses to choose it (``cache = "memory"``);
+    ``factory(proxy_config, section)`` builds it, where ``section`` is the backend's own table of
+    the configuration file (``[cache_memory]``).  ``register`` raises ``ValueError`` at once for
+    an unknown kind or a name already taken, naming the plugin's backend.
+
+    Returns nothing.
+    """
+
+
+@hookspec
+def plugit_extra_routes(proxy: ProxyApp) -> list[Route] | None:
+    """Add URLs to the proxy (login pages, an API, health checks).
+
+    Called once at start-up, after the backends were built.  Return a list of
+    :class:`plugit_core.proxy.routes.Route` (a werkzeug rule string and a view
+    ``view(request, **values) -> Response``), or None.  Every plugin's routes are added; a rule
+    that clashes with another is a start-up error.
+    """
+
+
+@hookspec
+def plugit_startup(proxy: ProxyApp) -> None:
+    """The proxy is built and about to serve.
+
+    Called once, after backends and routes.  Use it to check connections or start background
+    work.  An exception here stops the start-up with the plugin's error.
+    """
+
+
+# -- one request -----------------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def plugit_identify_user(request: Any, proxy: ProxyApp) -> PlugItUser | None:
+    """Who is making this request.
+
+    Called once per request that needs a user, before the access decision.  ``request`` is the
+    :class:`plugit_core.proxy.app.ProxyRequest` (its ``session`` is loaded).  Return a
+    :class:`plugit_core.users.PlugItUser`, or None to let the next plugin try.  The first
+    non-None answer wins; when every plugin answers None the user is anonymous.
+    """
+
+
+@hookspec
+def plugit_access_decision(page: PageRequest) -> str | None:
+    """Refuse access to an action, after the built-in rules of the meta allowed it.
+
+    Called for every page request in normal mode once the meta is known and the built-in rules
+    (``only_*``, ``address_in_networks``) passed.  ``page`` carries the request, the mount, the
+    meta and the user.  Return a short reason code (shown to the user as 403) to refuse, or None
+    to allow.  Every plugin is asked; any refusal wins.
+    """
+
+
+@hookspec
+def plugit_upstream_request(page: PageRequest, upstream: UpstreamRequest) -> None:
+    """Change the request about to be sent to the service's action.
+
+    Called for every action call, after the proxy added user info, organisation and
+    ``X-Plugit-*`` headers, and before the request is signed: whatever a plugin adds to
+    ``upstream.headers`` or ``upstream.params`` is covered by the signature.  Mutate
+    ``upstream`` in place; the return value is ignored.  Every plugin is called.
+    """
+
+
+@hookspec(firstresult=True)
+def plugit_call_service(page: PageRequest, upstream: UpstreamRequest) -> ServiceReply | None:
+    """Make, or wrap, the HTTP call to a service's action.
+
+    The proxy's own implementation (``trylast``) sends ``upstream`` and returns the
+    :class:`ServiceReply`, or raises :class:`ServiceError`.  Plugins implement this hook as
+    new-style wrappers, ``@hookimpl(wrapper=True)``: ``reply = yield`` runs the inner wrappers
+    and the call and gives the reply (or raises the call's ServiceError); return a reply or
+    raise.  Use it for timing, circuit breaking, retries or metrics.  Wrappers nest in plugin
+    order: the last registered is the outermost.  A plain implementation that returns a reply
+    replaces the call (the first non-None answer wins).
+    """
+
+
+@hookspec
+def plugit_template_context(page: PageRequest, context: dict[str, Any]) -> dict[str, Any] | None:
+    """Add variables to a service template's context.
+
+    Called once per rendered page (not on page-cache hits), after the proxy's own variables
+    were set.  Return a dict of variables to merge, or None.  Plugins run in order and later
+    answers overwrite earlier ones; the proxy's ``ebuio_*`` variables cannot be overwritten.
+    """
+
+
+@hookspec
+def plugit_response(page: PageRequest, response: Response) -> Response | None:
+    """Change or replace the final response of a page, cached or not.
+
+    Called last for every page of a service (rendered, from cache, JSON, redirect, file, error).
+    Every plugin receives the same response: change it in place (headers, cookies) and return
+    None, or return a replacement.  When several plugins return one, the first in call order
+    wins (the last registered plugin is called first).
+    """
+
+
+@hookspec(firstresult=True)
+def plugit_handle_error(page: PageRequest, error: ServiceError) -> Response | None:
+    """Answer in place of the error page when a service failed.
+
+    Called when the service is unreachable, too slow, refused by its circuit breaker, or
+    answered garbage.  Return a response (a stale page, a fallback) or None for the themed error
+    page.  The first non-None answer wins.
+    """
+
+
+HOOK_NAMES: tuple[str, ...] = tuple(
+    name
+    for name, value in list(globals().items())
+    if name.startswith("plugit_") and callable(value)
+)
+
+Register = Callable[..., None]

@@ -1,0 +1,554 @@
+"""The proxy as a WSGI application, standalone (:class:`ProxyApp`) or around another app
+(:class:`PlugItMiddleware`).
+
+Security, at the entry of every request, before any routing:
+
+* every ``X-Plugit*`` request header is removed from the environ, whatever its spelling: WSGI
+  folds ``X-Plugit-Remote-Addr`` and ``X-Plugit_Remote_Addr`` into the same key, and we drop
+  every ``HTTP_X_PLUGIT*`` key, so a browser can never pass itself off as the proxy;
+* client parameters named ``ebuio_*`` are never forwarded (see the pipeline);
+* unsafe methods need the session's CSRF token.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hmac
+import json
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterable
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from markupsafe import Markup
+from werkzeug.exceptions import HTTPException, NotFound
+from werkzeug.routing import Map, Rule
+from werkzeug.security import safe_join
+from werkzeug.utils import send_file
+from werkzeug.wrappers import Request, Response
+
+from ..backends import Backends, CacheBackend, Session, SessionBackend, Theme
+from ..config import ConfigError, ProxyConfig, ServiceMount, load_config
+from ..hookspecs import hookimpl
+from ..networks import NetworkList
+from ..plugins import make_plugin_manager
+from ..users import (
+    ANONYMOUS,
+    SIMULATED_ORGAS,
+    Orga,
+    PlugItUser,
+    simulated_user,
+    simulated_user_by_pk,
+)
+from .pipeline import CSRF_FIELD_NAME, UNSAFE_METHODS, Pipeline
+from .routes import Route
+from .templating import CSRF_PLACEHOLDER, ServiceTemplates, site_environment
+from .upstream import ServiceClient, ServiceError
+
+__all__ = ["PlugItMiddleware", "ProxyApp", "ProxyRequest"]
+
+log = logging.getLogger("plugit.proxy")
+
+STATIC_PREFIX = "/_plugit/static/"
+_STATUS_TITLES = {
+    400: ("Bad request", "The request could not be understood."),
+    401: ("Login required", "Please log in to see this page."),
+    403: ("Access denied", "You may not see this page."),
+    404: ("Page not found", "This page does not exist."),
+    405: ("Method not allowed", "This page cannot be used this way."),
+    409: ("Conflict", "The request conflicts with the current state of the page."),
+    413: ("Too large", "What you sent is larger than this site accepts."),
+    429: ("Too many requests", "Please wait a moment and try again."),
+    500: ("Server error", "Something went wrong on our side."),
+    502: (
+        "Service unavailable",
+        "This service is not answering properly right now. Please try again later.",
+    ),
+    503: ("Service busy", "This service is busy right now. Please try again in a moment."),
+    504: ("Service too slow", "This service did not answer in time. Please try again later."),
+}
+
+
+def strip_plugit_headers(environ: dict[str, Any]) -> None:
+    """Remove every client-supplied ``X-Plugit*`` header (all spellings fold to these keys)."""
+    for key in [k for k in environ if k.startswith("HTTP_X_PLUGIT")]:
+        del environ[key]
+
+
+class ProxyRequest(Request):
+    """A request to the proxy: werkzeug's, plus the lazily loaded session and user."""
+
+    proxy: ProxyApp
+
+    @cached_property
+    def session(self) -> Session:
+        """The browser session (loaded on first use, saved when the response leaves)."""
+        return self.proxy.sessions.open(self)
+
+    @cached_property
+    def user(self) -> PlugItUser:
+        """The site user making the request (anonymous when no plugin knows them)."""
+        return self.proxy.identify(self)
+
+    @property
+    def session_loaded(self) -> bool:
+        return "session" in self.__dict__
+
+
+class _CoreCall:
+    """The proxy's own implementation of the call hook: the HTTP request to the service."""
+
+    @hookimpl(trylast=True)
+    def plugit_call_service(self, page: Any, upstream: Any) -> Any:
+        return page.client.send(upstream)
+
+
+class _HostIdentity:
+    """Lets the host app of :class:`PlugItMiddleware` say who the user is."""
+
+    def __init__(self, identify: Callable[[dict[str, Any]], PlugItUser | None]) -> None:
+        self.identify = identify
+
+    @hookimpl(tryfirst=True)
+    def plugit_identify_user(self, request: ProxyRequest, proxy: ProxyApp) -> PlugItUser | None:
+        return self.identify(request.environ)
+
+
+class ProxyApp:
+    """The PlugIt proxy: serves every mounted service below its mount, plus the site's pages.
+
+    ``config`` is a :class:`ProxyConfig`, a mapping with the TOML structure, or a path to a
+    TOML file.  ``plugins`` are registered after the built-in and installed ones.
+    """
+
+    request_class = ProxyRequest
+
+    def __init__(
+        self,
+        config: ProxyConfig | dict[str, Any] | str | Path,
+        *,
+        plugins: Iterable[Any] = (),
+        load_entry_points: bool = True,
+        check_services: bool = True,
+    ) -> None:
+        if isinstance(config, (str, Path)):
+            config = load_config(config)
+        elif isinstance(config, dict):
+            config = ProxyConfig.from_mapping(config)
+        self.config = config
+        self.pm = make_plugin_manager([_CoreCall(), *plugins], load_entry_points=load_entry_points)
+        self.backends = Backends()
+        self.pm.hook.plugit_register_backends.call_historic(
+            kwargs={"register": self.backends.register}
+        )
+        self._check_sections()
+        self.cache: CacheBackend = self.backends.build("cache", config.cache, config)
+        self.sessions: SessionBackend = self.backends.build("session", config.session, config)
+        self.theme: Theme = self.backends.build("theme", config.theme, config)
+        self.auth = [self.backends.build("auth", name, config) for name in config.auth]
+        self.users: Any = None
+        self.login_url: str | None = None
+        self.logout_url: str | None = None
+        self.static_prefix = STATIC_PREFIX
+        self._trusted = NetworkList(config.trusted_proxies, setting="trusted_proxies")
+        self.site_env = site_environment(self.theme)
+        self.site_env.globals.update(static_url=self.static_url, site_name=config.site_name)
+        self.mounts = sorted(config.services, key=lambda m: len(m.mount), reverse=True)
+        self.clients = {m.name: ServiceClient(m) for m in config.services}
+        self.templates = {
+            m.name: ServiceTemplates(
+                m.name, self.theme, dialect=m.template_dialect, menu_block=m.menu_block
+            )
+            for m in config.services
+        }
+        self._last_version_check: dict[str, float] = {}
+        self._version_lock = threading.Lock()
+        self.pipeline = Pipeline(self)
+        self.url_map = Map(
+            [Rule(STATIC_PREFIX + "<path:path>", endpoint="static", methods=["GET"])]
+        )
+        self._routes: dict[str, Route] = {}
+        for routes in self.pm.hook.plugit_extra_routes(proxy=self):
+            for route in routes or ():
+                self.add_route(route)
+        if not any(m.mount == "/" for m in self.mounts):
+            self.url_map.add(Rule("/", endpoint="home", methods=["GET"]))
+        self.pm.hook.plugit_startup(proxy=self)
+        if check_services:
+            self.check_services()
+
+    def _check_sections(self) -> None:
+        known = {
+            f"{kind}_{name}"
+            for kind in ("cache", "session", "theme", "auth", "users", "mail", "billing")
+            for name in self.backends.names(kind)
+        }
+        for section in self.config.sections:
+            if section not in known:
+                raise ConfigError(
+                    section,
+                    "unknown table: no backend of that name is installed",
+                    self.config.source,
+                )
+
+    # -- start-up ---------------------------------------------------------------------------------
+
+    def add_route(self, route: Route) -> None:
+        """Serve ``route`` (what ``plugit_extra_routes`` returns)."""
+        endpoint = f"route:{len(self._routes)}"
+        self._routes[endpoint] = route
+        self.url_map.add(Rule(route.rule, endpoint=endpoint, methods=list(route.methods)))
+
+    def check_services(self) -> dict[str, tuple[bool, str]]:
+        """Ask every service's ``version``, in parallel; log and return what each answered."""
+        if not self.clients:
+            return {}
+        with concurrent.futures.ThreadPoolExecutor(max_workers=min(8, len(self.clients))) as pool:
+            futures = {
+                name: pool.submit(client.check_version) for name, client in self.clients.items()
+            }
+        results = {name: future.result() for name, future in futures.items()}
+        now = time.monotonic()
+        for name, (ok, message) in results.items():
+            self._last_version_check[name] = now
+            if ok:
+                log.info("service %s: %s", name, message)
+            elif self.clients[name].compatible is False:
+                log.error(
+                    "service %s does not speak PlugIt protocol 1 and is disabled: %s", name, message
+                )
+            else:
+                log.warning("service %s is not reachable at start-up: %s", name, message)
+        return results
+
+    def check_compatible(self, client: ServiceClient) -> None:
+        """Refuse calls to a service known to speak another protocol; re-check unknown ones."""
+        if client.compatible is None:
+            with self._version_lock:
+                due = time.monotonic() - self._last_version_check.get(client.name, 0) > 10
+                if due:
+                    self._last_version_check[client.name] = time.monotonic()
+            if due:
+                client.check_version()
+        if client.compatible is False:
+            raise ServiceError(
+                client.name, "incompatible", "the service does not speak PlugIt protocol 1"
+            )
+
+    # -- WSGI -------------------------------------------------------------------------------------
+
+    def __call__(
+        self, environ: dict[str, Any], start_response: Callable[..., Any]
+    ) -> Iterable[bytes]:
+        strip_plugit_headers(environ)
+        request = self.request_class(environ)
+        request.proxy = self
+        request.max_content_length = self.config.max_upload_size
+        response = self.dispatch(request)
+        return response(environ, start_response)
+
+    def match_mount(self, path: str) -> tuple[ServiceMount, str] | None:
+        """The mount serving ``path`` and the action path below it, or None."""
+        for mount in self.mounts:
+            if path.startswith(mount.mount):
+                return mount, path[len(mount.mount) :]
+            if path + "/" == mount.mount:
+                return mount, ""
+        return None
+
+    def handles(self, path: str) -> bool:
+        """Whether ``path`` belongs to the proxy (a mount or one of its own routes)."""
+        if self.match_mount(path) is not None:
+            return True
+        try:
+            self.url_map.bind("localhost").match(path, method="GET")
+        except NotFound:
+            return False
+        except HTTPException:
+            return True
+        return True
+
+    def dispatch(self, request: ProxyRequest) -> Response:
+        """Answer one request; never raises."""
+        try:
+            response = self._dispatch(request)
+        except Exception:
+            log.exception("unhandled error on %s %s", request.method, request.path)
+            response = self.error_page(request, 500)
+        if request.session_loaded:
+            try:
+                self.sessions.save(request.session, request, response)
+            except Exception:
+                log.exception("could not save the session")
+                response = self.error_page(request, 500)
+        return response
+
+    def _dispatch(self, request: ProxyRequest) -> Response:
+        found = self.match_mount(request.path)
+        if found is not None:
+            mount, path = found
+            if request.path + "/" == mount.mount:
+                return Response(b"", status=308, headers={"Location": mount.mount})
+            return self.pipeline.handle(request, mount, path)
+        adapter = self.url_map.bind_to_environ(request.environ)
+        try:
+            endpoint, values = adapter.match()
+        except HTTPException as exc:
+            if exc.code is not None and exc.code < 400:
+                return exc.get_response()  # type: ignore[return-value]
+            return self.error_page(request, exc.code or 404)
+        if endpoint == "static":
+            return self.static(request, values["path"])
+        if endpoint == "home":
+            return self.home(request)
+        route = self._routes[endpoint]
+        if route.csrf and request.method in UNSAFE_METHODS and not self.csrf_valid(request):
+            return self.error_page(
+                request,
+                403,
+                reason="csrf",
+                message="The form has expired. Reload the page and try again.",
+            )
+        return route.view(request, **values)
+
+    # -- users ------------------------------------------------------------------------------------
+
+    def identify(self, request: ProxyRequest) -> PlugItUser:
+        if "user" in request.__dict__:
+            return request.__dict__["user"]
+        user = self.pm.hook.plugit_identify_user(request=request, proxy=self) or ANONYMOUS
+        request.__dict__["user"] = user
+        return user
+
+    def dev_user(self, mode: str, orga: Orga | None = None) -> PlugItUser:
+        return simulated_user(mode, orga)
+
+    def lookup_user(self, pk: Any) -> PlugItUser | None:
+        """A user by pk, for ``plugitGetUser`` and the API."""
+        if self.config.dev_mode:
+            return simulated_user_by_pk(pk)
+        if self.users is not None:
+            return self.users.get_user(pk)
+        return None
+
+    def client_address(self, request: Request) -> str | None:
+        """The client's address: the peer, or behind trusted proxies the first untrusted hop."""
+        peer = request.remote_addr
+        if not self._trusted.networks or peer not in self._trusted:
+            return peer
+        hops = [
+            h.strip() for h in request.headers.get("X-Forwarded-For", "").split(",") if h.strip()
+        ]
+        for hop in reversed(hops):
+            if hop not in self._trusted:
+                return hop
+        return hops[0] if hops else peer
+
+    # -- CSRF -------------------------------------------------------------------------------------
+
+    def csrf_token(self, request: ProxyRequest) -> str:
+        token = request.session.get("_csrf")
+        if not isinstance(token, str) or len(token) < 32:
+            token = secrets.token_urlsafe(32)
+            request.session["_csrf"] = token
+        return token
+
+    def csrf_valid(self, request: ProxyRequest) -> bool:
+        expected = request.session.get("_csrf")
+        if not isinstance(expected, str) or not expected:
+            return False
+        sent = request.headers.get("X-CSRFToken") or request.headers.get("X-CSRF-Token")
+        if not sent and request.mimetype in (
+            "application/x-www-form-urlencoded",
+            "multipart/form-data",
+        ):
+            sent = request.form.get(CSRF_FIELD_NAME)
+        return bool(sent) and hmac.compare_digest(str(sent).encode(), expected.encode())
+
+    def with_csrf(self, request: ProxyRequest, html: str) -> str:
+        """Put the user's CSRF token where the page has the placeholder."""
+        if CSRF_PLACEHOLDER not in html:
+            return html
+        return html.replace(CSRF_PLACEHOLDER, self.csrf_token(request))
+
+    # -- redirects --------------------------------------------------------------------------------
+
+    @staticmethod
+    def is_local_path(target: str) -> bool:
+        """A path on this site (``/x``), not a protocol-relative or absolute URL."""
+        if not target.startswith("/") or target.startswith(("//", "/\\")):
+            return False
+        return not any(c in target for c in "\r\n\x00\\")
+
+    def redirect_allowed(self, request: Request, target: str) -> bool:
+        """An absolute http(s) URL to this host or one of ``allowed_redirect_hosts``."""
+        split = urlsplit(target)
+        if split.scheme not in ("http", "https") or not split.hostname:
+            return False
+        host = split.hostname.lower()
+        own = (request.host or "").rsplit(":", 1)[0].lower()
+        return host == own or host in self.config.allowed_redirect_hosts
+
+    # -- page cache -------------------------------------------------------------------------------
+
+    def cache_get(self, key: str) -> dict[str, Any] | None:
+        raw = self.cache.get(key)
+        if raw is None:
+            return None
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            return None
+        return value if isinstance(value, dict) else None
+
+    def cache_set(self, key: str, content: dict[str, Any], ttl: float) -> None:
+        self.cache.set(key, json.dumps(content, separators=(",", ":")).encode("utf-8"), ttl)
+
+    # -- site pages -------------------------------------------------------------------------------
+
+    def static_url(self, path: str) -> str:
+        return STATIC_PREFIX + path.lstrip("/")
+
+    def static(self, request: Request, path: str) -> Response:
+        target = safe_join(str(self.theme.static), path)
+        if target is None or not Path(target).is_file():
+            return self.error_page(request, 404)  # type: ignore[arg-type]
+        response = send_file(target, request.environ, max_age=86400)
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        return response
+
+    def _site_context(
+        self, request: ProxyRequest, mount: ServiceMount | None, user: PlugItUser | None = None
+    ) -> dict[str, Any]:
+        user = user if user is not None else self.identify(request)
+        path = request.full_path if request.query_string else request.path
+        return {
+            "site_name": self.config.site_name,
+            "service": mount,
+            "services": list(self.config.services),
+            "user": user,
+            "csrf_token": CSRF_PLACEHOLDER,
+            "login_url": self.login_url,
+            "logout_url": self.logout_url,
+            "dev_mode": self.config.dev_mode,
+            "dev_user_mode": request.session.get("dev_user_mode", "ano")
+            if self.config.dev_mode
+            else None,
+            "dev_orgas": list(SIMULATED_ORGAS)
+            if self.config.dev_mode and mount is not None and mount.orga_mode
+            else [],
+            "request_path": path,
+            "orga": None,
+            "orgas": [],
+            "page_title": mount.title if mount else self.config.site_name,
+        }
+
+    def render_layout(
+        self,
+        request: ProxyRequest,
+        *,
+        mount: ServiceMount,
+        content: Markup,
+        menu: Markup,
+        orga: Orga | None,
+        orgas: tuple[Orga, ...],
+        user: PlugItUser,
+        dev_user_mode: str | None,
+    ) -> str:
+        context = self._site_context(request, mount, user)
+        context.update(plugit_content=content, plugit_menu=menu, orga=orga, orgas=list(orgas))
+        if dev_user_mode is not None:
+            context["dev_user_mode"] = dev_user_mode
+        name = "plugit/layout-menu.html" if mount.layout == "menu" else "plugit/layout.html"
+        return self.site_env.get_template(name).render(context)
+
+    def render_site_page(
+        self, request: ProxyRequest, template: str, status: int = 200, **context: Any
+    ) -> Response:
+        """Render one of the site's own templates (login page, ...) with the layout's variables."""
+        values = self._site_context(request, None)
+        values.update(context)
+        html = self.site_env.get_template(template).render(values)
+        return Response(self.with_csrf(request, html), status=status, mimetype="text/html")
+
+    def home(self, request: ProxyRequest) -> Response:
+        return self.render_site_page(request, "plugit/home.html")
+
+    def error_page(
+        self,
+        request: ProxyRequest,
+        status: int,
+        *,
+        reason: str | None = None,
+        message: str | None = None,
+        detail: str | None = None,
+        mount: ServiceMount | None = None,
+    ) -> Response:
+        """The themed error page.  Internal reasons are shown in dev mode only (W17)."""
+        title, default_message = _STATUS_TITLES.get(status, ("Error", "Something went wrong."))
+        if mount is not None and status in (502, 503, 504):
+            default_message = f"{mount.title}: {default_message}"
+        shown_reason = None
+        if self.config.dev_mode and reason:
+            shown_reason = f"{reason}: {detail}" if detail else reason
+        try:
+            context = self._site_context(request, mount)
+            context.update(
+                status=status,
+                title=title,
+                message=message or default_message,
+                reason=shown_reason,
+                page_title=title,
+                plugit_content=Markup(""),
+                plugit_menu=Markup(""),
+            )
+            html = self.with_csrf(
+                request, self.site_env.get_template("plugit/error.html").render(context)
+            )
+        except Exception:
+            log.exception("the error page itself failed")
+            html = f"<!doctype html><title>{status}</title><h1>{status} {title}</h1>"
+        return Response(html, status=status, mimetype="text/html")
+
+    def close(self) -> None:
+        for client in self.clients.values():
+            client.close()
+
+
+class PlugItMiddleware:
+    """Serve PlugIt mounts inside another WSGI app (Flask, Django, ...).
+
+    Requests below a service's mount, and the proxy's own URLs (``/_plugit/...``), are answered
+    by the proxy; everything else goes to ``app`` untouched, except that client-supplied
+    ``X-Plugit*`` headers are removed for every request.  ``identify(environ)`` lets the host app
+    say who the user is (return a :class:`~plugit_core.users.PlugItUser` or None)::
+
+        app.wsgi_app = PlugItMiddleware(app.wsgi_app, "plugit.toml", identify=current_user)
+    """
+
+    def __init__(
+        self,
+        app: Callable[..., Iterable[bytes]],
+        config: ProxyConfig | dict[str, Any] | str | Path,
+        *,
+        identify: Callable[[dict[str, Any]], PlugItUser | None] | None = None,
+        plugins: Iterable[Any] = (),
+        **options: Any,
+    ) -> None:
+        self.app = app
+        extra = [_HostIdentity(identify)] if identify is not None else []
+        self.proxy = ProxyApp(config, plugins=[*extra, *plugins], **options)
+
+    def __call__(
+        self, environ: dict[str, Any], start_response: Callable[..., Any]
+    ) -> Iterable[bytes]:
+        strip_plugit_headers(environ)
+        path = environ.get("PATH_INFO", "") or "/"
+        if self.proxy.match_mount(path) is not None or path.startswith("/_plugit/"):
+            return self.proxy(environ, start_response)
+        return self.app(environ, start_response)

@@ -1,0 +1,735 @@
+"""One page request through the proxy (PROTOCOL.md 5.5), step by step.
+
+:meth:`Pipeline.handle` runs, for a request below a service's mount:
+
+1. special paths: ``media/``, ``ebuio_setUser``, ``ebuio_setOrga``
+2. CSRF check on unsafe methods
+3. identify the user (hook ``plugit_identify_user``) and the current organisation
+4. the action's meta (cached, single-flight), then the access rules and plugin vetoes
+5. page-cache lookup
+6. the upstream request (parameters, user info, ``X-Plugit-*`` headers, session values), changed
+   by ``plugit_upstream_request`` and signed
+7. the call (``plugit_call_service`` wrappers around the HTTP call)
+8. the reply: status mapping, redirect, file, JSON/XML, session writes, forwarded headers
+9. template (fetched before the call when the meta names one) rendered in the sandbox
+10. layout, page-cache store, ``plugit_response``
+
+Failures of the service become :class:`ServiceError` and a themed 502/503/504 page naming the
+service (or what ``plugit_handle_error`` answers instead); nothing a service sends can raise out
+of here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import jinja2
+from markupsafe import Markup
+from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.http import dump_cookie
+from werkzeug.wrappers import Response
+
+from .. import protocol
+from ..config import ServiceMount
+from ..protocol import ActionMeta
+from ..users import SIMULATED_MODES, SIMULATED_ORGAS, Orga, PlugItUser, ServiceUser
+from .templating import CSRF_FIELD, CSRF_PLACEHOLDER
+from .upstream import ServiceClient, ServiceError, ServiceReply, UpstreamRequest
+
+if TYPE_CHECKING:
+    from .app import ProxyApp, ProxyRequest
+
+__all__ = ["PageRequest", "Pipeline", "ServiceError", "ServiceReply", "UpstreamRequest"]
+
+log = logging.getLogger("plugit.proxy")
+
+UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+CSRF_FIELD_NAME = "csrfmiddlewaretoken"
+MAX_SESSION_KEYS = 32
+MAX_SESSION_VALUE = 1024
+_SESSION_KEY = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_PASS_STATUS_HEADERS = ("WWW-Authenticate", "Retry-After", "ETag")
+
+
+@dataclass
+class PageRequest:
+    """Everything the pipeline knows about the page being served; what hooks receive."""
+
+    request: ProxyRequest
+    proxy: ProxyApp
+    mount: ServiceMount
+    client: ServiceClient
+    path: str
+    user: PlugItUser
+    orga: Orga | None = None
+    orgas: tuple[Orga, ...] = ()
+    meta: ActionMeta | None = None
+    cache_key: str | None = None
+    forwarded_headers: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def service_user(self) -> ServiceUser:
+        return self.user.for_service(self.mount.name, self.orga)
+
+    @property
+    def dev_user_mode(self) -> str | None:
+        if not self.proxy.config.dev_mode:
+            return None
+        mode = self.request.session.get("dev_user_mode", "ano")
+        return mode if mode in SIMULATED_MODES else "ano"
+
+
+class _RefusedError(Exception):
+    """Stops the pipeline with a themed error page."""
+
+    def __init__(self, status: int, reason: str | None = None, message: str | None = None) -> None:
+        super().__init__(reason or str(status))
+        self.status = status
+        self.reason = reason
+        self.message = message
+
+
+class Pipeline:
+    """The page pipeline of a proxy."""
+
+    def __init__(self, proxy: ProxyApp) -> None:
+        self.proxy = proxy
+        self.config = proxy.config
+        self.hook = proxy.pm.hook
+
+    # -- entry ------------------------------------------------------------------------------------
+
+    def handle(self, request: ProxyRequest, mount: ServiceMount, path: str) -> Response:
+        client = self.proxy.clients[mount.name]
+        if path.startswith("media/"):
+            return self.media(request, mount, client, path[len("media/") :])
+        user = self.proxy.identify(request)
+        page = PageRequest(request, self.proxy, mount, client, path, user)
+        try:
+            if path in ("ebuio_setUser", "ebuio_setOrga"):
+                return self._finish(page, self.switch(page, path))
+            self.check_csrf(request)
+            self.resolve_orga(page)
+            response = self.proxy_mode_page(page) if mount.proxy_mode else self.page(page)
+        except _RefusedError as refused:
+            response = self.proxy.error_page(
+                request, refused.status, reason=refused.reason, message=refused.message, mount=mount
+            )
+        except ServiceError as error:
+            response = self.service_failed(page, error)
+        except RequestEntityTooLarge:
+            response = self.proxy.error_page(request, 413, reason="upload_too_large", mount=mount)
+        return self._finish(page, response)
+
+    def _finish(self, page: PageRequest, response: Response) -> Response:
+        replacements = [
+            r for r in self.hook.plugit_response(page=page, response=response) if r is not None
+        ]
+        return replacements[0] if replacements else response
+
+    def service_failed(self, page: PageRequest, error: ServiceError) -> Response:
+        log.warning(
+            "service %s failed on %s: %s (%s)", error.service, page.path, error.message, error.kind
+        )
+        fallback = self.hook.plugit_handle_error(page=page, error=error)
+        if fallback is not None:
+            return fallback
+        return self.proxy.error_page(
+            page.request, error.status, reason=error.kind, detail=error.message, mount=page.mount
+        )
+
+    # -- CSRF, user, organisation -----------------------------------------------------------------
+
+    def check_csrf(self, request: ProxyRequest) -> None:
+        if request.method not in UNSAFE_METHODS:
+            return
+        if not self.proxy.csrf_valid(request):
+            raise _RefusedError(
+                403,
+                "csrf",
+                "The form has expired or was not sent from this site. "
+                "Reload the page and try again.",
+            )
+
+    def resolve_orga(self, page: PageRequest) -> None:
+        """Set the current organisation in orga mode (5.4)."""
+        if not page.mount.orga_mode:
+            return
+        session = page.request.session
+        if self.config.dev_mode:
+            stored = session.get("dev_orga")
+            orga = SIMULATED_ORGAS[0]
+            if isinstance(stored, dict) and "pk" in stored:
+                orga = Orga(
+                    stored["pk"], str(stored.get("name", "")), str(stored.get("codops", "zzebu"))
+                )
+            page.orga = orga
+            page.orgas = (orga,)
+            page.user = self.proxy.dev_user(page.dev_user_mode or "ano", orga)
+            return
+        page.orgas = page.user.orgas
+        if not page.orgas:
+            return
+        wanted = (
+            session.get("orga", {}).get(page.mount.name)
+            if isinstance(session.get("orga"), dict)
+            else None
+        )
+        page.orga = page.user.orga(wanted) if wanted is not None else None
+        if page.orga is None:
+            page.orga = page.orgas[0]
+
+    def switch(self, page: PageRequest, what: str) -> Response:
+        """``ebuio_setUser`` (dev mode) and ``ebuio_setOrga``: change and go back."""
+        request = page.request
+        values = request.values
+        if what == "ebuio_setUser":
+            if not self.config.dev_mode:
+                raise _RefusedError(404)
+            mode = values.get("mode", "ano")
+            if mode not in SIMULATED_MODES:
+                raise _RefusedError(
+                    400, "bad_mode", f"Unknown user mode {mode!r}: use ano, log, mem or adm."
+                )
+            if request.method == "POST":
+                self.check_csrf(request)
+            request.session["dev_user_mode"] = mode
+        else:
+            if request.method == "POST":
+                self.check_csrf(request)
+            pk = values.get("pk", values.get("orga", ""))
+            if self.config.dev_mode:
+                known = {str(o.pk): o for o in SIMULATED_ORGAS}
+                base = known.get(pk)
+                request.session["dev_orga"] = {
+                    "pk": _int_or_str(pk),
+                    "name": values.get("name") or (base.name if base else str(pk)),
+                    "codops": base.codops if base else "zzebu",
+                }
+            else:
+                if page.user.orga(pk) is None:
+                    raise _RefusedError(
+                        403, "not_in_orga", "You are not a member of this organisation."
+                    )
+                orgas = dict(request.session.get("orga") or {})
+                orgas[page.mount.name] = _int_or_str(pk)
+                request.session["orga"] = orgas
+        target = values.get("next")
+        if target and self.proxy.is_local_path(target):
+            return _redirect(target, 303)
+        return Response(b"", status=200)
+
+    # -- normal mode ------------------------------------------------------------------------------
+
+    def page(self, page: PageRequest) -> Response:
+        request = page.request
+        meta = page.client.meta(page.path)
+        if meta is None:
+            raise _RefusedError(404, "meta", "This page does not exist.")
+        page.meta = meta
+        service_user = page.service_user
+        if page.mount.orga_mode and page.orga is None and not meta.public:
+            raise _RefusedError(
+                403, "no_orga_in_orgamode", "This page is for members of an organisation."
+            )
+        if request.method != "OPTIONS":
+            reason = protocol.access_denied_reason(
+                meta, service_user, self.proxy.client_address(request)
+            )
+            if reason is None:
+                vetoes = [r for r in self.hook.plugit_access_decision(page=page) if r]
+                reason = vetoes[0] if vetoes else None
+            if reason is not None:
+                status = 403
+                raise _RefusedError(
+                    status, reason, _ACCESS_MESSAGES.get(reason, "You may not see this page.")
+                )
+        cacheable = meta.cache_time > 0 and request.method in ("GET", "HEAD")
+        if cacheable:
+            page.cache_key = protocol.page_cache_key(
+                service=page.mount.name,
+                method="GET",
+                path=page.path,
+                query=request.query_string.decode("latin-1"),
+                template_tag=meta.template_tag,
+                user_key=page.user.cache_key if meta.per_user_cache else None,
+                orga_key=None if page.orga is None else str(page.orga.pk),
+            )
+            hit = self.proxy.cache_get(page.cache_key)
+            if hit is not None:
+                return self.layout(page, hit)
+        template = None
+        if meta.template_tag and not (meta.json_only or meta.xml_only):
+            template = self.template(page, page.path, meta.template_tag)
+            if template is None:
+                raise _RefusedError(404, "template", "This page does not exist.")
+        upstream = self.build_upstream(page, f"action/{page.path}")
+        reply = self.call(page, upstream)
+        special = self.special_reply(page, reply)
+        if special is not None:
+            return special
+        if meta.xml_only:
+            data = self._json(page, reply)
+            xml = data.get("xml") if isinstance(data, dict) else None
+            if not isinstance(xml, str):
+                raise ServiceError(
+                    page.mount.name,
+                    "bad_reply",
+                    'an xml_only action must return {"xml": "<document>"}',
+                )
+            return self._forward(page, Response(xml, mimetype="application/xml"))
+        data = self._json(page, reply)
+        if meta.json_only:
+            response = Response(json.dumps(data, ensure_ascii=False), mimetype="application/json")
+            return self._forward(page, response)
+        if not isinstance(data, dict):
+            raise ServiceError(page.mount.name, "bad_reply", "the action's JSON is not an object")
+        if template is None:
+            raise _RefusedError(404, "template", "This page does not exist.")
+        html, menu = self.render(page, template, data)
+        content = {
+            "html": html,
+            "menu": menu,
+            "headers": page.forwarded_headers,
+            "no_layout": meta.no_template,
+        }
+        if page.cache_key is not None:
+            self.proxy.cache_set(page.cache_key, content, meta.cache_time)
+        return self.layout(page, content)
+
+    def template(self, page: PageRequest, path: str, tag: str) -> jinja2.Template | None:
+        """The compiled template of the action at ``path``, fetched once per template tag."""
+        templates = self.proxy.templates[page.mount.name]
+        key = tag if re.fullmatch(r"[0-9a-fA-F]{16,128}", tag) else f"{path}\x00{tag}"
+        compiled = templates.get(key)
+        if compiled is not None:
+            return compiled
+        source = page.client.template(path, tag)
+        if source is None:
+            return None
+        try:
+            return templates.compile(key, source)
+        except jinja2.TemplateError as exc:
+            raise ServiceError(
+                page.mount.name, "bad_reply", f"template of {path!r} is invalid: {exc}"
+            ) from None
+
+    def render(
+        self, page: PageRequest, template: jinja2.Template, data: dict[str, Any]
+    ) -> tuple[str, str]:
+        context = self.template_context(page, data)
+        try:
+            return self.proxy.templates[page.mount.name].render(template, context)
+        except jinja2.TemplateError as exc:
+            raise ServiceError(
+                page.mount.name, "bad_reply", f"template of {page.path!r} failed: {exc}"
+            ) from None
+        except (TypeError, ValueError, ArithmeticError, LookupError, AttributeError) as exc:
+            raise ServiceError(
+                page.mount.name,
+                "bad_reply",
+                f"template of {page.path!r} failed: {type(exc).__name__}: {exc}",
+            ) from None
+
+    def template_context(self, page: PageRequest, data: dict[str, Any]) -> dict[str, Any]:
+        """The variables of a service template (5.15): the action's data plus the proxy's."""
+        mount = page.mount
+        service_user = page.service_user
+        context = dict(data)
+        own: dict[str, Any] = {
+            "ebuio_u": service_user.properties(self.config.user_data)
+            if service_user.is_authenticated
+            else {prop: None for prop in self.config.user_data},
+            "ebuio_baseUrl": mount.mount,
+            "ebuio_userMode": page.dev_user_mode,
+            "ebuio_realUsers": not self.config.dev_mode,
+            "ebuio_orgamode": mount.orga_mode,
+            "ebuio_orga": None if page.orga is None else page.orga.as_dict(),
+            "ebuio_orgas": [o.as_dict() for o in page.orgas],
+            "csrf_token": CSRF_PLACEHOLDER,
+            "csrf_field": CSRF_FIELD,
+            "MEDIA_URL": mount.media_url,
+            "STATIC_URL": self.proxy.static_prefix,
+        }
+        context.update(own)
+        context["plugit_include"] = _Include(self, page, context)
+        context["plugit_get_user"] = _GetUser(self, page)
+        for extra in self.hook.plugit_template_context(page=page, context=context):
+            if extra:
+                context.update({k: v for k, v in extra.items() if k not in own})
+        return context
+
+    def layout(self, page: PageRequest, content: dict[str, Any]) -> Response:
+        """The final page: the service's HTML inside the theme's layout (or alone)."""
+        if content.get("no_layout"):
+            html = content["html"]
+        else:
+            html = self.proxy.render_layout(
+                page.request,
+                mount=page.mount,
+                content=Markup(content["html"]),  # noqa: S704 (sandbox output)
+                menu=Markup(content.get("menu") or ""),  # noqa: S704 (sandbox output)
+                orga=page.orga,
+                orgas=page.orgas,
+                user=page.user,
+                dev_user_mode=page.dev_user_mode,
+            )
+        response = Response(self.proxy.with_csrf(page.request, html), mimetype="text/html")
+        for name, value in content.get("headers") or ():
+            response.headers[name] = value
+        return response
+
+    # -- proxy mode -------------------------------------------------------------------------------
+
+    def proxy_mode_page(self, page: PageRequest) -> Response:
+        upstream = self.build_upstream(page, page.path)
+        reply = self.call(page, upstream)
+        special = self.special_reply(page, reply)
+        if special is not None:
+            return special
+        try:
+            html = reply.body.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ServiceError(page.mount.name, "bad_reply", "the page is not UTF-8 text") from None
+        if reply.headers.get(protocol.H_NO_TEMPLATE) is not None:
+            return self._forward(
+                page, Response(self.proxy.with_csrf(page.request, html), mimetype="text/html")
+            )
+        return self.layout(page, {"html": html, "menu": "", "headers": page.forwarded_headers})
+
+    # -- the upstream request ---------------------------------------------------------------------
+
+    def build_upstream(self, page: PageRequest, path: str) -> UpstreamRequest:
+        """The request for the service's action: client data minus ``ebuio_*``, plus ours."""
+        request = page.request
+        upstream = UpstreamRequest(request.method, path)
+        upstream.params = _client_items(request.args)
+        if request.method in UNSAFE_METHODS:
+            if request.mimetype in ("application/x-www-form-urlencoded", "multipart/form-data"):
+                upstream.form = [
+                    (k, v) for k, v in _client_items(request.form) if k != CSRF_FIELD_NAME
+                ]
+                upstream.files = [
+                    (
+                        name,
+                        (
+                            storage.filename or name,
+                            storage.stream,
+                            storage.mimetype or "application/octet-stream",
+                        ),
+                    )
+                    for name, storage in request.files.items(multi=True)
+                    if not name.lower().startswith("ebuio_")
+                ]
+            elif request.content_length or request.headers.get("Transfer-Encoding"):
+                upstream.body = request.get_data(cache=False)
+                upstream.content_type = request.content_type
+        ours: list[tuple[str, str]] = []
+        meta = page.meta
+        service_user = page.service_user
+        if meta is not None:
+            allowed = set(self.config.user_data)
+            for prop in meta.user_info:
+                if prop not in allowed:
+                    log.warning(
+                        "%s asked for user property %r, which is not in user_data",
+                        page.mount.name,
+                        prop,
+                    )
+                    continue
+                ours.extend((f"ebuio_u_{prop}", v) for v in _wire_values(service_user.get(prop)))
+        if page.orga is not None:
+            ours.append(("ebuio_orgapk", str(page.orga.pk)))
+        if upstream.form is not None and request.method == "POST":
+            upstream.form.extend(ours)
+        else:
+            upstream.params.extend(ours)
+        upstream.headers.update(self.plugit_headers(page))
+        self.hook.plugit_upstream_request(page=page, upstream=upstream)
+        return upstream
+
+    def plugit_headers(self, page: PageRequest) -> dict[str, str]:
+        """``X-Plugit-*`` information headers (2.13), dash-only names, UTF-8 values."""
+        request = page.request
+        headers: dict[str, str] = {}
+        address = self.proxy.client_address(request)
+        if address:
+            headers["X-Plugit-Remote-Addr"] = address
+        for source in (
+            "If-None-Match",
+            "Origin",
+            "Access-Control-Request-Method",
+            "Access-Control-Request-Headers",
+        ):
+            value = request.headers.get(source)
+            if value is not None:
+                headers[f"X-Plugit-{source}"] = value
+        if page.mount.proxy_mode:
+            service_user = page.service_user
+            if service_user.is_authenticated:
+                for prop in self.config.user_data:
+                    for value in _wire_values(service_user.get(prop))[:1]:
+                        headers[f"X-Plugit-User-{prop.replace('_', '-')}"] = _header_text(value)
+            if page.orga is not None:
+                headers["X-Plugit-Orga-Pk"] = str(page.orga.pk)
+                headers["X-Plugit-Orga-Name"] = _header_text(page.orga.name)
+                headers["X-Plugit-Orga-Codops"] = _header_text(page.orga.codops)
+            headers["X-Plugit-Base-Url"] = page.mount.mount
+        values = self.service_session(page)
+        if values:
+            for key, value in values.items():
+                headers[f"X-Plugitsession-{key}"] = _header_text(value)
+            headers["Cookie"] = "; ".join(
+                dump_cookie(key, str(value)).split(";", 1)[0] for key, value in values.items()
+            )
+        return headers
+
+    def service_session(self, page: PageRequest) -> dict[str, str]:
+        stored = page.request.session.get("svc", {})
+        values = stored.get(page.mount.name) if isinstance(stored, dict) else None
+        return values if isinstance(values, dict) else {}
+
+    # -- the call and its reply -------------------------------------------------------------------
+
+    def call(self, page: PageRequest, upstream: UpstreamRequest) -> ServiceReply:
+        self.proxy.check_compatible(page.client)
+        return self.hook.plugit_call_service(page=page, upstream=upstream)
+
+    def special_reply(self, page: PageRequest, reply: ServiceReply) -> Response | None:
+        """Everything but ordinary data (5.12, 5.13), or None to go on rendering."""
+        request = page.request
+        self.store_session(page, reply)
+        page.forwarded_headers = [
+            (name, reply.headers[name])
+            for name in protocol.FORWARDED_REPLY_HEADERS
+            if name in reply.headers
+        ]
+        status = reply.status
+        if request.method == "OPTIONS":
+            return self._forward(page, Response(b"", status=status if status < 500 else 502))
+        if status == 304:
+            return self._forward(page, Response(status=304))
+        if status >= 500:
+            raise ServiceError(page.mount.name, "error", f"{page.path} answered {status}")
+        if 400 <= status < 500:
+            response = self.proxy.error_page(
+                request, status, reason="service_status", mount=page.mount
+            )
+            for name in _PASS_STATUS_HEADERS:
+                if name in reply.headers:
+                    response.headers[name] = reply.headers[name]
+            return response
+        if status not in (200, 201, 202, 203, 204):
+            raise ServiceError(page.mount.name, "bad_reply", f"{page.path} answered {status}")
+        target = reply.headers.get(protocol.H_REDIRECT)
+        if target is not None:
+            no_prefix = reply.headers.get(protocol.H_REDIRECT_NOPREFIX) == "True"
+            return self._forward(page, self.redirect(page, target, no_prefix))
+        if reply.headers.get(protocol.H_FILE) is not None:
+            return self._forward(page, self.file(reply))
+        return None
+
+    def redirect(self, page: PageRequest, target: str, no_prefix: bool) -> Response:
+        """A redirect asked by the service, checked (weakness W13)."""
+        if any(c in target for c in "\r\n\x00"):
+            raise ServiceError(
+                page.mount.name, "bad_reply", "redirect target contains control characters"
+            )
+        if not no_prefix:
+            return _redirect(page.mount.mount + target.lstrip("/"), 302)
+        if self.proxy.is_local_path(target) or self.proxy.redirect_allowed(page.request, target):
+            return _redirect(target, 302)
+        raise ServiceError(
+            page.mount.name,
+            "bad_reply",
+            f"redirect to a host that is not allowed: {target[:100]!r}",
+        )
+
+    def file(self, reply: ServiceReply) -> Response:
+        response = Response(
+            reply.stream if reply.stream is not None else reply.body,
+            mimetype=None,
+            content_type=reply.headers.get("Content-Type", "application/octet-stream"),
+            direct_passthrough=reply.stream is not None,
+        )
+        if reply.close is not None:
+            response.call_on_close(reply.close)
+        disposition = reply.headers.get("Content-Disposition")
+        if disposition:
+            response.headers["Content-Disposition"] = disposition
+        length = reply.headers.get("Content-Length")
+        if length and length.isdigit():
+            response.headers["Content-Length"] = length
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        return response
+
+    def store_session(self, page: PageRequest, reply: ServiceReply) -> None:
+        """``EbuIo-PlugIt-SetSession-<key>`` headers into this service's own session values."""
+        updates = {
+            name[len(protocol.SET_SESSION_PREFIX) :].lower(): value
+            for name, value in reply.headers.items()
+            if name.lower().startswith(protocol.SET_SESSION_PREFIX)
+        }
+        if not updates:
+            return
+        session = page.request.session
+        stored = dict(session.get("svc") or {})
+        mine = dict(stored.get(page.mount.name) or {})
+        for key, value in updates.items():
+            if not _SESSION_KEY.match(key) or len(value) > MAX_SESSION_VALUE:
+                log.warning(
+                    "%s: session value %r refused (name or size)", page.mount.name, key[:64]
+                )
+                continue
+            if key not in mine and len(mine) >= MAX_SESSION_KEYS:
+                log.warning(
+                    "%s: more than %d session values, %r dropped",
+                    page.mount.name,
+                    MAX_SESSION_KEYS,
+                    key,
+                )
+                continue
+            mine[key] = value
+        stored[page.mount.name] = mine
+        session["svc"] = stored
+
+    def _json(self, page: PageRequest, reply: ServiceReply) -> Any:
+        if reply.status == 204:
+            return {}
+        try:
+            return reply.json()
+        except ValueError as exc:
+            raise ServiceError(page.mount.name, "bad_reply", f"{page.path}: {exc}") from None
+
+    def _forward(self, page: PageRequest, response: Response) -> Response:
+        for name, value in page.forwarded_headers:
+            response.headers[name] = value
+        if response.mimetype in ("application/json", "application/xml"):
+            response.headers["X-Content-Type-Options"] = "nosniff"
+        return response
+
+    # -- media ------------------------------------------------------------------------------------
+
+    def media(
+        self, request: ProxyRequest, mount: ServiceMount, client: ServiceClient, path: str
+    ) -> Response:
+        """A service's static file (5.21), with a public cache lifetime of at most an hour."""
+        if request.method not in ("GET", "HEAD"):
+            return Response(b"", status=405, headers={"Allow": "GET, HEAD"})
+        try:
+            reply = client.send(UpstreamRequest("GET", "media/" + path), stream=True)
+        except ServiceError as error:
+            log.warning("media %s/%s: %s", mount.name, path, error.message)
+            return self.proxy.error_page(
+                request, error.status, reason=error.kind, detail=error.message, mount=mount
+            )
+        if reply.status != 200:
+            if reply.close:
+                reply.close()
+            return Response(b"Not Found", status=404, mimetype="text/plain")
+        response = self.file(reply)
+        response.headers.pop("Content-Disposition", None)
+        max_age = 3600
+        upstream_control = reply.headers.get("Cache-Control")
+        if upstream_control:
+            from werkzeug.http import parse_cache_control_header
+
+            upstream_age = parse_cache_control_header(upstream_control).max_age
+            if upstream_age is not None:
+                max_age = min(max_age, upstream_age)
+        response.headers["Cache-Control"] = f"public, max-age={max_age}"
+        return response
+
+
+class _Include:
+    """``plugit_include(path)``: another action's template rendered with the current context."""
+
+    MAX_DEPTH = 4
+
+    def __init__(self, pipeline: Pipeline, page: PageRequest, context: dict[str, Any]) -> None:
+        self.pipeline = pipeline
+        self.page = page
+        self.context = context
+        self.depth = 0
+
+    def __call__(self, path: Any) -> Markup:
+        path = str(path).lstrip("/")
+        if self.depth >= self.MAX_DEPTH:
+            raise ServiceError(self.page.mount.name, "bad_reply", "plugitInclude nested too deep")
+        meta = self.page.client.meta(path)
+        if meta is None or not meta.template_tag:
+            return Markup("")
+        template = self.pipeline.template(self.page, path, meta.template_tag)
+        if template is None:
+            return Markup("")
+        self.depth += 1
+        try:
+            html, _menu = self.pipeline.proxy.templates[self.page.mount.name].render(
+                template, self.context
+            )
+        finally:
+            self.depth -= 1
+        return Markup(html)  # noqa: S704 (rendered by the autoescaping sandbox)
+
+
+class _GetUser:
+    """``plugit_get_user(pk)``: a user reduced to the shared properties (5.22)."""
+
+    def __init__(self, pipeline: Pipeline, page: PageRequest) -> None:
+        self.pipeline = pipeline
+        self.page = page
+
+    def __call__(self, pk: Any) -> dict[str, Any] | None:
+        user = self.pipeline.proxy.lookup_user(pk)
+        if user is None:
+            return None
+        return user.for_service(self.page.mount.name, None).properties(
+            self.pipeline.config.user_data
+        )
+
+
+_ACCESS_MESSAGES = {
+    "only_logged_user": "Please log in to see this page.",
+    "only_member_user": "This page is for members of this service.",
+    "only_admin_user": "This page is for administrators of this service.",
+    "only_orga_member_user": "This page is for members of your organisation.",
+    "only_orga_admin_user": "This page is for administrators of your organisation.",
+    "address_in_networks": "This page cannot be reached from your network.",
+}
+
+
+def _client_items(values: Any) -> list[tuple[str, str]]:
+    """Client parameters minus every ``ebuio_*`` name (the proxy's own, weakness W1)."""
+    return [(k, v) for k, v in values.items(multi=True) if not k.lower().startswith("ebuio_")]
+
+
+def _wire_values(value: Any) -> list[str]:
+    """A user property as parameter values: None omitted, booleans True/False, lists repeated."""
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple)):
+        return [str(v) for v in value if v is not None]
+    return [str(value)]
+
+
+def _header_text(value: Any) -> str:
+    """A header value: UTF-8 bytes carried as latin-1 text, without line breaks."""
+    text = str(value).replace("\r", " ").replace("\n", " ")
+    return text.encode("utf-8").decode("latin-1")
+
+
+def _int_or_str(value: str) -> int | str:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return value
+
+
+def _redirect(location: str, status: int) -> Response:
+    response = Response(b"", status=status)
+    response.headers["Location"] = location
+    return response

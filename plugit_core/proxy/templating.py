@@ -1,0 +1,145 @@
+"""Rendering service templates in a jinja2 sandbox, and the site's own templates.
+
+Service templates come from another process and are not trusted (weakness W12 of the original):
+they are compiled by an :class:`~jinja2.sandbox.ImmutableSandboxedEnvironment` whose loader only
+knows the service's own templates and the theme's ``service_templates`` folder (the
+``plugit/base.html`` they extend).  They cannot reach Python internals, the site's templates or
+the file system.  The original's Django dialect is translated to Jinja2 when a mount asks for it.
+
+Compiled templates are kept in a bounded LRU cache keyed by the service and the template tag
+(a content hash), so identical templates reached through many URLs compile once.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from cachetools import LRUCache
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+from markupsafe import Markup
+
+from ..backends import Theme
+
+__all__ = ["CSRF_PLACEHOLDER", "ServiceTemplates", "site_environment"]
+
+# Rendered in place of the CSRF token, replaced per response: cached pages never carry
+# another user's token (weakness W5), and proxy-mode services use the same placeholder.
+CSRF_PLACEHOLDER = "{~__PLUGIT_CSRF_TOKEN__~}"
+CSRF_FIELD = Markup(  # noqa: S704 (constant)
+    f'<input type="hidden" name="csrfmiddlewaretoken" value="{CSRF_PLACEHOLDER}">'
+)
+SERVICE_PREFIX = "@service/"
+
+
+def url_target_blank(value: Any) -> Markup:
+    """PlugIt's filter: every link opens in a new window."""
+    text = value if isinstance(value, Markup) else Markup.escape(value)
+    return Markup(str(text).replace("<a ", '<a target="_blank" '))  # noqa: S704 (escaped above)
+
+
+class _ServiceLoader(jinja2.BaseLoader):
+    """Serves ``@service/<key>`` names from sources handed over by the pipeline."""
+
+    def __init__(self) -> None:
+        self.sources: LRUCache[str, str] = LRUCache(maxsize=512)
+        self._lock = threading.Lock()
+
+    def add(self, name: str, source: str) -> None:
+        with self._lock:
+            self.sources[name] = source
+
+    def get_source(
+        self, environment: jinja2.Environment, template: str
+    ) -> tuple[str, str | None, Callable[[], bool]]:
+        with self._lock:
+            source = self.sources.get(template)
+        if source is None:
+            raise jinja2.TemplateNotFound(template)
+        return source, None, lambda: True
+
+
+class _ThemeLoader(jinja2.FileSystemLoader):
+    """The theme's service templates; ``plugIt/x`` (the original's spelling) is ``plugit/x``.
+
+    One folder on disk serves both names, which also keeps case-insensitive file systems right.
+    """
+
+    def get_source(
+        self, environment: jinja2.Environment, template: str
+    ) -> tuple[str, str | None, Callable[[], bool]]:
+        if template.startswith("plugIt/"):
+            template = "plugit/" + template[len("plugIt/") :]
+        return super().get_source(environment, template)
+
+
+class ServiceTemplates:
+    """Compiles and renders one service's templates in a sandbox."""
+
+    def __init__(
+        self, service: str, theme: Theme, *, dialect: str = "jinja", menu_block: str = "menubar"
+    ) -> None:
+        self.service = service
+        self.menu_block = menu_block
+        self._service_loader = _ServiceLoader()
+        loader: jinja2.BaseLoader = jinja2.ChoiceLoader(
+            [self._service_loader, _ThemeLoader(str(theme.service_templates))]
+        )
+        if dialect == "django":
+            from ..templating.django_dialect import DjangoDialectLoader, install
+
+            loader = DjangoDialectLoader(loader)
+        self.env = ImmutableSandboxedEnvironment(
+            loader=loader,
+            autoescape=True,
+            auto_reload=False,
+            cache_size=0,  # we keep compiled templates ourselves, keyed by content
+            undefined=jinja2.Undefined,
+        )
+        self.env.filters["url_target_blank"] = url_target_blank
+        if dialect == "django":
+            install(self.env)
+        self._compiled: LRUCache[str, jinja2.Template] = LRUCache(maxsize=512)
+        self._lock = threading.Lock()
+
+    def has(self, key: str) -> bool:
+        with self._lock:
+            return key in self._compiled
+
+    def get(self, key: str) -> jinja2.Template | None:
+        with self._lock:
+            return self._compiled.get(key)
+
+    def compile(self, key: str, source: str) -> jinja2.Template:
+        """Compile ``source`` under ``key``; raises jinja2.TemplateError when it is invalid."""
+        name = SERVICE_PREFIX + key
+        self._service_loader.add(name, source)
+        template = self.env.get_template(name)
+        with self._lock:
+            self._compiled[key] = template
+        return template
+
+    def render(self, template: jinja2.Template, context: Mapping[str, Any]) -> tuple[str, str]:
+        """Render; return (page HTML, menu HTML).  The menu is the template's own menu block."""
+        ctx = template.new_context(dict(context))
+        html = "".join(template.root_render_func(ctx))
+        menu = ""
+        block = template.blocks.get(self.menu_block)
+        if block is not None:
+            menu = "".join(block(template.new_context(dict(context))))
+        return html, menu
+
+
+def site_environment(theme: Theme, extra_paths: list[Path] | None = None) -> jinja2.Environment:
+    """The (trusted) environment for the site's own templates: layout, error and login pages."""
+    paths = [str(p) for p in (extra_paths or [])] + [str(theme.templates)]
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(paths),
+        autoescape=True,
+        auto_reload=False,
+        undefined=jinja2.Undefined,
+    )
+    return env

@@ -1,0 +1,376 @@
+"""HTTP calls from the proxy to one service: pooled, time-limited, signed, never redirected.
+
+One :class:`ServiceClient` per mounted service, each with its own ``requests.Session`` (a pool of
+keep-alive connections), its own timeouts and its own cap on concurrent calls, so a slow service
+only ever ties up its own share of the proxy's threads.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+from urllib.parse import unquote, urlsplit
+
+import requests
+from cachetools import TLRUCache
+from requests.adapters import HTTPAdapter
+
+from .. import protocol
+from ..config import ServiceMount
+from ..signing import sign_request
+
+__all__ = ["ServiceClient", "ServiceError", "ServiceReply", "SingleFlight", "UpstreamRequest"]
+
+log = logging.getLogger("plugit.proxy.upstream")
+T = TypeVar("T")
+
+
+class ServiceError(Exception):
+    """A service could not give a usable answer.
+
+    ``kind``: ``unreachable``, ``timeout``, ``busy`` (its concurrency cap is reached),
+    ``circuit_open``, ``bad_reply`` (garbage), ``incompatible`` (wrong protocol), ``error``
+    (it answered 5xx).  ``status`` is the HTTP status the browser gets (502, 503 or 504).
+    The message is for logs and dev mode; users see a generic text naming the service.
+    """
+
+    STATUS = {
+        "unreachable": 502,
+        "bad_reply": 502,
+        "incompatible": 502,
+        "error": 502,
+        "timeout": 504,
+        "busy": 503,
+        "circuit_open": 503,
+    }
+
+    def __init__(self, service: str, kind: str, message: str, status: int | None = None) -> None:
+        super().__init__(f"{service}: {message}")
+        self.service = service
+        self.kind = kind
+        self.message = message
+        self.status = status or self.STATUS.get(kind, 502)
+
+
+@dataclass
+class UpstreamRequest:
+    """The request about to be sent to a service's action (plugins may change it)."""
+
+    method: str
+    path: str  # below the service URL, e.g. "action/show/5"
+    params: list[tuple[str, str]] = field(default_factory=list)
+    form: list[tuple[str, str]] | None = None
+    files: list[tuple[str, tuple[str, Any, str]]] = field(default_factory=list)
+    body: bytes | None = None  # a raw body (JSON, ...) when not form data
+    content_type: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class ServiceReply:
+    """A service's answer; ``body`` is fully read unless ``stream`` is set (files)."""
+
+    status: int
+    headers: Any  # case-insensitive mapping
+    body: bytes = b""
+    stream: Iterator[bytes] | None = None
+    close: Callable[[], None] | None = None
+
+    def json(self) -> Any:
+        if not self.body or self.body.strip() == b"{}":
+            return {}
+        try:
+            return json.loads(self.body)
+        except ValueError as exc:
+            raise ValueError(f"the reply is not JSON ({exc})") from None
+
+
+class SingleFlight(Generic[T]):
+    """Run one call per key at a time; concurrent callers with the same key share its result."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._calls: dict[Any, _Call[T]] = {}
+
+    def do(self, key: Any, fn: Callable[[], T]) -> T:
+        with self._lock:
+            call = self._calls.get(key)
+            leader = call is None
+            if leader:
+                call = self._calls[key] = _Call()
+        assert call is not None
+        if not leader:
+            call.done.wait()
+            if call.error is not None:
+                raise call.error
+            return call.result  # type: ignore[return-value]
+        try:
+            call.result = fn()
+            return call.result
+        except BaseException as exc:
+            call.error = exc
+            raise
+        finally:
+            with self._lock:
+                del self._calls[key]
+            call.done.set()
+
+
+class _Call(Generic[T]):
+    __slots__ = ("done", "error", "result")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.result: T | None = None
+        self.error: BaseException | None = None
+
+
+class ServiceClient:
+    """Talks to one service."""
+
+    META_DEFAULT_TTL = 300.0
+
+    def __init__(self, mount: ServiceMount, *, user_agent: str = "PlugIt-proxy") -> None:
+        self.mount = mount
+        self.name = mount.name
+        self.session = requests.Session()
+        self.session.trust_env = False  # never route service calls through environment proxies
+        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=mount.max_concurrency, max_retries=0)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+        self.session.headers = requests.structures.CaseInsensitiveDict(
+            {"User-Agent": user_agent, "Accept-Encoding": "identity"}
+        )
+        self.timeout = (mount.connect_timeout, mount.timeout)
+        self._slots = threading.BoundedSemaphore(mount.max_concurrency)
+        self._base_path = urlsplit(mount.url).path.rstrip("/")
+        # Meta: parsed, per action path, for the lifetime the service asked (at most an hour).
+        self._meta: TLRUCache[str, tuple[protocol.ActionMeta | None, float]] = TLRUCache(
+            maxsize=4096, ttu=lambda _k, v, _now: v[1], timer=time.monotonic
+        )
+        self._meta_lock = threading.Lock()
+        self._flight: SingleFlight[Any] = SingleFlight()
+        self.compatible: bool | None = None  # set by check_version
+
+    # -- low level --------------------------------------------------------------------------------
+
+    def send(self, upstream: UpstreamRequest, *, stream: bool = False) -> ServiceReply:
+        """Send ``upstream`` (signed when the mount has a secret) and return the reply.
+
+        The body is read into memory (up to ``max_response_size``), except for file replies
+        (``EbuIo-PlugIt-ItAFile``) and when ``stream`` is set: those are streamed and hold their
+        concurrency slot until the stream is closed.  Raises :class:`ServiceError` for a refused
+        connection, a timeout, a full concurrency cap or an oversized reply; any HTTP status is
+        a reply.
+        """
+        if not self._slots.acquire(timeout=min(self.mount.timeout, 1.0)):
+            raise ServiceError(
+                self.name, "busy", f"{self.mount.max_concurrency} calls already in progress"
+            )
+        released = False
+        try:
+            prepared = self._prepare(upstream)
+            try:
+                response = self.session.send(
+                    prepared, timeout=self.timeout, allow_redirects=False, stream=True
+                )
+            except requests.Timeout as exc:
+                raise ServiceError(
+                    self.name, "timeout", f"no answer within {self.mount.timeout}s"
+                ) from exc
+            except requests.RequestException as exc:
+                raise ServiceError(
+                    self.name, "unreachable", f"{type(exc).__name__}: {_short(exc)}"
+                ) from exc
+            if stream or protocol.H_FILE in response.headers:
+                released = True
+                return ServiceReply(
+                    response.status_code,
+                    response.headers,
+                    stream=self._stream(response),
+                    close=response.close,
+                )
+            body = self._read(response)
+            return ServiceReply(response.status_code, response.headers, body)
+        finally:
+            if not released:
+                self._slots.release()
+
+    def _stream(self, response: requests.Response) -> Iterator[bytes]:
+        try:
+            yield from response.iter_content(64 * 1024)
+        except requests.RequestException as exc:
+            log.warning("%s: file transfer interrupted: %s", self.name, _short(exc))
+        finally:
+            response.close()
+            self._slots.release()
+
+    def _read(self, response: requests.Response) -> bytes:
+        limit = self.mount.max_response_size
+        length = response.headers.get("Content-Length")
+        if length and length.isdigit() and int(length) > limit:
+            response.close()
+            raise ServiceError(
+                self.name, "bad_reply", f"reply of {length} bytes is over the {limit} limit"
+            )
+        chunks = []
+        size = 0
+        try:
+            for chunk in response.iter_content(64 * 1024):
+                size += len(chunk)
+                if size > limit:
+                    raise ServiceError(
+                        self.name, "bad_reply", f"reply is over the {limit} bytes limit"
+                    )
+                chunks.append(chunk)
+        except requests.Timeout as exc:
+            raise ServiceError(
+                self.name, "timeout", f"reply not finished within {self.mount.timeout}s"
+            ) from exc
+        except requests.RequestException as exc:
+            raise ServiceError(
+                self.name, "unreachable", f"reply interrupted: {_short(exc)}"
+            ) from exc
+        finally:
+            response.close()
+        return b"".join(chunks)
+
+    def _prepare(self, upstream: UpstreamRequest) -> requests.PreparedRequest:
+        url = f"{self.mount.url}/{upstream.path}"
+        headers = dict(upstream.headers)
+        data: Any = None
+        if upstream.form is not None or upstream.files:
+            data = upstream.form or []
+        elif upstream.body is not None:
+            data = upstream.body
+            if upstream.content_type:
+                headers["Content-Type"] = upstream.content_type
+        request = requests.Request(
+            upstream.method,
+            url,
+            params=upstream.params or None,
+            data=data,
+            files=upstream.files or None,
+            headers=headers,
+        )
+        prepared = self.session.prepare_request(request)
+        if self.mount.secret:
+            split = urlsplit(prepared.url)
+            body = prepared.body
+            if isinstance(body, str):
+                body = body.encode("utf-8")
+            prepared.headers.update(
+                sign_request(
+                    self.mount.secret,
+                    method=prepared.method or upstream.method,
+                    path=unquote(split.path),
+                    query=split.query,
+                    body=body,
+                    headers=prepared.headers.items(),
+                )
+            )
+        return prepared
+
+    def get(self, path: str, params: list[tuple[str, str]] | None = None) -> ServiceReply:
+        return self.send(UpstreamRequest("GET", path, params=params or []))
+
+    # -- protocol calls ---------------------------------------------------------------------------
+
+    def check_version(self) -> tuple[bool, str]:
+        """Ask ``version``; True when the service speaks PlugIt protocol 1."""
+        try:
+            reply = self.get("version")
+            data = reply.json() if reply.status == 200 else None
+        except (ServiceError, ValueError) as exc:
+            self.compatible = None
+            return False, str(exc)
+        ok = (
+            isinstance(data, dict)
+            and data.get("result") == "Ok"
+            and str(data.get("version")) == protocol.PROTOCOL_VERSION
+            and data.get("protocol") == protocol.PROTOCOL_NAME
+        )
+        self.compatible = ok
+        if not ok:
+            return False, f"version answered {reply.status} {reply.body[:200]!r}"
+        return True, "protocol EBUio-PlugIt version 1"
+
+    def meta(self, path: str) -> protocol.ActionMeta | None:
+        """The meta of the action at ``path`` (None: no such action), cached as the service asks.
+
+        Concurrent cold requests for one path make a single call.
+        """
+        with self._meta_lock:
+            cached = self._meta.get(path)
+        if cached is not None:
+            return cached[0]
+        return self._flight.do(("meta", path), lambda: self._fetch_meta(path))
+
+    def _fetch_meta(self, path: str) -> protocol.ActionMeta | None:
+        reply = self.get("meta/" + path)
+        if reply.status == 404:
+            meta = None
+        elif reply.status != 200:
+            raise ServiceError(self.name, "error", f"meta/{path} answered {reply.status}")
+        else:
+            try:
+                meta = protocol.parse_meta(reply.body)
+            except protocol.ProtocolError as exc:
+                raise ServiceError(self.name, "bad_reply", f"meta/{path}: {exc}") from None
+        ttl = _meta_ttl(reply.headers, self.META_DEFAULT_TTL)
+        if ttl > 0:
+            with self._meta_lock:
+                self._meta[path] = (meta, time.monotonic() + ttl)
+        return meta
+
+    def forget_meta(self) -> None:
+        with self._meta_lock:
+            self._meta.clear()
+
+    def template(self, path: str, tag: str) -> str | None:
+        """Fetch the template of the action at ``path`` (single-flight per path and tag)."""
+        return self._flight.do(("template", path, tag), lambda: self._fetch_template(path))
+
+    def _fetch_template(self, path: str) -> str | None:
+        reply = self.get("template/" + path)
+        if reply.status == 404:
+            return None
+        if reply.status != 200:
+            raise ServiceError(self.name, "error", f"template/{path} answered {reply.status}")
+        try:
+            return reply.body.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ServiceError(
+                self.name, "bad_reply", f"template/{path} is not UTF-8 text"
+            ) from None
+
+    def close(self) -> None:
+        self.session.close()
+
+
+def _meta_ttl(headers: Any, default: float) -> float:
+    """Seconds to keep a meta: ``Cache-Control: max-age``, else ``Expire(s)``, else ``default``."""
+    from werkzeug.http import parse_cache_control_header, parse_date
+
+    control = headers.get("Cache-Control")
+    if control:
+        max_age = parse_cache_control_header(control).max_age
+        if max_age is not None:
+            return min(float(max_age), 3600.0)
+    expires = headers.get("Expire") or headers.get("Expires")
+    if expires:
+        when = parse_date(expires)
+        if when is None:
+            return 0.0
+        return min(when.timestamp() - time.time(), 3600.0)
+    return default
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc)
+    return text if len(text) < 200 else text[:200] + "..."

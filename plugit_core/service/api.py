@@ -1,0 +1,239 @@
+"""Client for the proxy's callback API (PROTOCOL.md 6.4), used by services.
+
+Same method names as the original ``PlugItAPI``.  Differences that matter:
+
+* every call has a timeout (connect, read) and reuses one pooled HTTP session;
+* the service's key travels in the ``Authorization`` header, never in the URL;
+* "not found" answers ``None`` (or ``[]`` for lists) as in the original, while every other failure
+  raises a typed :class:`PlugItAPIError` subclass instead of passing silently.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable
+from typing import Any
+
+import requests
+
+__all__ = [
+    "Orga",
+    "PlugItAPI",
+    "PlugItAPIAuthError",
+    "PlugItAPIError",
+    "PlugItAPIUnavailableError",
+    "User",
+]
+
+
+class PlugItAPIError(Exception):
+    """The callback API refused or failed a call.  ``status`` is the HTTP status (0 if none)."""
+
+    def __init__(self, message: str, status: int = 0, code: str = "error") -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+
+class PlugItAPIAuthError(PlugItAPIError):
+    """The API key was refused (403)."""
+
+
+class PlugItAPIUnavailableError(PlugItAPIError):
+    """The proxy could not be reached, timed out or answered a server error."""
+
+
+class _Record:
+    """A plain attribute container built from a JSON object."""
+
+    def __init__(self, **fields: Any) -> None:
+        self.__dict__.update(fields)
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{k}={v!r}" for k, v in sorted(self.__dict__.items()))
+        return f"{type(self).__name__}({inner})"
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and other.__dict__ == self.__dict__
+
+
+class User(_Record):
+    """A user as the API returns it (``pk``, ``id``, ``username``, ``orgas``, ...)."""
+
+
+class Orga(_Record):
+    """An organisation (``pk``, ``id``, ``name``, ``codops``)."""
+
+
+class PlugItAPI:
+    """Calls the proxy's callback API at ``url`` (its base, ending with ``/``)."""
+
+    def __init__(
+        self,
+        url: str,
+        api_key: str | None = None,
+        *,
+        timeout: float | tuple[float, float] = (3.05, 10),
+        session: requests.Session | None = None,
+    ) -> None:
+        if not url.endswith("/"):
+            url += "/"
+        self.url = url
+        self.api_key = api_key
+        self.timeout = timeout
+        self.session = session or requests.Session()
+        if api_key:
+            self.session.headers["Authorization"] = f"Bearer {api_key}"
+
+    # -- transport --------------------------------------------------------------------------------
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> requests.Response | None:
+        """Perform a call; None on 404, raise on every other failure."""
+        try:
+            response = self.session.request(
+                method, self.url + path, timeout=self.timeout, allow_redirects=False, **kwargs
+            )
+        except requests.RequestException as exc:
+            raise PlugItAPIUnavailableError(f"{method} {path}: {exc.__class__.__name__}") from exc
+        if response.status_code == 404:
+            return None
+        if response.status_code in (401, 403):
+            raise PlugItAPIAuthError(_message(response), response.status_code, "forbidden")
+        if response.status_code >= 500:
+            raise PlugItAPIUnavailableError(_message(response), response.status_code, "unavailable")
+        if response.status_code >= 400:
+            raise PlugItAPIError(_message(response), response.status_code, _code(response))
+        return response
+
+    def _get_json(self, path: str, **kwargs: Any) -> Any:
+        response = self._request("GET", path, **kwargs)
+        if response is None:
+            return None
+        try:
+            return response.json()
+        except ValueError:
+            raise PlugItAPIError(
+                f"GET {path}: the proxy answered non-JSON", response.status_code
+            ) from None
+
+    # -- users and organisations ------------------------------------------------------------------
+
+    def get_user(self, userPk: int | str) -> User | None:  # noqa: N803 (original signature)
+        """The user with this pk or UUID, with ``orgas``; None when unknown."""
+        data = self._get_json(f"user/{userPk}")
+        if data is None:
+            return None
+        return User(**{"pk": userPk, "id": userPk, **data})
+
+    def get_user_techgroups(self, userPk: int | str) -> list[Any]:  # noqa: N803
+        """UUIDs of the user's tech groups ([] when the proxy has none)."""
+        return self._get_json(f"user/{userPk}/techgroups/") or []
+
+    def get_subscription_labels(self, userPk: int | str) -> list[str]:  # noqa: N803
+        """Labels of the user's active subscriptions to this service ([] when unknown)."""
+        return self._get_json(f"subscriptions/{userPk}") or []
+
+    def get_orgas(self) -> list[Orga] | None:
+        """Every organisation visible to this service."""
+        data = self._get_json("orgas/")
+        if data is None:
+            return None
+        return [Orga(**{**item, "pk": item.get("id")}) for item in data.get("data", [])]
+
+    def get_orga(self, orgaPk: int | str) -> Orga | None:  # noqa: N803
+        """One organisation; None when unknown."""
+        data = self._get_json(f"orga/{orgaPk}")
+        if data is None:
+            return None
+        return Orga(**{"pk": orgaPk, "id": orgaPk, **data})
+
+    def get_project_members(self) -> list[User] | None:
+        """The members of this service."""
+        data = self._get_json("members/")
+        if data is None:
+            return None
+        return [User(**member) for member in data.get("members", [])]
+
+    def get_techgroups(self) -> list[Any]:
+        """Tech groups ([] when the proxy has none)."""
+        return self._get_json("techgroups/") or []
+
+    # -- mail -------------------------------------------------------------------------------------
+
+    def send_mail(
+        self,
+        sender: str | None,
+        subject: str,
+        recipients: Iterable[str],
+        message: str,
+        response_id: str | None = None,
+        html_message: bool = False,
+    ) -> requests.Response:
+        """Ask the proxy to send a mail; replies are delivered to the ``mail`` endpoint with
+        ``response_id``.  Returns the HTTP response (raises on failure)."""
+        data: dict[str, Any] = {
+            "subject": subject,
+            "dests": list(recipients),
+            "message": message,
+            "html_message": "true" if html_message else "false",
+        }
+        if sender:
+            data["sender"] = sender
+        if response_id is not None:
+            data["response_id"] = response_id
+        response = self._request("POST", "mail/", data=data)
+        if response is None:
+            raise PlugItAPIError("the proxy offers no mail endpoint", 404, "not_found")
+        return response
+
+    # -- forum (not offered by this proxy; kept for source compatibility) -------------------------
+
+    def forum_create_topic(
+        self, subject: str, author: Any, message: str, tags: str = ""
+    ) -> requests.Response:
+        """Create a forum topic.  The PlugIt proxy has no forum: raises PlugItAPIError."""
+        response = self._request(
+            "POST",
+            "ebuio/forum/",
+            data={"subject": subject, "author": author, "message": message, "tags": tags},
+        )
+        if response is None:
+            raise PlugItAPIError("the proxy offers no forum", 404, "no-on-ebuio")
+        return response
+
+    def ebuio_forum(self, subject: str, author: Any, message: str, tags: str = "") -> Any:
+        """Deprecated alias of :meth:`forum_create_topic` returning its JSON."""
+        warnings.warn(
+            "ebuio_forum is deprecated, use forum_create_topic", DeprecationWarning, stacklevel=2
+        )
+        return self.forum_create_topic(subject, author, message, tags).json()
+
+    def forum_topic_get_by_tag_for_user(
+        self, tag: str | None = None, author: Any = None
+    ) -> list[Any] | None:
+        """Forum topics with ``tag``; None without a tag or when the proxy has no forum."""
+        if not tag:
+            return None
+        params = {"u": author} if author is not None else None
+        data = self._get_json(f"ebuio/forum/search/bytag/{tag}", params=params)
+        if not isinstance(data, dict) or "data" not in data:
+            return None
+        return data["data"]
+
+
+def _message(response: requests.Response) -> str:
+    try:
+        payload = response.json()
+    except ValueError:
+        return f"HTTP {response.status_code}"
+    if isinstance(payload, dict):
+        return str(payload.get("message") or payload.get("error") or f"HTTP {response.status_code}")
+    return f"HTTP {response.status_code}"
+
+
+def _code(response: requests.Response) -> str:
+    try:
+        payload = response.json()
+    except ValueError:
+        return "error"
+    return str(payload.get("error", "error")) if isinstance(payload, dict) else "error"
