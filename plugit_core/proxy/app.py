@@ -250,6 +250,7 @@ class ProxyApp:
         request.proxy = self
         request.max_content_length = self.config.max_upload_size
         response = self.dispatch(request)
+        response.call_on_close(request.close)  # uploaded files are temporary files
         return response(environ, start_response)
 
     def match_mount(self, path: str) -> tuple[ServiceMount, str] | None:

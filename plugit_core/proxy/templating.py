@@ -85,13 +85,12 @@ class ServiceTemplates:
         self.service = service
         self.menu_block = menu_block
         self._service_loader = _ServiceLoader()
-        loader: jinja2.BaseLoader = jinja2.ChoiceLoader(
-            [self._service_loader, _ThemeLoader(str(theme.service_templates))]
-        )
+        own: jinja2.BaseLoader = self._service_loader
         if dialect == "django":
             from ..templating.django_dialect import DjangoDialectLoader, install
 
-            loader = DjangoDialectLoader(loader)
+            own = DjangoDialectLoader(own)  # the theme's base templates stay jinja
+        loader = jinja2.ChoiceLoader([own, _ThemeLoader(str(theme.service_templates))])
         self.env = ImmutableSandboxedEnvironment(
             loader=loader,
             autoescape=True,

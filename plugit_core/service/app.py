@@ -343,6 +343,7 @@ class PlugItService:
         request.max_content_length = self.config.max_content_length
         request.max_form_memory_size = self.config.max_form_memory_size
         response = self.handle(request)
+        response.call_on_close(request.close)  # uploaded files are temporary files
         return response(environ, start_response)
 
     def handle(self, request: ServiceRequest) -> Response:

@@ -1,0 +1,90 @@
+"""``plugit demo``: the proxy and the example voting service, on embedded defaults.
+
+The service runs in a child process on a free loopback port, signed with a fresh secret; the
+proxy runs in dev mode (simulated users) with the memory cache, signed-cookie sessions and
+SQLite, and prints its URL.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from plugit_core.cli import run_server
+from plugit_core.testing import wait_for_port
+
+__all__ = ["demo_config", "run_demo"]
+
+
+def _free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def demo_config(service_url: str, secret: str) -> dict[str, Any]:
+    """The demo proxy's configuration (what a ``plugit.toml`` would hold)."""
+    return {
+        "dev_mode": True,
+        "site_name": "PlugIt demo",
+        "services": [
+            {
+                "name": "voting",
+                "title": "Polls",
+                "url": service_url,
+                "mount": "/voting/",
+                "secret": secret,
+                "timeout": 5,
+            }
+        ],
+    }
+
+
+def run_demo(*, port: int = 8000, host: str = "127.0.0.1", data_dir: str | None = None) -> int:
+    """Start the service, then serve the proxy in the foreground until interrupted."""
+    from plugit_contrib.examples.voting import db
+    from plugit_core.proxy.app import ProxyApp
+
+    folder = Path(data_dir) if data_dir else Path(tempfile.mkdtemp(prefix="plugit-demo-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    database = folder / "voting.sqlite3"
+    if not database.exists():
+        db.seed(str(database))
+    service_port = _free_port("127.0.0.1")
+    secret = secrets.token_urlsafe(32)
+    env = dict(os.environ, PLUGIT_DATABASE=str(database), PLUGIT_SERVICE_SECRET=secret)
+    service = subprocess.Popen(  # noqa: S603 (our own interpreter and module)
+        [
+            sys.executable,
+            "-m",
+            "plugit_core.cli",
+            "service",
+            "plugit_contrib.examples.voting.app:create_app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(service_port),
+        ],
+        env=env,
+    )
+    try:
+        wait_for_port("127.0.0.1", service_port, timeout=60)
+        config = demo_config(f"http://127.0.0.1:{service_port}", secret)
+        shown = f"[{host}]" if ":" in host else host
+        print(f"\n  PlugIt demo: http://{shown}:{port}/voting/   (data in {folder})\n", flush=True)
+        run_server(lambda: ProxyApp(config), host=host, port=port, threads=16, name="plugit-demo")
+    finally:
+        if service.poll() is None:
+            service.send_signal(signal.SIGTERM)
+            try:
+                service.wait(10)
+            except subprocess.TimeoutExpired:
+                service.kill()
+    return 0
