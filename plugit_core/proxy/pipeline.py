@@ -113,6 +113,7 @@ class Pipeline:
             if path in ("ebuio_setUser", "ebuio_setOrga"):
                 return self._finish(page, self.switch(page, path))
             self.check_csrf(request)
+            self.proxy.check_compatible(client)
             self.resolve_orga(page)
             response = self.proxy_mode_page(page) if mount.proxy_mode else self.page(page)
         except _RefusedError as refused:
@@ -496,7 +497,6 @@ class Pipeline:
     # -- the call and its reply -------------------------------------------------------------------
 
     def call(self, page: PageRequest, upstream: UpstreamRequest) -> ServiceReply:
-        self.proxy.check_compatible(page.client)
         return self.hook.plugit_call_service(page=page, upstream=upstream)
 
     def special_reply(self, page: PageRequest, reply: ServiceReply) -> Response | None:

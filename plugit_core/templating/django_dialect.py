@@ -568,8 +568,10 @@ def _tag_end(tr: _Translator, token: _Token, args: list[str]) -> None:
             else ""
         )
         tr.error(f"Unexpected '{name}'{expected}", token)
+    if args and frame.tag != "block":
+        tr.error(f"'{name}' takes no arguments", token)
     if args and args != [frame.name]:
-        tr.error(f"'{name} {' '.join(args)}' does not match '{frame.tag} {frame.name}'", token)
+        tr.error(f"'{name} {' '.join(args)}' does not match 'block {frame.name}'", token)
     tr.frames.pop()
     tr.emit(frame.close)
 
