@@ -78,7 +78,7 @@ def plugit_startup(proxy: ProxyApp) -> None:
     """The proxy is built and about to serve.
 
     Called once, after backends and routes.  Use it to check connections or start background
-    work.  An exception here stops the start-up with the plugin's error.
+    work.  Returns nothing; an exception here stops the start-up with the plugin's error.
     """
 
 
@@ -122,7 +122,7 @@ def plugit_upstream_request(page: PageRequest, upstream: UpstreamRequest) -> Non
 def plugit_call_service(page: PageRequest, upstream: UpstreamRequest) -> ServiceReply | None:
     """Make, or wrap, the HTTP call to a service's action.
 
-    The proxy's own implementation (``trylast``) sends ``upstream`` and returns the
+    Called once per action call (not for meta, template or media fetches).  The proxy's own implementation (``trylast``) sends ``upstream`` and returns the
     :class:`ServiceReply`, or raises :class:`ServiceError`.  Plugins implement this hook as
     new-style wrappers, ``@hookimpl(wrapper=True)``: ``reply = yield`` runs the inner wrappers
     and the call and gives the reply (or raises the call's ServiceError); return a reply or

@@ -1,0 +1,143 @@
+"""Configuration: validated at start-up, every error names the key and the file."""
+
+from __future__ import annotations
+
+import pytest
+
+from plugit_core.config import ConfigError, ProxyConfig, load_config
+from plugit_core.proxy.app import ProxyApp
+
+STRONG = "s3cret-0123456789-abcdefghijklmnopqrstuvwxyz-ABCDEF"
+
+
+def service(**overrides):
+    return {"name": "polls", "url": "http://127.0.0.1:5000", **overrides}
+
+
+def test_minimal_file(tmp_path):
+    path = tmp_path / "plugit.toml"
+    path.write_text(
+        f'secret_key = "{STRONG}"\n'
+        '[[services]]\nname = "polls"\nurl = "http://127.0.0.1:5000/base/"\ntemplate_dialect = "django"\n'
+    )
+    config = load_config(path)
+    (mount,) = config.services
+    assert mount.url == "http://127.0.0.1:5000/base"
+    assert mount.mount == "/polls/"
+    assert mount.template_dialect == "django"
+    assert mount.timeout == 5.0
+    assert config.dev_mode is False
+
+
+def test_secret_from_environment(monkeypatch):
+    monkeypatch.setenv("TEST_PLUGIT_KEY", STRONG)
+    config = ProxyConfig.from_mapping({"secret_key": {"env": "TEST_PLUGIT_KEY"}})
+    assert config.secret_key == STRONG
+
+
+@pytest.mark.parametrize(
+    ("data", "key", "words"),
+    [
+        pytest.param({}, "secret_key", "required outside dev mode", id="no-secret"),
+        pytest.param({"secret_key": "short"}, "secret_key", "too weak", id="weak-secret"),
+        pytest.param({"secret_key": "a" * 40}, "secret_key", "too weak", id="low-entropy-secret"),
+        pytest.param({"secret_key": {"env": "NOPE_NOT_SET"}}, "secret_key", "not set", id="missing-env"),
+        pytest.param({"secret_key": STRONG, "dev_mod": True}, "dev_mod", "unknown setting", id="typo-top"),
+        pytest.param({"secret_key": STRONG, "dev_mode": "yes"}, "dev_mode", "true or false", id="bad-bool"),
+        pytest.param(
+            {"secret_key": STRONG, "services": [service(timeout="slow")]},
+            "services[0].timeout",
+            "expected a number",
+            id="bad-timeout",
+        ),
+        pytest.param(
+            {"secret_key": STRONG, "services": [service(timeout=-1)]},
+            "services[0].timeout",
+            "at least",
+            id="negative-timeout",
+        ),
+        pytest.param(
+            {"secret_key": STRONG, "services": [{"url": "http://x"}]}, "services[0].name", "required", id="no-name"
+        ),
+        pytest.param(
+            {"secret_key": STRONG, "services": [service(url="ftp://x")]}, "services[0].url", "http", id="bad-url"
+        ),
+        pytest.param(
+            {"secret_key": STRONG, "services": [service(mount="polls")]}, "services[0].mount", "start and end", id="mount"
+        ),
+        pytest.param(
+            {"secret_key": STRONG, "services": [service(mount="/_plugit/x/")]},
+            "services[0].mount",
+            "reserved",
+            id="reserved-mount",
+        ),
+        pytest.param(
+            {"secret_key": STRONG, "services": [service(template_dialect="mako")]},
+            "services[0].template_dialect",
+            "one of jinja, django",
+            id="dialect",
+        ),
+        pytest.param(
+            {"secret_key": STRONG, "services": [service(secret="tiny")]}, "services[0].secret", "16", id="short-secret"
+        ),
+        pytest.param(
+            {"secret_key": STRONG, "services": [service(timout=3)]}, "services[0].timout", "unknown", id="typo-service"
+        ),
+        pytest.param(
+            {"secret_key": STRONG, "services": [service(), service(mount="/other/")]},
+            "services[1].name",
+            "used twice",
+            id="duplicate-name",
+        ),
+        pytest.param(
+            {"secret_key": STRONG, "user_data": ["username"]}, "user_data", "must contain 'pk'", id="user-data-pk"
+        ),
+        pytest.param(
+            {"secret_key": STRONG, "trusted_proxies": ["10.0.0.0/33"]}, "trusted_proxies", "not an IP", id="cidr"
+        ),
+    ],
+)
+def test_invalid_configuration_names_the_key(data, key, words):
+    with pytest.raises(ConfigError) as info:
+        ProxyConfig.from_mapping(data, "site.toml")
+    assert info.value.key == key
+    assert words in str(info.value)
+    assert "site.toml" in str(info.value)
+
+
+def test_invalid_toml_names_the_file(tmp_path):
+    path = tmp_path / "broken.toml"
+    path.write_text("secret_key = \n")
+    with pytest.raises(ConfigError, match="invalid TOML") as info:
+        load_config(path)
+    assert str(path) in str(info.value)
+
+
+def test_missing_file():
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config("/nonexistent/plugit.toml")
+
+
+@pytest.mark.parametrize(
+    ("section", "key"),
+    [
+        pytest.param({"cache_memory": {"max_bytes": "big"}}, "cache_memory.max_bytes", id="backend-value"),
+        pytest.param({"cache_memory": {"maxbytes": 1}}, "cache_memory.maxbytes", id="backend-typo"),
+        pytest.param({"cache_memroy": {}}, "cache_memroy", id="unknown-table"),
+        pytest.param({"session_cookie": {"samesite": "None", "secure": False}}, "session_cookie.samesite", id="samesite"),
+    ],
+)
+def test_backend_sections_are_checked_at_start_up(section, key):
+    with pytest.raises(ConfigError) as info:
+        ProxyApp({"secret_key": STRONG, **section}, load_entry_points=False)
+    assert info.value.key == key
+
+
+def test_unknown_backend_name():
+    with pytest.raises(ConfigError, match="no cache backend named 'memcached'"):
+        ProxyApp({"secret_key": STRONG, "cache": "memcached"}, load_entry_points=False)
+
+
+def test_dev_mode_needs_no_secret():
+    config = ProxyConfig.from_mapping({"dev_mode": True})
+    assert config.secret_key
