@@ -138,13 +138,19 @@ class ServiceConfig:
                     values[name] = value
             for name in own:
                 value = getter(name, None)
-                if value is not None and name != "SETTINGS":
+                # A service module doubles as its settings: an action or import that happens to
+                # be called ``root`` or ``media`` is not a setting.
+                if value is not None and not _is_code(value):
                     values[name] = value
         values.update({k: v for k, v in overrides.items() if v is not None})
         unknown = set(values) - own
         if unknown:
             raise TypeError(f"unknown service settings: {', '.join(sorted(unknown))}")
         return cls(**values)
+
+
+def _is_code(value: Any) -> bool:
+    return isinstance(value, (types.ModuleType, type)) or callable(value)
 
 
 class _StrictFormDataParser(FormDataParser):
@@ -309,9 +315,9 @@ class PlugItService:
         if spec is None or not spec.is_action:
             raise ValueError(f"{fn!r} is not decorated with @action")
         name = name or fn.__name__
+        if any(other.fn is fn for other in self.actions.values()):
+            return  # already registered, e.g. imported into the module under a second name
         if name in self.actions:
-            if self.actions[name].fn is fn:
-                return
             raise ValueError(f"two actions are named {name!r}")
         for other in self.actions.values():
             if other.spec.route == spec.route:
@@ -359,6 +365,8 @@ class PlugItService:
         except _SignatureRefused as exc:
             return _signature_error_response(exc)
         except HTTPException as exc:
+            if exc.response is not None:  # abort(response), abort(304)
+                return exc.response  # type: ignore[return-value]
             if exc.code is not None and exc.code < 400:
                 return exc.get_response()  # type: ignore[return-value]
             return _error_response(exc)
@@ -462,7 +470,7 @@ class PlugItService:
             stat = os.stat(path)
         except OSError:
             return ""
-        key = (stat.st_mtime_ns, stat.st_size)
+        key = (stat.st_mtime_ns, stat.st_ctime_ns, stat.st_size, stat.st_ino)
         cached = act._tag_cache.get(path)
         if cached and cached[0] == key:
             return cached[1]
