@@ -106,22 +106,27 @@ def load_service(target: str, **overrides: Any) -> Any:
         module = importlib.util.module_from_spec(spec)
         sys.modules[path.stem] = module
         spec.loader.exec_module(module)
-        overrides.setdefault("root", str(path.parent))
+        root = str(path.parent)
     else:
         try:
             module = importlib.import_module(module_name)
         except ImportError as exc:
             raise CommandError(f"cannot import {module_name}: {exc}") from None
+        root = None
     settings = {k: v for k, v in overrides.items() if v is not None}
     if attribute:
         value = getattr(module, attribute, None)
         if value is None:
             raise CommandError(f"{module_name} has no attribute {attribute!r}")
-        return value(**settings) if callable(value) and not isinstance(value, PlugItService) else value
+        return (
+            value(**settings) if callable(value) and not isinstance(value, PlugItService) else value
+        )
     if isinstance(getattr(module, "app", None), PlugItService):
         return module.app
     if callable(getattr(module, "create_app", None)):
         return module.create_app(**settings)
+    if root is not None:  # templates and media beside the file
+        settings.setdefault("root", root)
     return PlugItService.from_module(module, **settings)
 
 
@@ -190,10 +195,16 @@ def _proxy(args: argparse.Namespace) -> int:
                     f"{args.host}. Use 127.0.0.1, or --force if this network is yours alone."
                 )
             print("!" * 78, file=sys.stderr)
-            print(f"!! DEV MODE ON {args.host}: anyone who reaches this port is an admin", file=sys.stderr)
+            print(
+                f"!! DEV MODE ON {args.host}: anyone who reaches this port is an admin",
+                file=sys.stderr,
+            )
             print("!" * 78, file=sys.stderr)
         else:
-            print("PlugIt proxy in DEV MODE (simulated users; never use in production)", file=sys.stderr)
+            print(
+                "PlugIt proxy in DEV MODE (simulated users; never use in production)",
+                file=sys.stderr,
+            )
     ProxyApp(config, check_services=False).close()  # fail now with a clear message
     run_server(
         lambda: ProxyApp(load_config(args.config)),
@@ -216,12 +227,16 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="plugit", description="PlugIt: many web services, one site.")
+    parser = argparse.ArgumentParser(
+        prog="plugit", description="PlugIt: many web services, one site."
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     service = commands.add_parser("service", help="serve a PlugIt service, or check one")
     service.add_argument("module", nargs="?", help="module, module:attribute or path/to/file.py")
-    service.add_argument("--check", metavar="URL", help="run the protocol conformance checks on URL")
+    service.add_argument(
+        "--check", metavar="URL", help="run the protocol conformance checks on URL"
+    )
     service.add_argument("--action", action="append", help="action path to check (repeatable)")
     service.add_argument("--host", default="127.0.0.1")
     service.add_argument("--port", type=int, default=5000)
@@ -241,13 +256,17 @@ def _parser() -> argparse.ArgumentParser:
     proxy.add_argument("--port", type=int, default=8000)
     proxy.add_argument("--workers", type=int, default=1)
     proxy.add_argument("--threads", type=int, default=16)
-    proxy.add_argument("--force", action="store_true", help="allow dev mode on a non-loopback address")
+    proxy.add_argument(
+        "--force", action="store_true", help="allow dev mode on a non-loopback address"
+    )
     proxy.set_defaults(handler=_proxy)
 
     demo = commands.add_parser("demo", help="run the proxy and the example voting service")
     demo.add_argument("--host", default="127.0.0.1")
     demo.add_argument("--port", type=int, default=8000)
-    demo.add_argument("--data-dir", help="where the demo keeps its SQLite file (default: a temp dir)")
+    demo.add_argument(
+        "--data-dir", help="where the demo keeps its SQLite file (default: a temp dir)"
+    )
     demo.set_defaults(handler=_demo)
     return parser
 
@@ -255,7 +274,9 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``plugit`` console script."""
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     from .config import ConfigError
 
     try:

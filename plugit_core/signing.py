@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 import threading
 import time
@@ -51,6 +52,10 @@ TIMESTAMP_HEADER = "X-Plugit-Timestamp"
 NONCE_HEADER = "X-Plugit-Nonce"
 _OWN_HEADERS = frozenset(h.lower() for h in (SIGNATURE_HEADER, TIMESTAMP_HEADER, NONCE_HEADER))
 _EMPTY_BODY_DIGEST = hashlib.sha256(b"").hexdigest()
+# ASCII only: str.isdigit() accepts "²", which int() refuses, and compare_digest refuses non-ASCII.
+_SIGNATURE = re.compile(r"v1=[0-9a-f]{64}", re.ASCII)
+_TIMESTAMP = re.compile(r"[0-9]{1,12}", re.ASCII)
+_NONCE = re.compile(r"[A-Za-z0-9_-]{1,128}", re.ASCII)
 
 
 class SignatureError(Exception):
@@ -179,7 +184,11 @@ def verify_request(
     nonce = found.get(NONCE_HEADER.lower())
     if not signature or not timestamp or not nonce:
         raise SignatureError("missing", "this service only accepts signed requests")
-    if not signature.startswith("v1=") or not timestamp.isdigit() or len(nonce) > 128:
+    if (
+        not _SIGNATURE.fullmatch(signature)
+        or not _TIMESTAMP.fullmatch(timestamp)
+        or not _NONCE.fullmatch(nonce)
+    ):
         raise SignatureError("malformed", "the request signature is malformed")
     current = time.time() if now is None else now
     if abs(current - int(timestamp)) > max_age:

@@ -2,20 +2,43 @@
 
 * :func:`serve` runs any WSGI app on a real loopback port in a thread, for the length of a
   ``with`` block, and gives its base URL.
+* :func:`run_checks` checks a running service against the protocol (PROTOCOL.md sections 2 and 3,
+  plus request signatures) and returns one :class:`CheckResult` per check; it never raises.
+  ``plugit service --check URL`` prints them.
+* :class:`ServiceConformance` is the same checks as a pytest test class: subclass it as
+  ``TestMyService``, give it a ``plugit_service`` fixture returning ``(url, secret, actions)``,
+  and each check runs as one test.  pytest is only imported when those tests run.
 """
 
 from __future__ import annotations
 
 import contextlib
+import http.client
+import json
+import secrets
 import socket
+import string
 import threading
 import time
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+from urllib.parse import quote, unquote, urlencode, urlsplit
 
 from werkzeug.serving import make_server
 
-__all__ = ["serve", "wait_for_port"]
+from . import protocol
+from .networks import parse_networks
+from .signing import sign_request
+
+__all__ = [
+    "CHECK_NAMES",
+    "CheckResult",
+    "ServiceConformance",
+    "run_checks",
+    "serve",
+    "wait_for_port",
+]
 
 
 @contextlib.contextmanager
@@ -23,7 +46,9 @@ def serve(app: Callable[..., Any], host: str = "127.0.0.1", port: int = 0) -> It
     """Serve ``app`` over real HTTP on ``host`` (a free port by default); yield its base URL."""
     server = make_server(host, port, app, threaded=True)
     server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    )
     thread.start()
     try:
         shown = f"[{host}]" if ":" in host else host
@@ -46,3 +71,431 @@ def wait_for_port(host: str, port: int, timeout: float = 30.0) -> None:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"nothing listens on {host}:{port} after {timeout}s") from None
             time.sleep(0.05)
+
+
+# -- service conformance checks ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """The outcome of one conformance check.
+
+    ``level`` says how much a failure matters: ``"error"`` breaks the protocol, ``"warning"`` is
+    an unsafe but working set-up (a service that accepts unsigned requests).
+    """
+
+    name: str
+    ok: bool
+    message: str
+    level: Literal["error", "warning"] = "error"
+
+
+class _UnreachableError(Exception):
+    """The service could not be reached or answered something that is not HTTP."""
+
+
+@dataclass(frozen=True)
+class _Reply:
+    status: int
+    headers: dict[str, str]  # lower-cased names
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body.decode("utf-8"))
+
+    def describe(self) -> str:
+        text = self.body[:120].decode("utf-8", "replace")
+        return f"HTTP {self.status} {text!r}"
+
+
+_MAX_BODY = 1 << 20
+_PATH_SAFE = "/%:@!$&'()*+,;=~"
+_FLAG_KEYS = (*protocol.RESTRICTING_KEYS, "public", "json_only", "xml_only", "no_template")
+_TRAVERSALS = (
+    "media/../../../../../../../../etc/passwd",
+    "media/%2e%2e/%2e%2e/%2e%2e/%2e%2e/%2e%2e/%2e%2e/etc/passwd",
+    "media/..%2f..%2f..%2f..%2f..%2f..%2fetc%2fpasswd",
+)
+
+
+def _token(length: int = 32) -> str:
+    alphabet = string.ascii_letters + string.digits
+    return "".join(secrets.choice(alphabet) for _ in range(length))
+
+
+class _Caller:
+    """Sends raw HTTP requests to one service (no path normalisation), signed when a secret is
+    known.  After the first connection failure every later call fails at once."""
+
+    def __init__(self, url: str, secret: str | None, timeout: float) -> None:
+        split = urlsplit(url)
+        if split.scheme not in ("http", "https") or not split.hostname:
+            raise ValueError(f"not an http(s) URL: {url!r}")
+        self.url = url
+        self.secret = secret
+        self.timeout = timeout
+        self.https = split.scheme == "https"
+        self.host = split.hostname
+        self.port = split.port
+        self.base = split.path.rstrip("/")
+        self.unreachable: str | None = None
+
+    def signature(self, method: str, endpoint: str, query: str = "", body: bytes = b"") -> dict:
+        assert self.secret is not None
+        path = unquote(f"{self.base}/{endpoint}")
+        return sign_request(self.secret, method=method, path=path, query=query, body=body)
+
+    def call(
+        self,
+        method: str,
+        endpoint: str,
+        *,
+        query: dict[str, str] | None = None,
+        form: dict[str, str] | None = None,
+        signed: bool | dict[str, str] = True,
+    ) -> _Reply:
+        """``endpoint`` is relative to the service URL and sent as is (already URL-encoded)."""
+        if self.unreachable:
+            raise _UnreachableError(f"not run: {self.unreachable}")
+        qs = urlencode(query or {})
+        body = urlencode(form).encode("ascii") if form is not None else b""
+        headers = {"Accept": "application/json", "Connection": "close"}
+        if form is not None:
+            headers["Content-Type"] = "application/x-www-form-urlencoded"
+        if isinstance(signed, dict):
+            headers.update(signed)
+        elif signed and self.secret:
+            headers.update(self.signature(method, endpoint, qs, body))
+        target = f"{self.base}/{endpoint}" + (f"?{qs}" if qs else "")
+        cls = http.client.HTTPSConnection if self.https else http.client.HTTPConnection
+        connection = cls(self.host, self.port, timeout=self.timeout)
+        try:
+            connection.request(method, target, body=body or None, headers=headers)
+            response = connection.getresponse()
+            with contextlib.closing(response):
+                data = response.read(_MAX_BODY)
+                names = {k.lower(): v for k, v in response.getheaders()}
+                return _Reply(response.status, names, data)
+        except (OSError, http.client.HTTPException) as exc:
+            reason = str(exc) or type(exc).__name__
+            self.unreachable = f"cannot reach {self.url}: {reason}"
+            raise _UnreachableError(self.unreachable) from None
+        finally:
+            connection.close()
+
+    def get_json_object(self, endpoint: str, **kwargs: Any) -> tuple[_Reply, dict | None]:
+        reply = self.call("GET", endpoint, **kwargs)
+        try:
+            data = reply.json()
+        except ValueError:
+            return reply, None
+        return reply, data if isinstance(data, dict) else None
+
+
+def _action_endpoint(kind: str, path: str) -> str:
+    return f"{kind}/{quote(path.lstrip('/'), safe=_PATH_SAFE)}"
+
+
+# Each check returns (ok, message) or a CheckResult (for a warning).
+Outcome = tuple[bool, str] | CheckResult
+
+
+def _check_version(c: _Caller) -> Outcome:
+    reply, data = c.get_json_object("version")
+    if reply.status != 200 or data is None:
+        return False, f"version must answer 200 with a JSON object, got {reply.describe()}"
+    wanted = {"result": "Ok", "version": "1", "protocol": protocol.PROTOCOL_NAME}
+    wrong = {k: data.get(k) for k, v in wanted.items() if data.get(k) != v}
+    if wrong:
+        return False, f"version must answer {wanted}; wrong: {wrong}"
+    return True, f"protocol {protocol.PROTOCOL_NAME} version 1"
+
+
+def _check_ping(c: _Caller) -> Outcome:
+    token = _token()
+    reply, data = c.get_json_object("ping", query={"data": token})
+    if reply.status != 200 or data is None:
+        return False, f"ping must answer 200 with a JSON object, got {reply.describe()}"
+    if data.get("data") != token:
+        return False, f"ping must echo the data parameter {token!r}, got {data.get('data')!r}"
+    return True, "echoes its data parameter"
+
+
+def _check_mail_requires_response_id(c: _Caller) -> Outcome:
+    reply = c.call("POST", "mail", form={"message": "PlugIt conformance check"})
+    if reply.status != 400:
+        return False, f"mail without response_id must answer 400, got {reply.describe()}"
+    return True, "400 without response_id"
+
+
+def _check_mail_empty_response_id(c: _Caller) -> Outcome:
+    reply = c.call("POST", "mail", form={"response_id": "", "message": "PlugIt conformance"})
+    try:
+        data = reply.json()
+    except ValueError:
+        data = None
+    if reply.status != 200 or not isinstance(data, dict) or data.get("result") != "Error":
+        expected = '{"result": "Error"}'
+        return False, f"mail with an empty response_id must answer {expected}, {reply.describe()}"
+    return True, 'empty response_id answers {"result": "Error"}'
+
+
+def _meta_problems(meta: dict[str, Any]) -> list[str]:
+    problems = []
+    if not isinstance(meta.get("template_tag"), str):
+        problems.append("template_tag must be a string")
+    for key, value in meta.items():
+        if key == "template_tag":
+            continue
+        if key in _FLAG_KEYS:
+            good = isinstance(value, bool)
+        elif key == "cache_time":
+            good = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+        elif key == "cache_by_user":
+            good = value is None or isinstance(value, bool)
+        elif key == "user_info":
+            good = isinstance(value, list) and all(isinstance(v, str) for v in value)
+        elif key == "address_in_networks":
+            good = isinstance(value, list) and all(isinstance(v, str) for v in value)
+            if good:
+                try:
+                    parse_networks(value, setting="address_in_networks")
+                except ValueError:
+                    good = False
+        else:
+            problems.append(f"unknown meta key {key!r}")
+            continue
+        if not good:
+            problems.append(f"{key} has the wrong JSON type or value: {value!r}")
+    return problems
+
+
+def _check_meta(c: _Caller, path: str) -> Outcome:
+    reply, meta = c.get_json_object(_action_endpoint("meta", path))
+    if reply.status != 200 or meta is None:
+        return False, f"meta must answer 200 with a JSON object, got {reply.describe()}"
+    problems = _meta_problems(meta)
+    cache_control = reply.headers.get("cache-control", "")
+    if not any(p.strip().startswith("max-age=") for p in cache_control.split(",")):
+        problems.append(f"Cache-Control must carry a max-age, got {cache_control!r}")
+    if problems:
+        return False, "; ".join(problems)
+    return True, f"template_tag {meta['template_tag']!r}, keys {sorted(meta)}"
+
+
+def _check_template(c: _Caller, path: str) -> Outcome:
+    reply, meta = c.get_json_object(_action_endpoint("meta", path))
+    if reply.status != 200 or meta is None or not isinstance(meta.get("template_tag"), str):
+        return False, f"no usable meta to read the template tag from: {reply.describe()}"
+    tag = meta["template_tag"]
+    reply = c.call("GET", _action_endpoint("template", path))
+    expected = 200 if tag else 404
+    if reply.status != expected:
+        why = "template_tag is set" if tag else "template_tag is empty (no template)"
+        return False, f"template must answer {expected} since {why}, got {reply.describe()}"
+    return True, f"{expected} ({len(reply.body)} bytes)" if tag else "404: no template"
+
+
+def _check_meta_refuses_post(c: _Caller, path: str) -> Outcome:
+    reply = c.call("POST", _action_endpoint("meta", path), form={})
+    if reply.status != 405:
+        return False, f"POST to meta must answer 405, got {reply.describe()}"
+    return True, "405"
+
+
+def _check_unknown_path(c: _Caller) -> Outcome:
+    reply = c.call("GET", f"plugit-conformance-{_token(12)}")
+    if reply.status != 404:
+        return False, f"an unknown path must answer 404, got {reply.describe()}"
+    return True, "404"
+
+
+def _check_media_traversal(c: _Caller) -> Outcome:
+    for endpoint in _TRAVERSALS:
+        reply = c.call("GET", endpoint)
+        if reply.status != 404:
+            return False, f"{endpoint} must answer 404, got {reply.describe()}"
+    return True, f"{len(_TRAVERSALS)} traversal paths answer 404"
+
+
+def _check_signature_required(c: _Caller) -> Outcome:
+    reply = c.call("GET", "ping", query={"data": "unsigned"}, signed=False)
+    if c.secret is None:
+        if reply.status == 200:
+            return CheckResult(
+                "signature_required",
+                False,
+                "the service accepts unsigned requests: any caller its network allow-list lets "
+                "in can claim to be any user; give it a secret (PROTOCOL.md W1)",
+                "warning",
+            )
+        if reply.status == 403:
+            return False, "the service requires signed requests: give its secret to the checks"
+        return False, f"unsigned ping answered {reply.describe()}"
+    if reply.status != 403:
+        return False, f"an unsigned request must be refused with 403, got {reply.describe()}"
+    return True, "unsigned request refused with 403"
+
+
+def _check_signed_request_accepted(c: _Caller) -> Outcome:
+    token = _token()
+    reply, data = c.get_json_object("ping", query={"data": token})
+    if reply.status != 200 or data is None or data.get("data") != token:
+        return False, f"a correctly signed ping must answer 200 and echo, got {reply.describe()}"
+    return True, "signed request accepted"
+
+
+def _check_replay_refused(c: _Caller) -> Outcome:
+    query = {"data": _token()}
+    signature = c.signature("GET", "ping", urlencode(query))
+    first = c.call("GET", "ping", query=query, signed=signature)
+    if first.status != 200:
+        return False, f"the first signed request must pass, got {first.describe()}"
+    second = c.call("GET", "ping", query=query, signed=signature)
+    if second.status != 403:
+        return False, f"the same signed request sent again must answer 403, got {second.describe()}"
+    return True, "replayed request refused with 403"
+
+
+@dataclass(frozen=True)
+class _Check:
+    name: str
+    run: Callable[..., Outcome]
+    per_action: bool = False
+    needs_secret: bool = False
+
+
+_CHECKS = (
+    _Check("version", _check_version),
+    _Check("ping", _check_ping),
+    _Check("mail_requires_response_id", _check_mail_requires_response_id),
+    _Check("mail_empty_response_id", _check_mail_empty_response_id),
+    _Check("meta", _check_meta, per_action=True),
+    _Check("template", _check_template, per_action=True),
+    _Check("meta_refuses_post", _check_meta_refuses_post, per_action=True),
+    _Check("unknown_path", _check_unknown_path),
+    _Check("media_traversal", _check_media_traversal),
+    _Check("signature_required", _check_signature_required),
+    _Check("signed_request_accepted", _check_signed_request_accepted, needs_secret=True),
+    _Check("replay_refused", _check_replay_refused, needs_secret=True),
+)
+CHECK_NAMES = tuple(check.name for check in _CHECKS)
+
+
+def _run_one(check: _Check, caller: _Caller, actions: Sequence[str]) -> list[CheckResult]:
+    if check.needs_secret and caller.secret is None:
+        return []
+    targets: Sequence[str | None] = actions if check.per_action else [None]
+    results = []
+    for path in targets:
+        name = check.name if path is None else f"{check.name}[/{path.lstrip('/')}]"
+        try:
+            outcome = check.run(caller) if path is None else check.run(caller, path)
+        except _UnreachableError as exc:
+            outcome = (False, str(exc))
+        except Exception as exc:  # a broken service must never crash the checks
+            outcome = (False, f"the check could not run: {type(exc).__name__}: {exc}")
+        if isinstance(outcome, CheckResult):
+            results.append(outcome)
+        else:
+            results.append(CheckResult(name, outcome[0], outcome[1]))
+    return results
+
+
+def run_checks(
+    url: str,
+    *,
+    secret: str | None = None,
+    actions: Sequence[str] = ("",),
+    timeout: float = 5.0,
+    only: Sequence[str] | None = None,
+) -> list[CheckResult]:
+    """Check the service at ``url`` (its base URL, ``PI_BASE_URL`` included) and return one
+    result per check.  Never raises for a broken or unreachable service.
+
+    ``actions`` are action paths to check (``""`` is the root action; give real paths such as
+    ``"show/5"``, not route patterns).  With ``secret`` every request is signed and the service
+    must refuse unsigned and replayed ones; without it, a service accepting unsigned requests is
+    reported as a warning.  ``only`` limits the run to some check names (:data:`CHECK_NAMES`).
+    """
+    if isinstance(actions, str):
+        actions = [actions]
+    try:
+        caller = _Caller(url, secret, timeout)
+    except ValueError as exc:
+        return [CheckResult("url", False, str(exc))]
+    unknown = set(only or ()) - set(CHECK_NAMES)
+    if unknown:
+        raise ValueError(f"unknown checks: {', '.join(sorted(unknown))}")
+    results: list[CheckResult] = []
+    for check in _CHECKS:
+        if only is None or check.name in only:
+            results.extend(_run_one(check, caller, actions))
+    return results
+
+
+class ServiceConformance:
+    """The conformance checks as pytest tests, one test per check.
+
+    Subclass it in a test module and provide the service::
+
+        class TestMyService(ServiceConformance):
+            @pytest.fixture
+            def plugit_service(self):
+                with serve(my_app) as url:
+                    yield url, "my-shared-secret-0123456789", ["", "show/5"]
+
+    A warning (a service that accepts unsigned requests) is reported as a skipped test.
+    """
+
+    timeout: float = 5.0
+
+    def _expect(self, plugit_service: tuple[str, str | None, Sequence[str]], name: str) -> None:
+        import pytest
+
+        url, secret, actions = plugit_service
+        results = run_checks(url, secret=secret, actions=actions, timeout=self.timeout, only=[name])
+        if not results:
+            pytest.skip(f"{name}: only checked when a secret is given")
+        errors = [r for r in results if not r.ok and r.level == "error"]
+        warnings = [r for r in results if not r.ok and r.level == "warning"]
+        if errors:
+            pytest.fail("\n".join(f"{r.name}: {r.message}" for r in errors), pytrace=False)
+        if warnings:
+            pytest.skip("; ".join(f"{r.name}: {r.message}" for r in warnings))
+
+    def test_version(self, plugit_service: Any) -> None:
+        self._expect(plugit_service, "version")
+
+    def test_ping(self, plugit_service: Any) -> None:
+        self._expect(plugit_service, "ping")
+
+    def test_mail_requires_response_id(self, plugit_service: Any) -> None:
+        self._expect(plugit_service, "mail_requires_response_id")
+
+    def test_mail_empty_response_id(self, plugit_service: Any) -> None:
+        self._expect(plugit_service, "mail_empty_response_id")
+
+    def test_meta(self, plugit_service: Any) -> None:
+        self._expect(plugit_service, "meta")
+
+    def test_template(self, plugit_service: Any) -> None:
+        self._expect(plugit_service, "template")
+
+    def test_meta_refuses_post(self, plugit_service: Any) -> None:
+        self._expect(plugit_service, "meta_refuses_post")
+
+    def test_unknown_path(self, plugit_service: Any) -> None:
+        self._expect(plugit_service, "unknown_path")
+
+    def test_media_traversal(self, plugit_service: Any) -> None:
+        self._expect(plugit_service, "media_traversal")
+
+    def test_signature_required(self, plugit_service: Any) -> None:
+        self._expect(plugit_service, "signature_required")
+
+    def test_signed_request_accepted(self, plugit_service: Any) -> None:
+        self._expect(plugit_service, "signed_request_accepted")
+
+    def test_replay_refused(self, plugit_service: Any) -> None:
+        self._expect(plugit_service, "replay_refused")

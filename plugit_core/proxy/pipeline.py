@@ -24,10 +24,13 @@ from __future__ import annotations
 import json
 import logging
 import re
+import threading
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import jinja2
+from cachetools import TLRUCache
 from markupsafe import Markup
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.http import dump_cookie
@@ -100,6 +103,7 @@ class Pipeline:
         self.proxy = proxy
         self.config = proxy.config
         self.hook = proxy.pm.hook
+        self._wrapped = _ExpiringLRU(maxsize=2048)
 
     # -- entry ------------------------------------------------------------------------------------
 
@@ -260,6 +264,9 @@ class Pipeline:
                 user_key=page.user.cache_key if meta.per_user_cache else None,
                 orga_key=None if page.orga is None else str(page.orga.pk),
             )
+            wrapped = self._wrapped.get(self._variant(page))
+            if wrapped is not None:
+                return self._html_response(page, wrapped)
             hit = self.proxy.cache_get(page.cache_key)
             if hit is not None:
                 return self.layout(page, hit)
@@ -299,6 +306,7 @@ class Pipeline:
             "no_layout": meta.no_template,
         }
         if page.cache_key is not None:
+            content["expires"] = time.time() + meta.cache_time
             self.proxy.cache_set(page.cache_key, content, meta.cache_time)
         return self.layout(page, content)
 
@@ -365,24 +373,46 @@ class Pipeline:
         return context
 
     def layout(self, page: PageRequest, content: dict[str, Any]) -> Response:
-        """The final page: the service's HTML inside the theme's layout (or alone)."""
+        """The final page: the service's HTML inside the theme's layout (or alone).
+
+        A cached page wrapped for one kind of visitor (same user, dev mode and organisation) is
+        kept wrapped in this process until its page-cache entry expires, so a repeated
+        page-cache hit costs no rendering and no cache look-up at all.  The CSRF token is put in
+        afterwards, per request.
+        """
         if content.get("no_layout"):
             html = content["html"]
         else:
-            html = self.proxy.render_layout(
-                page.request,
-                mount=page.mount,
-                content=Markup(content["html"]),  # noqa: S704 (sandbox output)
-                menu=Markup(content.get("menu") or ""),  # noqa: S704 (sandbox output)
-                orga=page.orga,
-                orgas=page.orgas,
-                user=page.user,
-                dev_user_mode=page.dev_user_mode,
-            )
+            html = self._render_layout(page, content)
+        headers = content.get("headers") or ()
+        if page.cache_key is not None and "expires" in content:
+            self._wrapped.put(self._variant(page), (html, headers), content["expires"])
+        return self._html_response(page, (html, headers))
+
+    @staticmethod
+    def _variant(page: PageRequest) -> tuple[Any, ...]:
+        """What a cached page's wrapping depends on besides the page itself."""
+        orga = None if page.orga is None else str(page.orga.pk)
+        return (page.cache_key, page.user.cache_key, page.dev_user_mode, orga)
+
+    def _html_response(self, page: PageRequest, wrapped: tuple[str, Any]) -> Response:
+        html, headers = wrapped
         response = Response(self.proxy.with_csrf(page.request, html), mimetype="text/html")
-        for name, value in content.get("headers") or ():
+        for name, value in headers:
             response.headers[name] = value
         return response
+
+    def _render_layout(self, page: PageRequest, content: dict[str, Any]) -> str:
+        return self.proxy.render_layout(
+            page.request,
+            mount=page.mount,
+            content=Markup(content["html"]),  # noqa: S704 (sandbox output)
+            menu=Markup(content.get("menu") or ""),  # noqa: S704 (sandbox output)
+            orga=page.orga,
+            orgas=page.orgas,
+            user=page.user,
+            dev_user_mode=page.dev_user_mode,
+        )
 
     # -- proxy mode -------------------------------------------------------------------------------
 
@@ -643,6 +673,25 @@ class Pipeline:
                 max_age = min(max_age, upstream_age)
         response.headers["Cache-Control"] = f"public, max-age={max_age}"
         return response
+
+
+class _ExpiringLRU:
+    """A small thread-safe LRU whose entries expire at a given wall-clock time."""
+
+    def __init__(self, maxsize: int) -> None:
+        self._data: TLRUCache[Any, tuple[Any, float]] = TLRUCache(
+            maxsize=maxsize, ttu=lambda _k, value, _now: value[1], timer=time.time
+        )
+        self._lock = threading.Lock()
+
+    def get(self, key: Any) -> Any:
+        with self._lock:
+            item = self._data.get(key)
+        return None if item is None else item[0]
+
+    def put(self, key: Any, value: Any, expires: float) -> None:
+        with self._lock:
+            self._data[key] = (value, expires)
 
 
 class _Include:

@@ -62,7 +62,7 @@ class _ServiceLoader(jinja2.BaseLoader):
         return source, None, lambda: True
 
 
-class _ThemeLoader(jinja2.FileSystemLoader):
+class ThemeServiceLoader(jinja2.FileSystemLoader):
     """The theme's service templates; ``plugIt/x`` (the original's spelling) is ``plugit/x``.
 
     One folder on disk serves both names, which also keeps case-insensitive file systems right.
@@ -90,12 +90,12 @@ class ServiceTemplates:
             from ..templating.django_dialect import DjangoDialectLoader, install
 
             own = DjangoDialectLoader(own)  # the theme's base templates stay jinja
-        loader = jinja2.ChoiceLoader([own, _ThemeLoader(str(theme.service_templates))])
+        loader = jinja2.ChoiceLoader([own, ThemeServiceLoader(str(theme.service_templates))])
         self.env = ImmutableSandboxedEnvironment(
             loader=loader,
             autoescape=True,
             auto_reload=False,
-            cache_size=0,  # we keep compiled templates ourselves, keyed by content
+            cache_size=64,  # the theme base templates; service ones are kept in _compiled
             undefined=jinja2.Undefined,
         )
         self.env.filters["url_target_blank"] = url_target_blank

@@ -6,8 +6,6 @@ Porting from the original library means changing imports only::
     from plugit_core.service import action, only_logged_user, PlugItRedirect  # after
 """
 
-from werkzeug.exceptions import abort
-
 from .api import (
     Orga,
     PlugItAPI,
@@ -34,7 +32,13 @@ from .decorators import (
     user_info,
     xml_only,
 )
-from .helpers import add_unique_postfix, addressInNetwork, get_session_from_request, md5Checksum
+from .helpers import (
+    abort,
+    add_unique_postfix,
+    addressInNetwork,
+    get_session_from_request,
+    md5Checksum,
+)
 from .results import PlugItRedirect, PlugItSendFile, PlugItSetSession
 
 __all__ = [

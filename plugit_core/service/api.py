@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterable
+from types import TracebackType
 from typing import Any
+from urllib.parse import quote
 
 import requests
 
@@ -81,9 +83,26 @@ class PlugItAPI:
         self.url = url
         self.api_key = api_key
         self.timeout = timeout
+        self._owns_session = session is None
         self.session = session or requests.Session()
         if api_key:
             self.session.headers["Authorization"] = f"Bearer {api_key}"
+
+    def close(self) -> None:
+        """Close the pooled connections (only when this client created its session)."""
+        if self._owns_session:
+            self.session.close()
+
+    def __enter__(self) -> PlugItAPI:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
 
     # -- transport --------------------------------------------------------------------------------
 
@@ -105,58 +124,67 @@ class PlugItAPI:
             raise PlugItAPIError(_message(response), response.status_code, _code(response))
         return response
 
-    def _get_json(self, path: str, **kwargs: Any) -> Any:
+    def _get_json(self, path: str, expect: type | None = None, **kwargs: Any) -> Any:
+        """GET ``path`` and parse its JSON (None on 404); ``expect`` is the required JSON type."""
         response = self._request("GET", path, **kwargs)
         if response is None:
             return None
         try:
-            return response.json()
+            data = response.json()
         except ValueError:
             raise PlugItAPIError(
                 f"GET {path}: the proxy answered non-JSON", response.status_code
             ) from None
+        if expect is not None and not isinstance(data, expect):
+            kind = "an object" if expect is dict else "a list"
+            raise PlugItAPIError(
+                f"GET {path}: the proxy answered {type(data).__name__}, not {kind}",
+                response.status_code,
+                "bad_reply",
+            )
+        return data
 
     # -- users and organisations ------------------------------------------------------------------
 
     def get_user(self, userPk: int | str) -> User | None:  # noqa: N803 (original signature)
         """The user with this pk or UUID, with ``orgas``; None when unknown."""
-        data = self._get_json(f"user/{userPk}")
+        data = self._get_json(f"user/{_segment(userPk)}", dict)
         if data is None:
             return None
         return User(**{"pk": userPk, "id": userPk, **data})
 
     def get_user_techgroups(self, userPk: int | str) -> list[Any]:  # noqa: N803
         """UUIDs of the user's tech groups ([] when the proxy has none)."""
-        return self._get_json(f"user/{userPk}/techgroups/") or []
+        return self._get_json(f"user/{_segment(userPk)}/techgroups/", list) or []
 
     def get_subscription_labels(self, userPk: int | str) -> list[str]:  # noqa: N803
         """Labels of the user's active subscriptions to this service ([] when unknown)."""
-        return self._get_json(f"subscriptions/{userPk}") or []
+        return self._get_json(f"subscriptions/{_segment(userPk)}", list) or []
 
     def get_orgas(self) -> list[Orga] | None:
         """Every organisation visible to this service."""
-        data = self._get_json("orgas/")
+        data = self._get_json("orgas/", dict)
         if data is None:
             return None
-        return [Orga(**{**item, "pk": item.get("id")}) for item in data.get("data", [])]
+        return [Orga(**{**item, "pk": item.get("id")}) for item in _objects(data, "data")]
 
     def get_orga(self, orgaPk: int | str) -> Orga | None:  # noqa: N803
         """One organisation; None when unknown."""
-        data = self._get_json(f"orga/{orgaPk}")
+        data = self._get_json(f"orga/{_segment(orgaPk)}", dict)
         if data is None:
             return None
         return Orga(**{"pk": orgaPk, "id": orgaPk, **data})
 
     def get_project_members(self) -> list[User] | None:
         """The members of this service."""
-        data = self._get_json("members/")
+        data = self._get_json("members/", dict)
         if data is None:
             return None
-        return [User(**member) for member in data.get("members", [])]
+        return [User(**member) for member in _objects(data, "members")]
 
     def get_techgroups(self) -> list[Any]:
         """Tech groups ([] when the proxy has none)."""
-        return self._get_json("techgroups/") or []
+        return self._get_json("techgroups/", list) or []
 
     # -- mail -------------------------------------------------------------------------------------
 
@@ -215,10 +243,23 @@ class PlugItAPI:
         if not tag:
             return None
         params = {"u": author} if author is not None else None
-        data = self._get_json(f"ebuio/forum/search/bytag/{tag}", params=params)
+        data = self._get_json(f"ebuio/forum/search/bytag/{_segment(tag)}", params=params)
         if not isinstance(data, dict) or "data" not in data:
             return None
         return data["data"]
+
+
+def _segment(value: Any) -> str:
+    """One URL path segment: ``/``, ``?``, ``..`` and the like cannot reach another endpoint."""
+    text = quote(str(value), safe="")
+    return text.replace(".", "%2E") if text.strip(".") == "" else text
+
+
+def _objects(data: dict[str, Any], key: str) -> list[dict[str, Any]]:
+    items = data.get(key, [])
+    if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
+        raise PlugItAPIError(f"the proxy's {key!r} is not a list of objects", 200, "bad_reply")
+    return items
 
 
 def _message(response: requests.Response) -> str:

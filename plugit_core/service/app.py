@@ -26,6 +26,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import sys
 import types
 import uuid
@@ -224,6 +225,17 @@ def _error_response(exc: HTTPException, error: str | None = None) -> Response:
     return response
 
 
+_ENTITY_TAG = re.compile(r'(W/)?"[^"]*"')
+
+
+def _set_etag(response: Response, value: str) -> None:
+    """``value`` as the ETag: quoted unless the action already gave a quoted entity tag."""
+    if _ENTITY_TAG.fullmatch(value):
+        response.headers["ETag"] = value
+    else:
+        response.set_etag(value)  # ValueError for a value with stray quotes
+
+
 @dataclass
 class _Action:
     name: str
@@ -357,10 +369,11 @@ class PlugItService:
         try:
             if not self.caller_allowed(request):
                 raise NotFound()
+            if self.config.secret:
+                # Before routing, so an unsigned caller learns nothing about which paths exist.
+                self._verify_signature(request)
             adapter = self._url_map.bind_to_environ(request.environ)
             (kind, name), values = adapter.match()
-            if self.config.secret:
-                self._verify_signature(request)
             return self._dispatch(kind, name, values, request)
         except _SignatureRefused as exc:
             return _signature_error_response(exc)
@@ -517,8 +530,15 @@ class PlugItService:
             return self._add_cors(json_response({}), spec, request)
         if request.method in ("POST", "PUT", "PATCH", "DELETE"):
             self._load_form(request)
-        result = act.fn(request, **values)
-        response = self._result_response(result, act, request)
+        try:
+            result = act.fn(request, **values)
+            response = self._result_response(result, act, request)
+        except HTTPException:
+            raise
+        except Exception:
+            # The traceback goes to the log, naming the action; the caller gets a plain 500.
+            log.exception("action %r failed on %s %s", act.name, request.method, request.path)
+            raise InternalServerError() from None
         if spec.cors is not None:
             self._add_cors(response, spec, request)
         return response
@@ -543,7 +563,7 @@ class PlugItService:
                 etag = result.pop("_plugit_etag")
                 response = json_response(result)
                 if etag:
-                    response.set_etag(str(etag))
+                    _set_etag(response, str(etag))
             else:
                 response = json_response(result)
         else:
@@ -567,17 +587,22 @@ class PlugItService:
             if not path.is_file():
                 raise NotFound("file not found")
             target = str(path)
+        name = result.attachment_filename or None
+        if name is None and isinstance(target, str):
+            name = os.path.basename(target)
         response = send_file(
             target,
             request.environ,
             mimetype=result.mimetype,
-            as_attachment=result.as_attachment,
-            download_name=result.attachment_filename or None,
+            as_attachment=result.as_attachment and name is not None,
+            download_name=name,
             conditional=False,
             etag=False,
         )
-        if not result.as_attachment and not result.attachment_filename:
-            response.headers.pop("Content-Disposition", None)
+        if not result.as_attachment:
+            response.headers.pop("Content-Disposition", None)  # only attachments carry one (2.9)
+        elif name is None:  # an open file without a name
+            response.headers["Content-Disposition"] = "attachment"
         response.headers[protocol.H_FILE] = "True"
         return response
 

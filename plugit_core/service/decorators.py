@@ -117,15 +117,24 @@ def _meta_flag(key: str, value: Any = True) -> Callable[[F], F]:
     return _record(lambda spec: spec.meta.__setitem__(key, value))
 
 
-def action(route: str, template: str = "", methods: Iterable[str] = ("GET",)) -> Callable[[F], F]:
+def _method_names(methods: str | Iterable[str]) -> tuple[str, ...]:
+    # A lone string is one method ("POST"), not a sequence of one-letter ones.
+    if isinstance(methods, str):
+        methods = [methods]
+    return tuple(dict.fromkeys(str(m).strip().upper() for m in methods))
+
+
+def action(
+    route: str, template: str = "", methods: str | Iterable[str] = ("GET",)
+) -> Callable[[F], F]:
     """Declare an action served at ``route`` (werkzeug rule syntax, starting with ``/``).
 
     ``template`` is a file name inside the service's templates folder ("" for none); ``methods``
-    the HTTP methods the action accepts.
+    the HTTP methods the action accepts (a list, or one name).
     """
     if not isinstance(route, str) or not route.startswith("/"):
         raise ValueError(f"action route must start with '/': {route!r}")
-    method_tuple = tuple(m.upper() for m in methods)
+    method_tuple = _method_names(methods)
     if not method_tuple:
         raise ValueError(f"action {route!r} declares no HTTP method")
 
@@ -228,7 +237,7 @@ def _seconds(max_age: int | float | datetime.timedelta) -> int:
 
 def crossdomain(
     origin: str | Iterable[str] = "*",
-    methods: Iterable[str] | None = None,
+    methods: str | Iterable[str] | None = None,
     headers: str | Iterable[str] | None = None,
     max_age: int | float | datetime.timedelta = 21600,
 ) -> Callable[[F], F]:
@@ -237,7 +246,7 @@ def crossdomain(
     ``methods`` defaults to the action's own methods.
     """
     origin_value = origin if isinstance(origin, str) else ", ".join(origin)
-    methods_value = ", ".join(sorted({m.upper() for m in methods})) if methods else None
+    methods_value = ", ".join(sorted(_method_names(methods))) if methods else None
     if headers is None or isinstance(headers, str):
         headers_value = headers
     else:

@@ -1,14 +1,37 @@
-"""Small helpers of the original service library (PROTOCOL.md 4.6), kept under their names."""
+"""Small helpers of the original service library (PROTOCOL.md 4.6), kept under their names, and
+:func:`abort` for actions."""
 
 from __future__ import annotations
 
 import hashlib
 import os
-from typing import Any
+from typing import Any, NoReturn
+
+from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import abort as _werkzeug_abort
+from werkzeug.wrappers import Response
 
 from ..networks import address_in_networks, parse_networks
 
-__all__ = ["add_unique_postfix", "addressInNetwork", "get_session_from_request", "md5Checksum"]
+__all__ = [
+    "abort",
+    "add_unique_postfix",
+    "addressInNetwork",
+    "get_session_from_request",
+    "md5Checksum",
+]
+
+
+def abort(status: int | Response, *args: Any, **kwargs: Any) -> NoReturn:
+    """Stop the action with an HTTP status (``abort(403)``, ``abort(429)``) or a response.
+
+    werkzeug's ``abort``, plus ``abort(304)`` (Not Modified), which the proxy passes to the
+    browser but werkzeug has no exception for.
+    """
+    if isinstance(status, int) and status == 304:
+        raise HTTPException(response=Response(status=304))
+    _werkzeug_abort(status, *args, **kwargs)
+
 
 _SESSION_PREFIX = "x-plugitsession-"
 

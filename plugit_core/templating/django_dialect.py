@@ -48,7 +48,7 @@ import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime, time, timezone
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, NoReturn
 from urllib.parse import quote
 
 from jinja2 import (
@@ -294,7 +294,7 @@ class _Translator:
         error.source = self.source
         return error
 
-    def error(self, message: str, token: _Token) -> Any:
+    def error(self, message: str, token: _Token) -> NoReturn:
         raise self.syntax_error(message, token.lineno)
 
     def push(self, frame: _Frame) -> _Frame:
@@ -319,7 +319,7 @@ class _Translator:
             if token.kind == _BLOCK and token.content == end:
                 return skipped
             skipped.append(token)
-        return self.error(f"Unclosed tag '{opener.tag_name}': expected '{end}'", opener)
+        self.error(f"Unclosed tag '{opener.tag_name}': expected '{end}'", opener)
 
     def target(self, name: str, token: _Token) -> str:
         """A variable name assigned by a tag (``for x``, ``with x=``, ``as x``)."""
@@ -356,7 +356,7 @@ class _Translator:
         match = _VARIABLE_RE.match(text, pos) or _NUMBER_RE.match(text, pos)
         if match:
             return self.variable(match.group(), token), match.end()
-        return self.error(f"Could not parse {text[pos:]!r} in {text!r}", token)
+        self.error(f"Could not parse {text[pos:]!r} in {text!r}", token)
 
     def filters(self, text: str, pos: int, token: _Token) -> list[str]:
         calls = []
@@ -483,13 +483,13 @@ class _IfParser:
 
     def expression(self, right_power: int) -> str:
         if self.pos >= len(self.words):
-            return self.translator.error("Unexpected end of if expression", self.token)
+            self.translator.error("Unexpected end of if expression", self.token)
         word = self.words[self.pos]
         self.pos += 1
         if word == "not":
             left = f"(not {self.expression(_IF_NOT_POWER)})"
         elif word in _IF_INFIX:
-            return self.translator.error(f"Not expecting {word!r} in if expression", self.token)
+            self.translator.error(f"Not expecting {word!r} in if expression", self.token)
         else:
             left = self.translator.expression(word, self.token)
         while self.pos < len(self.words):
@@ -528,6 +528,11 @@ def _tag_load(tr: _Translator, token: _Token, args: list[str]) -> None:
 def _tag_extends(tr: _Translator, token: _Token, args: list[str]) -> None:
     if len(args) != 1:
         tr.error("'extends' takes one argument", token)
+    if any(earlier.kind not in (_TEXT, _COMMENT) for earlier in tr.tokens[: tr.pos - 1]):
+        tr.error("'extends' must be the first tag in the template", token)
+    # Django ignores the text before {% extends %}, Jinja would print it: keep only its lines.
+    newlines = sum(piece.count("\n") for piece in tr.out)
+    tr.out[:] = ["{#" + "\n" * newlines + "#}"] if newlines else []
     tr.emit(f"{{% extends {tr.expression(args[0], token)} %}}")
 
 
@@ -649,7 +654,7 @@ def _tag_cycle(tr: _Translator, token: _Token, args: list[str]) -> None:
     elif len(args) >= 2:
         values = [tr.expression(arg, token) for arg in args]
     else:
-        values = tr.error("'cycle' needs at least two values", token)
+        tr.error("'cycle' needs at least two values", token)
     tr.emit(f"{{{{ loop.cycle({', '.join(values)}) }}}}")
 
 
@@ -906,8 +911,10 @@ _MISSING = object()
 def _lookup(env: Environment, obj: Any, name: str) -> Any:
     """One Django lookup step: ``obj[name]``, then the attribute, then ``obj[int(name)]``.
 
-    Returns ``_MISSING`` when nothing is found. Attributes are read only if the (sandboxed)
-    environment allows it; underscore names are never read.
+    Returns ``_MISSING`` when nothing is found. In a sandbox an attribute is read only if
+    ``is_safe_attribute`` allows it (else SecurityError), and is then fetched through
+    ``env.getattr`` so that the sandbox's wrappers (``str.format``) apply. Underscore names are
+    never read.
     """
     try:
         return obj[name]
@@ -920,11 +927,13 @@ def _lookup(env: Environment, obj: Any, name: str) -> Any:
     except AttributeError:
         pass
     else:
-        if env.sandboxed and not env.is_safe_attribute(obj, name, value):  # type: ignore[attr-defined]
+        if not env.sandboxed:
+            return value
+        if not env.is_safe_attribute(obj, name, value):  # type: ignore[attr-defined]
             raise SecurityError(
                 f"access to attribute {name!r} of {type(obj).__name__!r} object is unsafe"
             )
-        return value
+        return env.getattr(obj, name)
     if name.isdigit():
         try:
             return obj[int(name)]

@@ -41,9 +41,15 @@ def test_secret_from_environment(monkeypatch):
         pytest.param({}, "secret_key", "required outside dev mode", id="no-secret"),
         pytest.param({"secret_key": "short"}, "secret_key", "too weak", id="weak-secret"),
         pytest.param({"secret_key": "a" * 40}, "secret_key", "too weak", id="low-entropy-secret"),
-        pytest.param({"secret_key": {"env": "NOPE_NOT_SET"}}, "secret_key", "not set", id="missing-env"),
-        pytest.param({"secret_key": STRONG, "dev_mod": True}, "dev_mod", "unknown setting", id="typo-top"),
-        pytest.param({"secret_key": STRONG, "dev_mode": "yes"}, "dev_mode", "true or false", id="bad-bool"),
+        pytest.param(
+            {"secret_key": {"env": "NOPE_NOT_SET"}}, "secret_key", "not set", id="missing-env"
+        ),
+        pytest.param(
+            {"secret_key": STRONG, "dev_mod": True}, "dev_mod", "unknown setting", id="typo-top"
+        ),
+        pytest.param(
+            {"secret_key": STRONG, "dev_mode": "yes"}, "dev_mode", "true or false", id="bad-bool"
+        ),
         pytest.param(
             {"secret_key": STRONG, "services": [service(timeout="slow")]},
             "services[0].timeout",
@@ -57,13 +63,22 @@ def test_secret_from_environment(monkeypatch):
             id="negative-timeout",
         ),
         pytest.param(
-            {"secret_key": STRONG, "services": [{"url": "http://x"}]}, "services[0].name", "required", id="no-name"
+            {"secret_key": STRONG, "services": [{"url": "http://x"}]},
+            "services[0].name",
+            "required",
+            id="no-name",
         ),
         pytest.param(
-            {"secret_key": STRONG, "services": [service(url="ftp://x")]}, "services[0].url", "http", id="bad-url"
+            {"secret_key": STRONG, "services": [service(url="ftp://x")]},
+            "services[0].url",
+            "http",
+            id="bad-url",
         ),
         pytest.param(
-            {"secret_key": STRONG, "services": [service(mount="polls")]}, "services[0].mount", "start and end", id="mount"
+            {"secret_key": STRONG, "services": [service(mount="polls")]},
+            "services[0].mount",
+            "start and end",
+            id="mount",
         ),
         pytest.param(
             {"secret_key": STRONG, "services": [service(mount="/_plugit/x/")]},
@@ -78,10 +93,16 @@ def test_secret_from_environment(monkeypatch):
             id="dialect",
         ),
         pytest.param(
-            {"secret_key": STRONG, "services": [service(secret="tiny")]}, "services[0].secret", "16", id="short-secret"
+            {"secret_key": STRONG, "services": [service(secret="tiny")]},
+            "services[0].secret",
+            "16",
+            id="short-secret",
         ),
         pytest.param(
-            {"secret_key": STRONG, "services": [service(timout=3)]}, "services[0].timout", "unknown", id="typo-service"
+            {"secret_key": STRONG, "services": [service(timout=3)]},
+            "services[0].timout",
+            "unknown",
+            id="typo-service",
         ),
         pytest.param(
             {"secret_key": STRONG, "services": [service(), service(mount="/other/")]},
@@ -90,10 +111,16 @@ def test_secret_from_environment(monkeypatch):
             id="duplicate-name",
         ),
         pytest.param(
-            {"secret_key": STRONG, "user_data": ["username"]}, "user_data", "must contain 'pk'", id="user-data-pk"
+            {"secret_key": STRONG, "user_data": ["username"]},
+            "user_data",
+            "must contain 'pk'",
+            id="user-data-pk",
         ),
         pytest.param(
-            {"secret_key": STRONG, "trusted_proxies": ["10.0.0.0/33"]}, "trusted_proxies", "not an IP", id="cidr"
+            {"secret_key": STRONG, "trusted_proxies": ["10.0.0.0/33"]},
+            "trusted_proxies",
+            "not an IP",
+            id="cidr",
         ),
     ],
 )
@@ -121,10 +148,16 @@ def test_missing_file():
 @pytest.mark.parametrize(
     ("section", "key"),
     [
-        pytest.param({"cache_memory": {"max_bytes": "big"}}, "cache_memory.max_bytes", id="backend-value"),
+        pytest.param(
+            {"cache_memory": {"max_bytes": "big"}}, "cache_memory.max_bytes", id="backend-value"
+        ),
         pytest.param({"cache_memory": {"maxbytes": 1}}, "cache_memory.maxbytes", id="backend-typo"),
         pytest.param({"cache_memroy": {}}, "cache_memroy", id="unknown-table"),
-        pytest.param({"session_cookie": {"samesite": "None", "secure": False}}, "session_cookie.samesite", id="samesite"),
+        pytest.param(
+            {"session_cookie": {"samesite": "None", "secure": False}},
+            "session_cookie.samesite",
+            id="samesite",
+        ),
     ],
 )
 def test_backend_sections_are_checked_at_start_up(section, key):

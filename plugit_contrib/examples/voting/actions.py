@@ -15,7 +15,7 @@ puts it.
 from __future__ import annotations
 
 import re
-import xml.etree.ElementTree as ET  # noqa: N817 (the usual alias)
+import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 

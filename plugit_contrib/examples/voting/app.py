@@ -6,8 +6,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from plugit_core.service import PlugItService, ServiceRequest
 from werkzeug.wrappers import Response
+
+from plugit_core.service import PlugItService, ServiceRequest
 
 from . import actions
 from .db import Database

@@ -35,7 +35,9 @@ def proxy_config(service_url: str, **top: Any) -> dict[str, Any]:
     config: dict[str, Any] = {
         "dev_mode": True,
         "services": services
-        or [{"name": "svc", "url": service_url, "mount": "/svc/", "secret": SECRET, **mount_options}],
+        or [
+            {"name": "svc", "url": service_url, "mount": "/svc/", "secret": SECRET, **mount_options}
+        ],
     }
     config.update(top)
     return config
@@ -71,8 +73,12 @@ def make_browser(service_url: str) -> Iterator[Callable[..., Browser]]:
     """``make_browser(**config)``: a proxy built from ``config`` served over HTTP, and a client."""
     with contextlib.ExitStack() as stack:
 
-        def factory(config: dict[str, Any] | None = None, plugins: tuple[Any, ...] = (), **top: Any) -> Browser:
-            proxy = ProxyApp(config or proxy_config(service_url, **top), plugins=plugins, load_entry_points=False)
+        def factory(
+            config: dict[str, Any] | None = None, plugins: tuple[Any, ...] = (), **top: Any
+        ) -> Browser:
+            proxy = ProxyApp(
+                config or proxy_config(service_url, **top), plugins=plugins, load_entry_points=False
+            )
             stack.callback(proxy.close)
             base = stack.enter_context(serve(proxy))
             browser = Browser(base, proxy)

@@ -165,7 +165,9 @@ def redirect(request):
 
 @action("/file")
 def file(request):
-    return PlugItSendFile(HERE / "media" / "site.css", "text/css", as_attachment=True, attachment_filename="s.css")
+    return PlugItSendFile(
+        HERE / "media" / "site.css", "text/css", as_attachment=True, attachment_filename="s.css"
+    )
 
 
 @action("/set_session")

@@ -121,7 +121,10 @@ def free_port() -> int:
 def garbage_app(environ, start_response):
     request = Request(environ)
     if request.path == "/version":
-        response = Response('{"result": "Ok", "version": "1", "protocol": "EBUio-PlugIt"}', mimetype="application/json")
+        response = Response(
+            '{"result": "Ok", "version": "1", "protocol": "EBUio-PlugIt"}',
+            mimetype="application/json",
+        )
     else:
         response = Response(b"\x00\xffthis is not the PlugIt protocol", mimetype="application/json")
     return response(environ, start_response)
@@ -131,8 +134,10 @@ def slow_app(environ, start_response):
     request = Request(environ)
     if request.path != "/version":
         time.sleep(3)
-    response = Response('{"result": "Ok", "version": "1", "protocol": "EBUio-PlugIt", "template_tag": ""}',
-                        mimetype="application/json")
+    response = Response(
+        '{"result": "Ok", "version": "1", "protocol": "EBUio-PlugIt", "template_tag": ""}',
+        mimetype="application/json",
+    )
     return response(environ, start_response)
 
 
@@ -160,7 +165,13 @@ def test_broken_service_gets_its_own_error_page_and_others_keep_serving(service_
             broken_url = stack.enter_context(serve(other))
         services = [
             {"name": "good", "url": service_url, "mount": "/good/", "secret": SECRET},
-            {"name": "broken", "url": broken_url, "mount": "/broken/", "timeout": 0.5, "title": "Broken One"},
+            {
+                "name": "broken",
+                "url": broken_url,
+                "mount": "/broken/",
+                "timeout": 0.5,
+                "title": "Broken One",
+            },
         ]
         proxy = ProxyApp(proxy_config(service_url, services=services), load_entry_points=False)
         stack.callback(proxy.close)
@@ -194,7 +205,13 @@ def test_hanging_service_cannot_take_every_thread(service_url):
         hanging_url = stack.enter_context(serve(PlugItService([hang])))
         services = [
             {"name": "good", "url": service_url, "mount": "/good/", "secret": SECRET},
-            {"name": "hang", "url": hanging_url, "mount": "/hang/", "timeout": 10, "max_concurrency": 2},
+            {
+                "name": "hang",
+                "url": hanging_url,
+                "mount": "/hang/",
+                "timeout": 10,
+                "max_concurrency": 2,
+            },
         ]
         proxy = ProxyApp(proxy_config(service_url, services=services), load_entry_points=False)
         stack.callback(proxy.close)

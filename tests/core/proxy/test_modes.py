@@ -19,14 +19,20 @@ def proxy_mode_service(environ, start_response):
     """A proxy-mode service: answers finished HTML at its own paths."""
     request = Request(environ)
     if request.path == "/version":
-        response = Response('{"result":"Ok","version":"1","protocol":"EBUio-PlugIt"}', mimetype="application/json")
+        response = Response(
+            '{"result":"Ok","version":"1","protocol":"EBUio-PlugIt"}', mimetype="application/json"
+        )
     elif request.path == "/no_template":
-        response = Response("<p>raw {~__PLUGIT_CSRF_TOKEN__~}</p>", headers={"EbuIo-PlugIt-NoTemplate": "1"})
+        response = Response(
+            "<p>raw {~__PLUGIT_CSRF_TOKEN__~}</p>", headers={"EbuIo-PlugIt-NoTemplate": "1"}
+        )
     elif request.path == "/redirect_me":
         response = Response(b"", headers={"EbuIo-PlugIt-Redirect": "/"})
     else:
         headers = "".join(
-            f"<li>{k}={v}</li>" for k, v in sorted(request.headers.items()) if k.lower().startswith("x-plugit-")
+            f"<li>{k}={v}</li>"
+            for k, v in sorted(request.headers.items())
+            if k.lower().startswith("x-plugit-")
         )
         response = Response(
             f'<ul id="headers">{headers}</ul><form method="post"><input name="csrfmiddlewaretoken" '
@@ -41,7 +47,18 @@ def proxy_mode_service(environ, start_response):
 def proxy_mode(make_browser):
     with serve(proxy_mode_service) as url:
         browser = make_browser(
-            proxy_config(url, services=[{"name": "pm", "url": url, "mount": "/pm/", "proxy_mode": True, "orga_mode": True}])
+            proxy_config(
+                url,
+                services=[
+                    {
+                        "name": "pm",
+                        "url": url,
+                        "mount": "/pm/",
+                        "proxy_mode": True,
+                        "orga_mode": True,
+                    }
+                ],
+            )
         )
         browser.as_user("adm", mount="/pm/")
         yield browser
@@ -120,7 +137,11 @@ def test_orga_mode_with_real_organisations(orga_site):
         echo = carol.get(orga_site + "/svc/echo", timeout=10).json()
         assert ["ebuio_orgapk", "1"] in echo["args"]  # the first organisation by default
         assert carol.get(orga_site + "/svc/orga_admin", timeout=10).status_code == 200
-        token = carol.get(orga_site + "/svc/", timeout=10).text.split('csrfmiddlewaretoken" value="')[1].split('"')[0]
+        token = (
+            carol.get(orga_site + "/svc/", timeout=10)
+            .text.split('csrfmiddlewaretoken" value="')[1]
+            .split('"')[0]
+        )
         switched = carol.post(
             orga_site + "/svc/ebuio_setOrga",
             data={"pk": "2", "next": "/svc/echo", "csrfmiddlewaretoken": token},
@@ -131,11 +152,15 @@ def test_orga_mode_with_real_organisations(orga_site):
         assert switched.headers["Location"] == "/svc/echo"
         echo = carol.get(orga_site + "/svc/echo", timeout=10).json()
         assert ["ebuio_orgapk", "2"] in echo["args"]
-        assert carol.get(orga_site + "/svc/orga_admin", timeout=10).status_code == 403  # member only there
+        assert (
+            carol.get(orga_site + "/svc/orga_admin", timeout=10).status_code == 403
+        )  # member only there
         assert carol.get(orga_site + "/svc/orga_member", timeout=10).status_code == 200
         # an organisation she does not belong to is refused
         refused = carol.post(
-            orga_site + "/svc/ebuio_setOrga", data={"pk": "3", "csrfmiddlewaretoken": token}, timeout=10
+            orga_site + "/svc/ebuio_setOrga",
+            data={"pk": "3", "csrfmiddlewaretoken": token},
+            timeout=10,
         )
         assert refused.status_code == 403
 
@@ -143,7 +168,9 @@ def test_orga_mode_with_real_organisations(orga_site):
 def test_orga_mode_without_organisation_needs_a_public_page(orga_site):
     headers = {"X-Test-User": "dave"}
     assert requests.get(orga_site + "/svc/", headers=headers, timeout=10).status_code == 403
-    assert requests.get(orga_site + "/svc/public_page", headers=headers, timeout=10).status_code == 200
+    assert (
+        requests.get(orga_site + "/svc/public_page", headers=headers, timeout=10).status_code == 200
+    )
 
 
 def test_dev_endpoints_are_404_outside_dev_mode(orga_site):

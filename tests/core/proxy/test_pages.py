@@ -56,7 +56,9 @@ def test_403_reason_hidden_outside_dev_mode(make_browser, service_url):
     from conftest import STRONG_KEY, proxy_config
 
     browser = make_browser(
-        proxy_config(service_url, dev_mode=False, secret_key=STRONG_KEY, session_cookie={"secure": False})
+        proxy_config(
+            service_url, dev_mode=False, secret_key=STRONG_KEY, session_cookie={"secure": False}
+        )
     )
     response = browser.get("/svc/logged")
     assert response.status_code == 403
@@ -65,7 +67,9 @@ def test_403_reason_hidden_outside_dev_mode(make_browser, service_url):
 
 
 def test_address_in_networks_uses_the_peer_not_client_headers(browser):
-    response = browser.get("/svc/local_only", headers={"X-Forwarded-For": "10.1.2.3", "X-Real-IP": "10.1.2.3"})
+    response = browser.get(
+        "/svc/local_only", headers={"X-Forwarded-For": "10.1.2.3", "X-Real-IP": "10.1.2.3"}
+    )
     assert response.status_code == 403
     assert "address_in_networks" in response.text
 
@@ -80,7 +84,13 @@ def test_user_info_and_client_parameters_forwarded(browser):
     browser.as_user("adm")
     response = browser.get(
         "/svc/echo",
-        params=[("a", "1"), ("a", "2"), ("b", "x"), ("ebuio_u_username", "forged"), ("EBUIO_orgapk", "9")],
+        params=[
+            ("a", "1"),
+            ("a", "2"),
+            ("b", "x"),
+            ("ebuio_u_username", "forged"),
+            ("EBUIO_orgapk", "9"),
+        ],
     )
     assert response.status_code == 200
     data = response.json()
@@ -106,7 +116,10 @@ def test_post_form_and_files_forwarded_with_user_info_in_body(browser):
     response = browser.post(
         "/svc/echo?q=1",
         data=[("csrfmiddlewaretoken", token), ("f", "1"), ("f", "2"), ("ebuio_u_pk", "forged")],
-        files=[("upload", ("hello.txt", b"hello world", "text/plain")), ("ebuio_file", ("x", b"x"))],
+        files=[
+            ("upload", ("hello.txt", b"hello world", "text/plain")),
+            ("ebuio_file", ("x", b"x")),
+        ],
     )
     assert response.status_code == 200, response.text
     data = response.json()
@@ -122,7 +135,9 @@ def test_put_body_is_forwarded(browser):
     browser.as_user("log")
     token = browser.csrf()
     response = browser.put(
-        "/svc/echo", data=json.dumps({"k": "v"}), headers={"Content-Type": "application/json", "X-CSRFToken": token}
+        "/svc/echo",
+        data=json.dumps({"k": "v"}),
+        headers={"Content-Type": "application/json", "X-CSRFToken": token},
     )
     assert response.status_code == 200
     data = response.json()
@@ -159,7 +174,11 @@ def test_client_plugit_headers_are_stripped(browser, header):
 def test_information_headers(browser):
     data = browser.get(
         "/svc/echo",
-        headers={"If-None-Match": '"abc"', "Origin": "https://o.example", "Access-Control-Request-Method": "PUT"},
+        headers={
+            "If-None-Match": '"abc"',
+            "Origin": "https://o.example",
+            "Access-Control-Request-Method": "PUT",
+        },
     ).json()
     headers = data["headers"]
     assert headers["X-Plugit-If-None-Match"] == '"abc"'

@@ -60,7 +60,12 @@ def test_a_plugin_adds_routes_identifies_users_and_changes_responses(service_url
     class Plugin:
         @hookimpl
         def plugit_extra_routes(self, proxy):
-            return [Route("/_plugit/hello/<name>", lambda request, name: Response(f"hi {name} {request.user.username}"))]
+            return [
+                Route(
+                    "/_plugit/hello/<name>",
+                    lambda request, name: Response(f"hi {name} {request.user.username}"),
+                )
+            ]
 
         @hookimpl
         def plugit_identify_user(self, request, proxy):
@@ -95,7 +100,10 @@ def test_a_plugin_adds_routes_identifies_users_and_changes_responses(service_url
         with serve(proxy) as base:
             assert requests.get(base + "/_plugit/hello/bob", timeout=10).text == "hi bob "
             alice = {"Authorization": "Bearer alice"}
-            assert requests.get(base + "/_plugit/hello/bob", headers=alice, timeout=10).text == "hi bob alice"
+            assert (
+                requests.get(base + "/_plugit/hello/bob", headers=alice, timeout=10).text
+                == "hi bob alice"
+            )
             page = requests.get(base + "/svc/logged", headers=alice, timeout=10)
             assert page.status_code == 200
             assert page.headers["X-Plugin"] == "1"
@@ -120,7 +128,9 @@ def test_handle_error_hook_gives_a_fallback(service_url):
             return Response(f"fallback for {error.service}: {error.kind}", status=200)
 
     services = [{"name": "gone", "url": "http://127.0.0.1:9", "mount": "/gone/", "timeout": 0.5}]
-    proxy = ProxyApp(proxy_config(service_url, services=services), plugins=[Fallback()], load_entry_points=False)
+    proxy = ProxyApp(
+        proxy_config(service_url, services=services), plugins=[Fallback()], load_entry_points=False
+    )
     try:
         with serve(proxy) as base:
             response = requests.get(base + "/gone/", timeout=10)

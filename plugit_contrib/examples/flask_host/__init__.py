@@ -1,0 +1,1 @@
+"""A Flask site hosting a PlugIt service: see :mod:`.app`."""
