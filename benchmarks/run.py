@@ -102,7 +102,8 @@ def proxy_config(path: Path, service_url: str, signed_url: str, secret: str) -> 
         f'secret_key = "{key}"\n'
         "[session_cookie]\nsecure = false\n"
         f'[[services]]\nname = "bench"\nurl = "{service_url}"\nmount = "/bench/"\n'
-        f'[[services]]\nname = "signed"\nurl = "{signed_url}"\nmount = "/signed/"\nsecret = "{secret}"\n'
+        f'[[services]]\nname = "signed"\nurl = "{signed_url}"\nmount = "/signed/"\n'
+        f'secret = "{secret}"\n'
     )
 
 
@@ -133,10 +134,15 @@ def main() -> int:
                 ports["signed"],
             )
         )
-        stack.enter_context(
-            process(plugit("proxy", "--config", str(config), "--port", str(ports["proxy"]), "--threads", str(THREADS)),
-                    ports["proxy"])
-        )  # fmt: skip
+        proxy_args = [
+            "--config",
+            str(config),
+            "--port",
+            str(ports["proxy"]),
+            "--threads",
+            str(THREADS),
+        ]
+        stack.enter_context(process(plugit("proxy", *proxy_args), ports["proxy"]))
         stack.enter_context(
             process(gunicorn("proxy_middleware_app:app", ports["werkzeug"]), ports["werkzeug"],
                     env={"BENCH_SERVICE_URL": service_url}, cwd=HERE)
@@ -163,8 +169,9 @@ def main() -> int:
         latency = statistics.median(m for _, m in values)
         print(f"{name:<10} {rps:>9.0f} {latency:>10.2f} {rps / base_rps:>9.2f}x")
     print(
-        f"\ngunicorn 1 worker gthread {THREADS} threads per server; wrk 1 thread {CONNECTIONS} connections; "
-        f"{args.rounds} rounds of {args.duration}s, median shown; {os.cpu_count()} cores shared by all."
+        f"\ngunicorn 1 worker gthread {THREADS} threads per server; "
+        f"wrk 1 thread {CONNECTIONS} connections; {args.rounds} rounds of {args.duration}s, "
+        f"median shown; {os.cpu_count()} cores shared by all."
     )
     return 0
 

@@ -122,8 +122,9 @@ def plugit_upstream_request(page: PageRequest, upstream: UpstreamRequest) -> Non
 def plugit_call_service(page: PageRequest, upstream: UpstreamRequest) -> ServiceReply | None:
     """Make, or wrap, the HTTP call to a service's action.
 
-    Called once per action call (not for meta, template or media fetches).  The proxy's own implementation (``trylast``) sends ``upstream`` and returns the
-    :class:`ServiceReply`, or raises :class:`ServiceError`.  Plugins implement this hook as
+    Called once per action call (not for meta, template or media fetches).  The proxy's own
+    implementation (``trylast``) sends ``upstream`` and returns the :class:`ServiceReply`, or
+    raises :class:`ServiceError`.  Plugins implement this hook as
     new-style wrappers, ``@hookimpl(wrapper=True)``: ``reply = yield`` runs the inner wrappers
     and the call and gives the reply (or raises the call's ServiceError); return a reply or
     raise.  Use it for timing, circuit breaking, retries or metrics.  Wrappers nest in plugin

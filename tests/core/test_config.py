@@ -18,7 +18,8 @@ def test_minimal_file(tmp_path):
     path = tmp_path / "plugit.toml"
     path.write_text(
         f'secret_key = "{STRONG}"\n'
-        '[[services]]\nname = "polls"\nurl = "http://127.0.0.1:5000/base/"\ntemplate_dialect = "django"\n'
+        '[[services]]\nname = "polls"\nurl = "http://127.0.0.1:5000/base/"\n'
+        'template_dialect = "django"\n'
     )
     config = load_config(path)
     (mount,) = config.services

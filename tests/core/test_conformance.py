@@ -286,28 +286,25 @@ def test_unreachable_service() -> None:
 @pytest.fixture
 def not_http() -> Iterator[str]:
     """A TCP server that answers every connection with a line that is not HTTP."""
-    server = socket.create_server(("127.0.0.1", 0))
-    server.settimeout(5)
+    stop = threading.Event()
 
-    def loop() -> None:
-        with contextlib_suppress():
-            while True:
+    def loop(server: socket.socket) -> None:
+        while not stop.is_set():
+            try:
                 connection, _ = server.accept()
-                with connection:
-                    connection.recv(65536)
-                    connection.sendall(b"HELLO THERE\r\n")
+            except TimeoutError:
+                continue
+            with connection:
+                connection.recv(65536)
+                connection.sendall(b"HELLO THERE\r\n")
 
-    thread = threading.Thread(target=loop, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.getsockname()[1]}"
-    server.close()
-    thread.join(5)
-
-
-def contextlib_suppress() -> Any:
-    import contextlib
-
-    return contextlib.suppress(OSError)
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        server.settimeout(0.05)
+        thread = threading.Thread(target=loop, args=(server,), daemon=True)
+        thread.start()
+        yield f"http://127.0.0.1:{server.getsockname()[1]}"
+        stop.set()
+        thread.join(5)
 
 
 def test_not_http_service(not_http: str) -> None:

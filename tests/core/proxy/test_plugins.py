@@ -43,7 +43,7 @@ def test_registering_a_backend_twice_is_refused():
         def plugit_register_backends(self, register):
             register("cache", "memory", lambda config, section: None)
 
-    with pytest.raises(ValueError, match="cache.memory is registered twice"):
+    with pytest.raises(ValueError, match=r"cache\.memory is registered twice"):
         ProxyApp({"dev_mode": True}, plugins=[Dup()], load_entry_points=False)
 
 
