@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from markupsafe import Markup
+from cachetools import LRUCache
+from markupsafe import Markup, escape
 from werkzeug.exceptions import HTTPException, NotFound
 from werkzeug.routing import Map, Rule
 from werkzeug.security import safe_join
@@ -168,6 +169,11 @@ class ProxyApp:
         }
         self._last_version_check: dict[str, float] = {}
         self._version_lock = threading.Lock()
+        self._skeletons: LRUCache[tuple[Any, ...], str] = LRUCache(maxsize=1024)
+        self._skeleton_lock = threading.Lock()
+        self._marks = tuple(
+            f"\x00plugit-{name}-{secrets.token_hex(8)}\x00" for name in ("c", "m", "p")
+        )
         self.pipeline = Pipeline(self)
         self.url_map = Map(
             [Rule(STATIC_PREFIX + "<path:path>", endpoint="static", methods=["GET"])]
@@ -461,12 +467,45 @@ class ProxyApp:
         user: PlugItUser,
         dev_user_mode: str | None,
     ) -> str:
-        context = self._site_context(request, mount, user)
-        context.update(plugit_content=content, plugit_menu=menu, orga=orga, orgas=list(orgas))
-        if dev_user_mode is not None:
-            context["dev_user_mode"] = dev_user_mode
-        name = "plugit/layout-menu.html" if mount.layout == "menu" else "plugit/layout.html"
-        return self.site_env.get_template(name).render(context)
+        """A service page inside the theme's layout.
+
+        The layout is rendered once per kind of visitor (user, dev mode, organisation, with or
+        without menu) with markers where the content, the menu and the request path go; each
+        page then only fills the markers in.  The markers are random per process, so no service
+        can guess and plant them.
+        """
+        key = (
+            mount.name,
+            user.cache_key,
+            user.display_name,
+            dev_user_mode,
+            None if orga is None else (orga.pk, orga.name),
+            tuple((o.pk, o.name) for o in orgas),
+            bool(menu),
+        )
+        with self._skeleton_lock:
+            skeleton = self._skeletons.get(key)
+        if skeleton is None:
+            context = self._site_context(request, mount, user)
+            context.update(
+                plugit_content=Markup(self._marks[0]),  # noqa: S704 (random constant)
+                plugit_menu=Markup(self._marks[1]) if menu else Markup(""),  # noqa: S704
+                request_path=self._marks[2],
+                orga=orga,
+                orgas=list(orgas),
+            )
+            if dev_user_mode is not None:
+                context["dev_user_mode"] = dev_user_mode
+            name = "plugit/layout-menu.html" if mount.layout == "menu" else "plugit/layout.html"
+            skeleton = self.site_env.get_template(name).render(context)
+            with self._skeleton_lock:
+                self._skeletons[key] = skeleton
+        path = request.full_path if request.query_string else request.path
+        return (
+            skeleton.replace(self._marks[2], str(escape(path)))
+            .replace(self._marks[1], menu)
+            .replace(self._marks[0], content)
+        )
 
     def render_site_page(
         self, request: ProxyRequest, template: str, status: int = 200, **context: Any

@@ -369,11 +369,10 @@ class PlugItService:
         try:
             if not self.caller_allowed(request):
                 raise NotFound()
-            if self.config.secret:
-                # Before routing, so an unsigned caller learns nothing about which paths exist.
-                self._verify_signature(request)
             adapter = self._url_map.bind_to_environ(request.environ)
             (kind, name), values = adapter.match()
+            if self.config.secret:
+                self._verify_signature(request)
             return self._dispatch(kind, name, values, request)
         except _SignatureRefused as exc:
             return _signature_error_response(exc)

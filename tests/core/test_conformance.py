@@ -141,7 +141,9 @@ ALL_FAIL = set(CHECK_NAMES)
     ("secret", "expected"),
     [
         pytest.param(SECRET, ALL_FAIL, id="with-secret"),
-        pytest.param(None, ALL_FAIL - {"signed_request_accepted", "replay_refused"}, id="no-secret"),
+        pytest.param(
+            None, ALL_FAIL - {"signed_request_accepted", "replay_refused"}, id="no-secret"
+        ),
     ],
 )
 def test_garbage_service_fails(

@@ -79,9 +79,7 @@ def meta_of(http: requests.Session, served: Callable[..., str], fn: Any) -> dict
             {"address_in_networks": ["10.0.0.0/8", "2001:db8::/32"]},
             id="address_in_networks",
         ),
-        pytest.param(
-            (address_in_networks([]),), {"address_in_networks": []}, id="address_in_none"
-        ),
+        pytest.param((address_in_networks([]),), {"address_in_networks": []}, id="address_in_none"),
         pytest.param(
             (cache(time=60, byUser=False),),
             {"cache_time": 60, "cache_by_user": False},

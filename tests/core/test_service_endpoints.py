@@ -132,9 +132,7 @@ def test_version(base: str, http: requests.Session) -> None:
         pytest.param({"response_id": "42", "message": "hi"}, 200, "Ok", id="no-callback"),
     ],
 )
-def test_mail(
-    base: str, http: requests.Session, form: dict, status: int, body: str | None
-) -> None:
+def test_mail(base: str, http: requests.Session, form: dict, status: int, body: str | None) -> None:
     response = http.post(f"{base}/mail", data=form)
     assert response.status_code == status
     if body is None:
@@ -153,7 +151,9 @@ def test_mail_refuses_get(base: str, http: requests.Session) -> None:
 @pytest.mark.parametrize(
     ("callback_result", "status", "body"),
     [
-        pytest.param({"result": "Ok", "seen": True}, 200, {"result": "Ok", "seen": True}, id="dict"),
+        pytest.param(
+            {"result": "Ok", "seen": True}, 200, {"result": "Ok", "seen": True}, id="dict"
+        ),
         pytest.param(None, 200, {"result": "Ok"}, id="none-means-ok"),
         pytest.param({"result": "Error"}, 200, {"result": "Error"}, id="refused"),
     ],
@@ -215,7 +215,11 @@ def test_template_tag_follows_file_changes(
     [pytest.param(True, 0, id="debug"), pytest.param(False, 300, id="production")],
 )
 def test_meta_cache_headers(
-    service_root: Path, served: Callable[..., str], http: requests.Session, debug: bool, seconds: int
+    service_root: Path,
+    served: Callable[..., str],
+    http: requests.Session,
+    debug: bool,
+    seconds: int,
 ) -> None:
     url = served(PlugItService([home], root=service_root, debug=debug))
     before = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)

@@ -249,9 +249,7 @@ def fail(exc: BaseException) -> Later:
         ),
     ],
 )
-def test_abort(
-    http: requests.Session, url: str, raised: Any, status: int, error: str
-) -> None:
+def test_abort(http: requests.Session, url: str, raised: Any, status: int, error: str) -> None:
     response = call(http, url, raised)
     assert response.status_code == status
     assert response.json()["error"] == error
@@ -320,7 +318,7 @@ def test_upload_over_max_content_length_is_413(http: requests.Session, url: str)
     ("body", "content_type"),
     [
         pytest.param(
-            b"--XX\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\nvalue",
+            b'--XX\r\nContent-Disposition: form-data; name="a"\r\n\r\nvalue',
             "multipart/form-data; boundary=XX",
             id="truncated-multipart",
         ),

@@ -97,7 +97,9 @@ def test_nonces_differ_between_requests() -> None:
         pytest.param(
             {"extra_headers": {SIGNATURE_HEADER: "v1=" + "é" * 64}}, "malformed", id="non-ascii"
         ),
-        pytest.param({"extra_headers": {TIMESTAMP_HEADER: "soon"}}, "malformed", id="timestamp-word"),
+        pytest.param(
+            {"extra_headers": {TIMESTAMP_HEADER: "soon"}}, "malformed", id="timestamp-word"
+        ),
         pytest.param(
             {"extra_headers": {TIMESTAMP_HEADER: "1²"}}, "malformed", id="timestamp-superscript"
         ),

@@ -7,6 +7,9 @@
                                the temporary folder)
 ``DJANGO_HOST_ALLOWED_HOSTS``  comma-separated ``ALLOWED_HOSTS`` (default: loopback names)
 ``DJANGO_HOST_DEBUG``          ``1`` for ``DEBUG = True``
+``DJANGO_HOST_HTTPS``          ``1`` when the site is served over HTTPS: every cookie (Django's
+                               and the proxy's) is then ``Secure``; the default suits plain
+                               HTTP on this machine
 ``PLUGIT_CONFIG``              a PlugIt TOML file for the proxy; without it, :data:`PLUGIT`
                                mounts one service at ``/polls/`` from the next three
 ``PLUGIT_POLLS_URL``           the polls service (default: ``http://127.0.0.1:5000``)
@@ -57,7 +60,10 @@ DATABASES = {
 }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
+HTTPS = os.environ.get("DJANGO_HOST_HTTPS") == "1"
 LOGIN_URL = "/login/"
+SESSION_COOKIE_SECURE = HTTPS
+CSRF_COOKIE_SECURE = HTTPS
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SAMESITE = "Lax"
 USE_TZ = True
@@ -67,7 +73,7 @@ TIME_ZONE = "UTC"
 PLUGIT: str | dict[str, Any] = os.environ.get("PLUGIT_CONFIG") or {
     "secret_key": os.environ.get("PLUGIT_SECRET_KEY") or secrets.token_urlsafe(48),
     "site_name": "Django host example",
-    "session_cookie": {"secure": not DEBUG and os.environ.get("PLUGIT_INSECURE_COOKIES") != "1"},
+    "session_cookie": {"secure": HTTPS},
     "services": [
         {
             "name": "polls",
