@@ -140,7 +140,9 @@ class _Caller:
         self.base = split.path.rstrip("/")
         self.unreachable: str | None = None
 
-    def signature(self, method: str, endpoint: str, query: str = "", body: bytes = b"") -> dict:
+    def signature(
+        self, method: str, endpoint: str, query: str = "", body: bytes = b""
+    ) -> dict[str, str]:
         assert self.secret is not None
         path = unquote(f"{self.base}/{endpoint}")
         return sign_request(self.secret, method=method, path=path, query=query, body=body)
@@ -183,7 +185,7 @@ class _Caller:
         finally:
             connection.close()
 
-    def get_json_object(self, endpoint: str, **kwargs: Any) -> tuple[_Reply, dict | None]:
+    def get_json_object(self, endpoint: str, **kwargs: Any) -> tuple[_Reply, dict[str, Any] | None]:
         reply = self.call("GET", endpoint, **kwargs)
         try:
             data = reply.json()

@@ -14,8 +14,13 @@ A service is a module of decorated action functions::
 ``action<route>`` and ``media/<path>`` below ``base_url`` (PROTOCOL.md section 2).
 
 Security: every endpoint, ``version`` and ``media`` included, is refused (404) to callers outside
-``allowed_networks`` (loopback only by default).  When ``secret`` is set, every request must also
-carry a valid, fresh, unreplayed signature from the proxy (:mod:`plugit_core.signing`), else 403.
+``allowed_networks`` (loopback only by default).  When ``secret`` is set, every request to an
+endpoint must also carry a valid, fresh, unreplayed signature from the proxy
+(:mod:`plugit_core.signing`), else 403 with a JSON error naming the reason; unknown paths and wrong
+methods still answer 404 and 405.
+
+Bad input gets a JSON answer, never a traceback: 400 for a malformed form, 413 above
+``max_content_length``, 500 when an action fails (logged with the action's name).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from __future__ import annotations
 import datetime
 import decimal
 import hashlib
+import io
 import json
 import logging
 import os
@@ -225,6 +231,31 @@ def _error_response(exc: HTTPException, error: str | None = None) -> Response:
     return response
 
 
+def _buffer_unsized_body(request: Request, limit: int | None) -> None:
+    """Read a body sent without Content-Length (chunked) into memory, refusing it above ``limit``.
+
+    werkzeug stops reading such a body silently at ``max_content_length``: a form would be cut
+    short instead of refused with 413.
+    """
+    environ = request.environ
+    if limit is None or environ.get("CONTENT_LENGTH") or not environ.get("wsgi.input_terminated"):
+        return
+    stream = environ["wsgi.input"]
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := stream.read(min(65536, limit + 1 - size)):
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            raise RequestEntityTooLarge()
+    environ["wsgi.input"] = io.BytesIO(b"".join(chunks))
+    environ["CONTENT_LENGTH"] = str(size)
+    del environ["wsgi.input_terminated"]
+    environ.pop("HTTP_TRANSFER_ENCODING", None)  # no longer chunked: the length is known
+    for cached in ("content_length", "stream"):  # werkzeug caches both on first use
+        request.__dict__.pop(cached, None)
+
+
 _ENTITY_TAG = re.compile(r'(W/)?"[^"]*"')
 
 
@@ -369,6 +400,7 @@ class PlugItService:
         try:
             if not self.caller_allowed(request):
                 raise NotFound()
+            _buffer_unsized_body(request, self.config.max_content_length)
             adapter = self._url_map.bind_to_environ(request.environ)
             (kind, name), values = adapter.match()
             if self.config.secret:

@@ -57,7 +57,8 @@ def configure_django(database: str) -> None:
             return
         values = {name: getattr(example_settings, name) for name in dir(example_settings)}
         values = {name: value for name, value in values.items() if name.isupper()}
-        values["DATABASES"] = {"default": {**example_settings.DATABASES["default"], "NAME": database}}
+        default_db = {**example_settings.DATABASES["default"], "NAME": database}
+        values["DATABASES"] = {"default": default_db}
         # Fast hashing: these tests log in often; the hasher is not what they are about.
         values["PASSWORD_HASHERS"] = ["django.contrib.auth.hashers.MD5PasswordHasher"]
         settings.configure(**values)

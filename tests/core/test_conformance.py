@@ -355,3 +355,20 @@ def test_conformance_class_skips_warnings_and_secret_only_checks(
     with pytest.raises(pytest.skip.Exception, match="only checked when a secret is given"):
         suite.test_replay_refused(plugit_service)
     suite.test_meta(plugit_service)  # passes: no exception
+
+
+def ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as sock:
+            sock.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not ipv6_loopback(), reason="no IPv6 loopback on this machine")
+def test_ipv6_service(root: Path, served: Callable[..., str]) -> None:
+    url = served(make_service(root, secret=SECRET), host="::1")
+    assert url.startswith("http://[::1]:")
+    results = run_checks(url, secret=SECRET, actions=ACTIONS)
+    assert [r for r in results if not r.ok] == []

@@ -8,7 +8,7 @@ import decimal
 import io
 import logging
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -345,3 +345,30 @@ def test_malformed_mail_form_is_400(http: requests.Session, url: str) -> None:
         f"{url}/mail", data=b"junk", headers={"Content-Type": "multipart/form-data; boundary=Z"}
     )
     assert response.status_code == 400
+
+
+@pytest.mark.parametrize(
+    ("size", "status"),
+    [
+        pytest.param(98, 200, id="chunked-within-limit"),
+        pytest.param(99, 413, id="chunked-one-byte-over"),
+        pytest.param(5000, 413, id="chunked-far-over"),
+    ],
+)
+def test_chunked_body_is_refused_not_truncated(
+    served: Callable[..., str], http: requests.Session, size: int, status: int
+) -> None:
+    # werkzeug alone would silently cut a chunked body at max_content_length.
+    @action("/echo", methods=["POST"])
+    def echo(request: ServiceRequest) -> dict:
+        return {"length": len(request.form["a"])}
+
+    url = served(PlugItService([echo], max_content_length=100))
+    body = iter([b"a=", b"x" * size])  # a generator body is sent chunked
+    headers = {"Content-Type": "application/x-www-form-urlencoded"}
+    response = http.post(f"{url}/action/echo", data=body, headers=headers)
+    assert response.status_code == status
+    if status == 200:
+        assert response.json() == {"length": size}
+    else:
+        assert response.json()["error"] == "request_entity_too_large"
