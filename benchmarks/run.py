@@ -77,7 +77,8 @@ def plugit(*args: str) -> list[str]:
 def gunicorn(app: str, port: int) -> list[str]:
     return [
         sys.executable, "-m", "gunicorn", "--workers", "1", "--worker-class", "gthread",
-        "--threads", str(THREADS), "--bind", f"127.0.0.1:{port}", "--log-level", "warning", app,
+        "--threads", str(THREADS), "--bind", f"127.0.0.1:{port}", "--log-level", "warning",
+        "--no-control-socket", app,
     ]  # fmt: skip
 
 

@@ -66,6 +66,8 @@ def run_server(
                 "errorlog": "-",
                 "loglevel": "info",
             }
+            if "control_socket_disable" in self.cfg.settings:  # gunicorn >= 25: one per server
+                settings["control_socket_disable"] = True
             for key, value in settings.items():
                 self.cfg.set(key, value)
 

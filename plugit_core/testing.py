@@ -447,7 +447,9 @@ class ServiceConformance:
                 with serve(my_app) as url:
                     yield url, "my-shared-secret-0123456789", ["", "show/5"]
 
-    A warning (a service that accepts unsigned requests) is reported as a skipped test.
+    For one server per class, write ``@pytest.fixture(scope="class")`` above ``@classmethod``
+    (pytest deprecates class-scoped fixtures on instance methods).  A warning (a service that
+    accepts unsigned requests) is reported as a skipped test.
     """
 
     timeout: float = 5.0

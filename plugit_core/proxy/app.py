@@ -19,7 +19,7 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -131,7 +131,7 @@ class ProxyApp:
 
     def __init__(
         self,
-        config: ProxyConfig | dict[str, Any] | str | Path,
+        config: ProxyConfig | Mapping[str, Any] | str | Path,
         *,
         plugins: Iterable[Any] = (),
         load_entry_points: bool = True,
@@ -139,7 +139,7 @@ class ProxyApp:
     ) -> None:
         if isinstance(config, (str, Path)):
             config = load_config(config)
-        elif isinstance(config, dict):
+        elif isinstance(config, Mapping):
             config = ProxyConfig.from_mapping(config)
         self.config = config
         self.pm = make_plugin_manager([_CoreCall(), *plugins], load_entry_points=load_entry_points)
@@ -574,7 +574,7 @@ class PlugItMiddleware:
     def __init__(
         self,
         app: Callable[..., Iterable[bytes]],
-        config: ProxyConfig | dict[str, Any] | str | Path,
+        config: ProxyConfig | Mapping[str, Any] | str | Path,
         *,
         identify: Callable[[dict[str, Any]], PlugItUser | None] | None = None,
         plugins: Iterable[Any] = (),

@@ -1,0 +1,140 @@
+"""The demo in a real browser: `plugit demo` started as users start it, then clicked through."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from plugit_core.testing import wait_for_port
+
+pytestmark = pytest.mark.browser
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    port = free_port()
+    data = tmp_path_factory.mktemp("demo")
+    log = (data / "demo.log").open("wb")
+    process = subprocess.Popen(  # noqa: S603
+        [
+            sys.executable,
+            "-m",
+            "plugit_core.cli",
+            "demo",
+            "--port",
+            str(port),
+            "--data-dir",
+            str(data),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        wait_for_port("127.0.0.1", port, timeout=90)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
+        print(Path(log.name).read_text(errors="replace")[-3000:])
+
+
+def css(driver, selector):
+    from selenium.webdriver.common.by import By
+
+    return driver.find_element(By.CSS_SELECTOR, selector)
+
+
+def all_css(driver, selector):
+    from selenium.webdriver.common.by import By
+
+    return driver.find_elements(By.CSS_SELECTOR, selector)
+
+
+def wait_for(driver, selector, timeout=15):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, timeout).until(
+        expected_conditions.presence_of_element_located((By.CSS_SELECTOR, selector))
+    )
+
+
+def switch_user(driver, mode):
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    button = css(driver, f'#plugit-devbar button[data-plugit-mode="{mode}"]')
+    button.click()
+    WebDriverWait(driver, 15).until(expected_conditions.staleness_of(button))
+    wait_for(driver, f'#plugit-devbar button[data-plugit-mode="{mode}"].active')
+
+
+def test_switch_user_create_a_poll_and_vote(driver, demo, tmp_path):
+    driver.get(demo + "/voting/")
+    wait_for(driver, "#poll-list")
+    assert "Polls" in driver.title
+    seeded = len(all_css(driver, ".poll-item"))
+    assert seeded >= 1
+    assert css(driver, "#plugit-user").get_attribute("data-authenticated") == "false"
+
+    # anonymous visitors may not create polls
+    driver.get(demo + "/voting/create/")
+    assert css(driver, "#plugit-error").get_attribute("data-status") == "403"
+
+    # become a member through the dev bar, then create a poll
+    switch_user(driver, "mem")
+    assert css(driver, "#plugit-user").get_attribute("data-authenticated") == "true"
+    driver.get(demo + "/voting/create/")
+    wait_for(driver, "#create-form")
+    css(driver, 'input[name="title"]').send_keys("Where do we eat <today>?")
+    css(driver, 'textarea[name="description"]').send_keys("Friday lunch")
+    answers = all_css(driver, 'input[name="rep[]"]')
+    answers[0].send_keys("Pizza")
+    answers[1].send_keys("Sushi")
+    css(driver, "#create-submit").click()
+    title = wait_for(driver, "#poll-title")
+    assert title.text == "Where do we eat <today>?"  # shown as text, escaped in the HTML
+    assert css(driver, "#total-votes").text == "0"
+
+    # vote for Sushi
+    buttons = all_css(driver, "form.vote-form button")
+    sushi = next(b for b in buttons if "Sushi" in b.find_element("xpath", "ancestor::li").text)
+    sushi.click()
+    wait_for(driver, ".result-mine")
+    assert css(driver, "#total-votes").text == "1"
+    mine = css(driver, ".result-mine")
+    assert "Sushi" in mine.text
+    assert mine.find_element("css selector", ".result-count").text.startswith("1")
+
+    # the new poll is on the list for everyone, anonymous included, once the list's page-cache
+    # entry (5 s) has expired
+    switch_user(driver, "ano")
+
+    def listed(driver):
+        driver.get(demo + "/voting/")
+        return len(all_css(driver, ".poll-item")) == seeded + 1
+
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(driver, 20, poll_frequency=0.5).until(listed)
+    assert "Where do we eat <today>?" in css(driver, "#poll-list").text
+    driver.save_screenshot(str(tmp_path / "demo.png"))
