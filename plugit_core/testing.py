@@ -141,11 +141,18 @@ class _Caller:
         self.unreachable: str | None = None
 
     def signature(
-        self, method: str, endpoint: str, query: str = "", body: bytes = b""
+        self,
+        method: str,
+        endpoint: str,
+        query: str = "",
+        body: bytes = b"",
+        headers: dict[str, str] | None = None,
     ) -> dict[str, str]:
         assert self.secret is not None
         path = unquote(f"{self.base}/{endpoint}")
-        return sign_request(self.secret, method=method, path=path, query=query, body=body)
+        return sign_request(
+            self.secret, method=method, path=path, query=query, body=body, headers=headers or {}
+        )
 
     def call(
         self,
@@ -167,7 +174,7 @@ class _Caller:
         if isinstance(signed, dict):
             headers.update(signed)
         elif signed and self.secret:
-            headers.update(self.signature(method, endpoint, qs, body))
+            headers.update(self.signature(method, endpoint, qs, body, headers))
         target = f"{self.base}/{endpoint}" + (f"?{qs}" if qs else "")
         cls = http.client.HTTPSConnection if self.https else http.client.HTTPConnection
         connection = cls(self.host, self.port, timeout=self.timeout)

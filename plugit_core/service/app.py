@@ -153,7 +153,19 @@ class ServiceConfig:
         unknown = set(values) - own
         if unknown:
             raise TypeError(f"unknown service settings: {', '.join(sorted(unknown))}")
+        for name in ("debug", "use_proxy_ip"):  # often read from the environment as text
+            if isinstance(values.get(name), str):
+                values[name] = _text_bool(name, values[name])
         return cls(**values)
+
+
+def _text_bool(name: str, text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("", "0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{name} must be true or false, not {text!r}")
 
 
 def _is_code(value: Any) -> bool:
@@ -214,7 +226,9 @@ def _json_default(value: Any) -> Any:
 
 
 def json_response(data: Any, status: int = 200) -> Response:
-    body = json.dumps(data, default=_json_default, ensure_ascii=False, separators=(",", ":"))
+    body = json.dumps(
+        data, default=_json_default, ensure_ascii=False, allow_nan=False, separators=(",", ":")
+    )
     response = Response(body, status=status, mimetype="application/json")
     response.headers["X-Content-Type-Options"] = "nosniff"
     return response
@@ -401,10 +415,10 @@ class PlugItService:
             if not self.caller_allowed(request):
                 raise NotFound()
             _buffer_unsized_body(request, self.config.max_content_length)
+            if self.config.secret:  # before routing: unsigned callers learn nothing of the routes
+                self._verify_signature(request)
             adapter = self._url_map.bind_to_environ(request.environ)
             (kind, name), values = adapter.match()
-            if self.config.secret:
-                self._verify_signature(request)
             return self._dispatch(kind, name, values, request)
         except _SignatureRefused as exc:
             return _signature_error_response(exc)

@@ -517,6 +517,10 @@ def test_settings_reach_the_service(tmp_path: Path) -> None:
     app = create_app(tmp_path / "v.sqlite3", secret="s" * 32, base_url="/polls/")
     with serve(app) as base:
         assert get(base, "/polls/meta/").status_code == 403  # unsigned request
+        assert get(base, "/meta/").status_code == 403  # refused before routing: no route leaks
+    moved = create_app(tmp_path / "v.sqlite3", base_url="/polls/")
+    with serve(moved) as base:
+        assert get(base, "/polls/meta/").status_code == 200
         assert get(base, "/meta/").status_code == 404
     refused = create_app(tmp_path / "v.sqlite3", allowed_networks=["10.0.0.0/8"])
     with serve(refused) as base:

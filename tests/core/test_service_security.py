@@ -312,21 +312,32 @@ def test_chunked_body_is_verified(signed_url: str, http: requests.Session) -> No
     body = b"ebuio_u_username=alice"
     url = f"{signed_url}/action/"
     headers = {"Content-Type": "application/x-www-form-urlencoded"}
-    headers.update(sign_request(SECRET, method="POST", path="/svc/action/", body=body))
+    headers.update(
+        sign_request(SECRET, method="POST", path="/svc/action/", body=body, headers=headers)
+    )
     response = http.post(url, data=iter([body[:5], body[5:]]), headers=headers)
     assert response.status_code == 200
     assert response.json()["user"] == {"username": "alice"}
 
 
-def test_routing_errors_come_before_the_signature_check(
-    signed_url: str, http: requests.Session
-) -> None:
-    # Unknown paths and wrong methods answer 404/405 even unsigned; only a routed request
-    # reaches the signature check.
-    assert http.get(f"{signed_url}/nothing").status_code == 404
-    assert http.delete(f"{signed_url}/meta/").status_code == 405
-    assert http.get(f"{signed_url}/media/x").status_code == 403
+def test_signature_is_checked_before_routing(signed_url: str, http: requests.Session) -> None:
+    # Unsigned callers learn nothing about the routes: every answer is the same 403.
+    for method, path in (("GET", "/nothing"), ("DELETE", "/meta/"), ("GET", "/media/x")):
+        response = http.request(method, f"{signed_url}{path}")
+        assert response.status_code == 403, path
+        assert response.json()["error"] == "signature"
+    # Signed, the routing answers as usual.
+    assert http.send(prepare("GET", f"{signed_url}/nothing")).status_code == 404
+    assert http.send(prepare("DELETE", f"{signed_url}/meta/")).status_code == 405
     assert http.send(prepare("GET", f"{signed_url}/media/x")).status_code == 404
+
+
+def test_content_type_is_signed(signed_url: str, http: requests.Session) -> None:
+    request = prepare("POST", f"{signed_url}/action/", data={"a": "1"})
+    request.headers["Content-Type"] = "text/plain"  # the same bytes, read another way
+    response = http.send(request)
+    assert response.status_code == 403
+    assert response.json()["code"] == "mismatch"
 
 
 def test_allow_list_applies_before_signature(
