@@ -16,9 +16,10 @@ What is signed (one line each, joined with ``\\n``)::
     <signed headers: "name:value" lines, names lower-cased, sorted>
 
 The signed headers are every ``X-Plugit*`` header of the request (identity, organisation, session
-values, remote address) and ``Content-Type`` (so a body cannot be re-read as another form type).  A service therefore knows that the user fields it receives, in the query,
-the body or the headers, were produced by the proxy that holds the secret, at most ``max_age``
-seconds ago, and only once.
+values, remote address) and ``Content-Type`` (so a body cannot be re-read as another form type).
+A service therefore knows that the user fields it receives, in the query, the body or the
+headers, were produced by the proxy that holds the secret, at most ``max_age`` seconds ago, and
+only once.
 
 This module does no I/O: callers pass the parts of the request they hold.
 """
@@ -121,7 +122,8 @@ def sign_request(
     """Return the three headers to add to a request so that the service accepts it.
 
     ``headers`` are the headers the request will carry; every ``X-Plugit*`` one among them, and
-    ``Content-Type``, is covered by the signature, so add the returned headers last and change nothing afterwards.
+    ``Content-Type``, is covered by the signature, so add the returned headers last and change
+    nothing afterwards.
     """
     items = headers.items() if isinstance(headers, Mapping) else headers
     timestamp = str(int(time.time() if now is None else now))
