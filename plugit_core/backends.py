@@ -27,7 +27,7 @@ __all__ = [
     "Theme",
 ]
 
-KINDS = ("cache", "session", "theme", "auth", "users", "mail", "billing")
+KINDS = ("cache", "session", "theme", "auth", "users", "login", "mail", "billing")
 
 Factory = Callable[["ProxyConfig", Mapping[str, Any]], Any]
 

@@ -156,6 +156,7 @@ class ProxyConfig:
     cache: str = "memory"
     session: str = "cookie"
     auth: tuple[str, ...] = ()
+    users: str | None = None
     user_data: tuple[str, ...] = DEFAULT_USER_DATA
     allowed_redirect_hosts: tuple[str, ...] = ()
     trusted_proxies: tuple[str, ...] = ()
@@ -197,6 +198,9 @@ class ProxyConfig:
             parse_networks(trusted, setting="trusted_proxies")
         except ValueError as exc:
             raise top.error("trusted_proxies", str(exc)) from None
+        auth = top.str_list("auth", ())
+        # Logins need a directory: the embedded SQLite one unless another is named.
+        users = top.str("users", "sqlite" if auth else None)
         user_data = top.str_list("user_data", DEFAULT_USER_DATA)
         if "pk" not in user_data:
             raise top.error("user_data", "must contain 'pk'")
@@ -208,7 +212,8 @@ class ProxyConfig:
             theme=top.str("theme", "bootstrap") or "bootstrap",
             cache=top.str("cache", "memory") or "memory",
             session=top.str("session", "cookie") or "cookie",
-            auth=top.str_list("auth", ()),
+            auth=auth,
+            users=users,
             user_data=user_data,
             allowed_redirect_hosts=tuple(
                 h.lower() for h in top.str_list("allowed_redirect_hosts", ())

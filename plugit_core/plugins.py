@@ -20,6 +20,8 @@ BUILTIN_PLUGINS = (
     "plugit_backends.session_cookie",
     "plugit_backends.theme_bootstrap.plugin",
     "plugit_backends.dev_users",
+    "plugit_backends.login",
+    "plugit_backends.users_sqlite",
 )
 
 ENTRY_POINT_GROUP = "plugit"

@@ -33,7 +33,7 @@ from werkzeug.security import safe_join
 from werkzeug.utils import send_file
 from werkzeug.wrappers import Request, Response
 
-from ..backends import Backends, CacheBackend, Session, SessionBackend, Theme
+from ..backends import KINDS, Backends, CacheBackend, Session, SessionBackend, Theme
 from ..config import ConfigError, ProxyConfig, ServiceMount, load_config
 from ..hookspecs import hookimpl
 from ..networks import NetworkList
@@ -152,7 +152,9 @@ class ProxyApp:
         self.sessions: SessionBackend = self.backends.build("session", config.session, config)
         self.theme: Theme = self.backends.build("theme", config.theme, config)
         self.auth = [self.backends.build("auth", name, config) for name in config.auth]
-        self.users: Any = None
+        self.users: Any = (
+            self.backends.build("users", config.users, config) if config.users else None
+        )
         self.login_url: str | None = None
         self.logout_url: str | None = None
         self.static_prefix = STATIC_PREFIX
@@ -189,11 +191,7 @@ class ProxyApp:
             self.check_services()
 
     def _check_sections(self) -> None:
-        known = {
-            f"{kind}_{name}"
-            for kind in ("cache", "session", "theme", "auth", "users", "mail", "billing")
-            for name in self.backends.names(kind)
-        }
+        known = {f"{kind}_{name}" for kind in KINDS for name in self.backends.names(kind)}
         for section in self.config.sections:
             if section not in known:
                 raise ConfigError(

@@ -1,0 +1,172 @@
+"""Identity: the directory of users and organisations, and the login backends, as interfaces.
+
+* A :class:`UserStore` (backend kind ``users``) keeps users, organisations and memberships:
+  who is member or administrator of which service and organisation.  It feeds the access rules,
+  orga mode and ``user_info``.  ``users_sqlite`` is the embedded default.
+* An auth backend (kind ``auth``) proves who someone is.  A :class:`PasswordBackend` checks a
+  user name and password (local accounts, LDAP); a :class:`RedirectBackend` sends the browser
+  elsewhere and comes back (OpenID Connect).  Several may be active at once: the login page
+  offers every one of them.
+* :func:`log_in` and :func:`log_out` change the session the same way for every backend: a login
+  empties the session and gives it a new id (no session fixation).
+
+The login pages themselves, and the hook that turns a session into a user, are the
+``plugit_backends.login`` plugin.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from .users import Orga, PlugItUser
+
+if TYPE_CHECKING:
+    from werkzeug.wrappers import Response
+
+    from .proxy.app import ProxyApp, ProxyRequest
+    from .proxy.routes import Route
+
+__all__ = [
+    "SESSION_BACKEND_KEY",
+    "SESSION_USER_KEY",
+    "AuthError",
+    "PasswordBackend",
+    "RedirectBackend",
+    "UserStore",
+    "log_in",
+    "log_out",
+]
+
+SESSION_USER_KEY = "uid"
+SESSION_BACKEND_KEY = "auth"
+ROLES = ("member", "admin")
+
+
+class AuthError(Exception):
+    """A login failed.  ``message`` is safe to show on the login page; ``code`` is for logs.
+
+    Codes: ``bad_credentials``, ``disabled``, ``throttled``, ``unavailable`` (the identity server
+    cannot be reached), ``refused`` (the identity provider said no), ``invalid`` (a forged or
+    stale answer from the provider).
+    """
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@runtime_checkable
+class UserStore(Protocol):
+    """Users, organisations and memberships.  Every method is safe to call from many threads."""
+
+    def get_user(self, pk: Any) -> PlugItUser | None:
+        """The user with this pk (or UUID), with ``member_of``, ``admin_of`` and ``orgas``."""
+
+    def get_by_username(self, username: str) -> PlugItUser | None:
+        """The user with this user name (case-insensitive), or None."""
+
+    def create_user(
+        self,
+        username: str,
+        *,
+        email: str = "",
+        first_name: str = "",
+        last_name: str = "",
+        password_hash: str | None = None,
+        source: str = "local",
+        external_id: str | None = None,
+        is_superuser: bool = False,
+    ) -> PlugItUser:
+        """Add a user; raise ValueError when the user name is taken."""
+
+    def sync_external_user(
+        self, source: str, external_id: str, fields: Mapping[str, Any]
+    ) -> PlugItUser:
+        """Create or update the user an external directory (OIDC, LDAP) vouches for.
+
+        ``fields`` may hold ``username``, ``email``, ``first_name``, ``last_name``, and the
+        memberships the provider's groups map to: ``services`` (name -> ``member``/``admin``)
+        and ``orgas`` (organisation name -> ``member``/``admin``), which replace the ones this
+        source granted before.
+        """
+
+    def password_hash(self, pk: Any) -> str | None:
+        """The stored password hash of a local user (None for external users)."""
+
+    def set_password_hash(self, pk: Any, password_hash: str) -> None: ...
+
+    def set_active(self, pk: Any, active: bool) -> None: ...
+
+    def is_active(self, pk: Any) -> bool: ...
+
+    def grant(self, pk: Any, service: str, role: str) -> None:
+        """Make the user ``member`` or ``admin`` of a service (``*`` for every service)."""
+
+    def revoke(self, pk: Any, service: str) -> None: ...
+
+    def create_orga(self, name: str, codops: str = "") -> Orga: ...
+
+    def get_orga(self, pk: Any) -> Orga | None: ...
+
+    def list_orgas(self) -> list[Orga]: ...
+
+    def add_to_orga(self, pk: Any, orga_pk: Any, *, admin: bool = False) -> None: ...
+
+    def remove_from_orga(self, pk: Any, orga_pk: Any) -> None: ...
+
+    def members(self, service: str) -> list[PlugItUser]:
+        """Users who are member or admin of the service (directly or through ``*``)."""
+
+    def record_failure(self, key: str) -> None:
+        """Record a failed login for ``key`` (an account or a client address)."""
+
+    def count_failures(self, key: str, window: float) -> int:
+        """The failed logins recorded for ``key`` within the last ``window`` seconds."""
+
+    def clear_failures(self, key: str) -> None:
+        """Forget the failures of ``key`` (after a successful login)."""
+
+
+class PasswordBackend(Protocol):
+    """Checks a user name and password."""
+
+    name: str
+    label: str
+
+    def authenticate(self, username: str, password: str, request: ProxyRequest) -> PlugItUser:
+        """The user, or raise :class:`AuthError`."""
+
+
+class RedirectBackend(Protocol):
+    """Logs in through another site (an OpenID provider)."""
+
+    name: str
+    label: str
+
+    def start_url(self) -> str:
+        """Where the login page's button for this backend points (a route of the backend)."""
+
+    def routes(self, proxy: ProxyApp) -> Iterable[Route]:
+        """The backend's own URLs (start, callback)."""
+
+    def logout_redirect(self, request: ProxyRequest) -> Response | None:
+        """After the local logout, a redirect to the provider's logout, or None."""
+
+
+def log_in(request: ProxyRequest, user: PlugItUser, backend: str) -> None:
+    """Make ``user`` the session's user: the session is emptied and gets a new id."""
+    session = request.session
+    session.clear()
+    session[SESSION_USER_KEY] = user.pk
+    session[SESSION_BACKEND_KEY] = backend
+    session.rotate = True
+    request.__dict__["user"] = user
+
+
+def log_out(request: ProxyRequest) -> None:
+    """Forget the session's user and everything else in the session."""
+    request.session.clear()
+    request.session.rotate = True
+    request.__dict__.pop("user", None)
