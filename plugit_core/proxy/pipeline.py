@@ -51,6 +51,7 @@ __all__ = ["PageRequest", "Pipeline", "ServiceError", "ServiceReply", "UpstreamR
 log = logging.getLogger("plugit.proxy")
 
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+MENU_PREFIX = "ebuio_menu/"
 CSRF_FIELD_NAME = "csrfmiddlewaretoken"
 MAX_SESSION_KEYS = 32
 MAX_SESSION_VALUE = 1024
@@ -73,6 +74,7 @@ class PageRequest:
     meta: ActionMeta | None = None
     cache_key: str | None = None
     forwarded_headers: list[tuple[str, str]] = field(default_factory=list)
+    menu_only: bool = False  # ``<mount>ebuio_menu/<path>``: answer the rendered menu alone
 
     @property
     def service_user(self) -> ServiceUser:
@@ -112,7 +114,10 @@ class Pipeline:
         if path.startswith("media/"):
             return self.media(request, mount, client, path[len("media/") :])
         user = self.proxy.identify(request)
-        page = PageRequest(request, self.proxy, mount, client, path, user)
+        menu_only = path.startswith(MENU_PREFIX)
+        if menu_only:
+            path = path[len(MENU_PREFIX) :]
+        page = PageRequest(request, self.proxy, mount, client, path, user, menu_only=menu_only)
         try:
             if path in ("ebuio_setUser", "ebuio_setOrga"):
                 return self._finish(page, self.switch(page, path))
@@ -264,7 +269,7 @@ class Pipeline:
                 user_key=page.user.cache_key if meta.per_user_cache else None,
                 orga_key=None if page.orga is None else str(page.orga.pk),
             )
-            wrapped = self._wrapped.get(self._variant(page))
+            wrapped = None if page.menu_only else self._wrapped.get(self._variant(page))
             if wrapped is not None:
                 return self._html_response(page, wrapped)
             hit = self.proxy.cache_get(page.cache_key)
@@ -380,6 +385,9 @@ class Pipeline:
         page-cache hit costs no rendering and no cache look-up at all.  The CSRF token is put in
         afterwards, per request.
         """
+        if page.menu_only:
+            menu = self.proxy.with_csrf(page.request, content.get("menu") or "")
+            return Response(menu, mimetype="text/html")
         if content.get("no_layout"):
             html = content["html"]
         else:

@@ -199,3 +199,26 @@ def test_proxy_refuses_unsigned_access_to_a_signed_service(service_url):
     assert direct.status_code == 403
     assert direct.json()["error"] == "signature"
     assert SECRET not in direct.text
+
+
+def test_menu_only_invocation(browser):
+    response = browser.get("/svc/ebuio_menu/cached")
+    assert response.status_code == 200
+    assert response.text == '<a id="menu-link" href="/svc/">Menu of Cached</a>'
+    # the full page afterwards is still the full page (not the menu from the same cache entry)
+    page = browser.get("/svc/cached")
+    assert 'id="plugit-content"' in page.text
+
+
+def test_client_address_behind_trusted_proxies(make_browser, service_url):
+    browser = make_browser(proxy_config(service_url, trusted_proxies=["127.0.0.0/8"]))
+    forwarded = {"X-Forwarded-For": "203.0.113.9, 10.0.0.7, 127.0.0.1"}
+    data = browser.get("/svc/echo", headers=forwarded).json()
+    # the right-most address that is not a trusted proxy
+    assert data["headers"]["X-Plugit-Remote-Addr"] == "10.0.0.7"
+    assert browser.get("/svc/local_only", headers=forwarded).status_code == 200  # 10.0.0.0/8
+
+
+def test_forwarded_for_ignored_without_trusted_proxies(browser):
+    data = browser.get("/svc/echo", headers={"X-Forwarded-For": "10.0.0.7"}).json()
+    assert data["headers"]["X-Plugit-Remote-Addr"] == "127.0.0.1"
