@@ -60,7 +60,8 @@ def service_process(tmp_path):
 
     (tmp_path / "templates").mkdir()
     (tmp_path / "templates" / "home.html").write_text(
-        '{% extends "plugit/base.html" %}{% block content %}<p id="hello">{{ hello }}</p>{% endblock %}'
+        '{% extends "plugit/base.html" %}'
+        '{% block content %}<p id="hello">{{ hello }}</p>{% endblock %}'
     )
     (tmp_path / "hello.py").write_text(
         "from plugit_core.service import action\n\n"
@@ -70,7 +71,7 @@ def service_process(tmp_path):
     )
     port = free_port()
     secret = "cli-test-secret-0123456789abcdef"
-    process = subprocess.Popen(  # noqa: S603
+    process = subprocess.Popen(
         [sys.executable, "-m", "plugit_core.cli", "service", str(tmp_path / "hello.py"),
          "--port", str(port), "--secret", secret],
         stdout=subprocess.DEVNULL,
@@ -114,7 +115,7 @@ def test_proxy_command_serves_the_service(service_process, tmp_path):
         f'[[services]]\nname = "hello"\nurl = "{url}"\nsecret = "{secret}"\n'
     )
     port = free_port()
-    process = subprocess.Popen(  # noqa: S603
+    process = subprocess.Popen(
         [
             sys.executable,
             "-m",
