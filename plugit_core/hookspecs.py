@@ -74,6 +74,20 @@ def plugit_extra_routes(proxy: ProxyApp) -> list[Route] | None:
 
 
 @hookspec
+def plugit_register_api_endpoints(register: Callable[..., None], proxy: ProxyApp) -> None:
+    """Add endpoints to the callback API that services call (``<mount>ebuio_api/...``).
+
+    Called once at start-up, after the built-in endpoints were registered.  Call
+    ``register(rule, view, methods=("GET",))`` for each: ``rule`` is a werkzeug rule relative to
+    the API base (``"polls/<int:pk>"``); ``view(call, **values)`` receives a
+    :class:`plugit_core.proxy.api.ApiCall` (the request, the proxy and the calling service's
+    mount, already authenticated by its key) and returns JSON-able data or a Response, or raises
+    :class:`plugit_core.proxy.api.ApiError`.  ``register`` raises ValueError for a rule and
+    method already taken.  Returns nothing.
+    """
+
+
+@hookspec
 def plugit_startup(proxy: ProxyApp) -> None:
     """The proxy is built and about to serve.
 

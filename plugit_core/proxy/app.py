@@ -46,6 +46,7 @@ from ..users import (
     simulated_user,
     simulated_user_by_pk,
 )
+from .api import CallbackAPI
 from .pipeline import CSRF_FIELD_NAME, UNSAFE_METHODS, Pipeline
 from .routes import Route
 from .templating import CSRF_PLACEHOLDER, ServiceTemplates, site_environment
@@ -177,6 +178,7 @@ class ProxyApp:
             f"\x00plugit-{name}-{secrets.token_hex(8)}\x00" for name in ("c", "m", "p")
         )
         self.pipeline = Pipeline(self)
+        self.api = CallbackAPI(self)
         self.url_map = Map(
             [Rule(STATIC_PREFIX + "<path:path>", endpoint="static", methods=["GET"])]
         )
@@ -340,6 +342,18 @@ class ProxyApp:
         if self.users is not None:
             return self.users.get_user(pk)
         return None
+
+    def lookup_orga(self, pk: Any) -> Orga | None:
+        """An organisation by pk (the simulated ones in dev mode)."""
+        if self.config.dev_mode:
+            return next((o for o in SIMULATED_ORGAS if str(o.pk) == str(pk)), None)
+        return self.users.get_orga(pk) if self.users is not None else None
+
+    def list_orgas(self) -> list[Orga]:
+        """Every organisation, by name."""
+        if self.config.dev_mode:
+            return sorted(SIMULATED_ORGAS, key=lambda o: o.name)
+        return self.users.list_orgas() if self.users is not None else []
 
     def client_address(self, request: Request) -> str | None:
         """The client's address: the peer, or behind trusted proxies the first untrusted hop."""

@@ -40,6 +40,7 @@ from .. import protocol
 from ..config import ServiceMount
 from ..protocol import ActionMeta
 from ..users import SIMULATED_MODES, SIMULATED_ORGAS, Orga, PlugItUser, ServiceUser
+from .api import API_PREFIX
 from .templating import CSRF_FIELD, CSRF_PLACEHOLDER
 from .upstream import ServiceClient, ServiceError, ServiceReply, UpstreamRequest
 
@@ -113,6 +114,8 @@ class Pipeline:
         client = self.proxy.clients[mount.name]
         if path.startswith("media/"):
             return self.media(request, mount, client, path[len("media/") :])
+        if path.startswith(API_PREFIX) or path == API_PREFIX.rstrip("/"):
+            return self.proxy.api.handle(request, mount, path[len(API_PREFIX) :])
         user = self.proxy.identify(request)
         menu_only = path.startswith(MENU_PREFIX)
         if menu_only:
