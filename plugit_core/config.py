@@ -137,6 +137,10 @@ class ServiceMount:
     layout: str = "default"
     max_concurrency: int = 32
     max_response_size: int = 10 * 1024 * 1024
+    breaker_failures: int = 5
+    breaker_reset: float = 30.0
+    stale_for: float = 3600.0
+    fallback_html: str | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -278,6 +282,10 @@ def _service(data: Any, index: int, source: str | None) -> ServiceMount:
         max_response_size=r.number(
             "max_response_size", 10 * 1024 * 1024, minimum=1024, integer=True
         ),
+        breaker_failures=r.number("breaker_failures", 5, minimum=1, integer=True),
+        breaker_reset=r.number("breaker_reset", 30.0, minimum=0.1),
+        stale_for=r.number("stale_for", 3600.0, minimum=0),
+        fallback_html=r.str("fallback_html"),
         options=dict(r.raw("options", {}) or {}),
     )
     r.finish()

@@ -59,13 +59,28 @@ class AuthError(Exception):
 
 @runtime_checkable
 class UserStore(Protocol):
-    """Users, organisations and memberships.  Every method is safe to call from many threads."""
+    """Users, organisations and memberships.  Every method is safe to call from many threads.
+
+    The users it returns are authenticated :class:`PlugItUser` objects whose ``extra`` holds at
+    least ``uuid`` (a stable string id, also accepted by :meth:`get_user`) and ``source``
+    (``"local"``, or the external directory that vouches for the user: ``"oidc"``, ``"ldap"``).
+    Memberships remember their source too: a user's rights are the union of every source's
+    grants; :meth:`grant` and :meth:`add_to_orga` are local grants, :meth:`revoke` and
+    :meth:`remove_from_orga` remove the grants of every source (an external directory grants
+    its own again at the user's next login through it).  Methods that change one user or
+    organisation raise ``KeyError`` when it does not exist; :meth:`revoke` and
+    :meth:`remove_from_orga` do nothing then.  :class:`plugit_core.testing.UserStoreConformance`
+    checks all of this for any implementation.
+    """
 
     def get_user(self, pk: Any) -> PlugItUser | None:
         """The user with this pk (or UUID), with ``member_of``, ``admin_of`` and ``orgas``."""
 
     def get_by_username(self, username: str) -> PlugItUser | None:
         """The user with this user name (case-insensitive), or None."""
+
+    def list_users(self) -> list[PlugItUser]:
+        """Every user, active or not, by user name (for administration: ``plugit users list``)."""
 
     def create_user(
         self,

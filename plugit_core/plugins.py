@@ -22,6 +22,7 @@ BUILTIN_PLUGINS = (
     "plugit_backends.dev_users",
     "plugit_backends.login",
     "plugit_backends.users_sqlite",
+    "plugit_backends.auth_session",
 )
 
 ENTRY_POINT_GROUP = "plugit"

@@ -47,6 +47,7 @@ from ..users import (
     simulated_user_by_pk,
 )
 from .api import CallbackAPI
+from .health import render_prometheus
 from .pipeline import CSRF_FIELD_NAME, UNSAFE_METHODS, Pipeline
 from .routes import Route
 from .templating import CSRF_PLACEHOLDER, ServiceTemplates, site_environment
@@ -80,6 +81,13 @@ def strip_plugit_headers(environ: dict[str, Any]) -> None:
     """Remove every client-supplied ``X-Plugit*`` header (all spellings fold to these keys)."""
     for key in [k for k in environ if k.startswith("HTTP_X_PLUGIT")]:
         del environ[key]
+
+
+def _json_response(data: Any, status: int = 200) -> Response:
+    response = Response(json.dumps(data), status=status, mimetype="application/json")
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    return response
 
 
 class ProxyRequest(Request):
@@ -180,7 +188,12 @@ class ProxyApp:
         self.pipeline = Pipeline(self)
         self.api = CallbackAPI(self)
         self.url_map = Map(
-            [Rule(STATIC_PREFIX + "<path:path>", endpoint="static", methods=["GET"])]
+            [
+                Rule(STATIC_PREFIX + "<path:path>", endpoint="static", methods=["GET"]),
+                Rule("/_plugit/health", endpoint="health", methods=["GET"]),
+                Rule("/_plugit/ready", endpoint="ready", methods=["GET"]),
+                Rule("/_plugit/metrics", endpoint="metrics", methods=["GET"]),
+            ]
         )
         self._routes: dict[str, Route] = {}
         for routes in self.pm.hook.plugit_extra_routes(proxy=self):
@@ -313,6 +326,8 @@ class ProxyApp:
             return self.static(request, values["path"])
         if endpoint == "home":
             return self.home(request)
+        if endpoint in ("health", "ready", "metrics"):
+            return getattr(self, endpoint)(request)
         route = self._routes[endpoint]
         if route.csrf and request.method in UNSAFE_METHODS and not self.csrf_valid(request):
             return self.error_page(
@@ -527,6 +542,33 @@ class ProxyApp:
         values.update(context)
         html = self.site_env.get_template(template).render(values)
         return Response(self.with_csrf(request, html), status=status, mimetype="text/html")
+
+    def health(self, request: Request) -> Response:
+        """``/_plugit/health``: the process is alive and answering."""
+        return _json_response({"status": "ok"})
+
+    def ready(self, request: Request) -> Response:
+        """``/_plugit/ready``: the state of every service.
+
+        Answers 200 while the proxy itself can serve, whatever its services do (one dead service
+        must not take the whole site out of a load balancer); ``ready`` is false for a service
+        that is incompatible or whose circuit is open.
+        """
+        services = {}
+        for name, client in self.clients.items():
+            circuit = client.breaker.state
+            services[name] = {
+                "ready": client.compatible is not False and circuit != "open",
+                "protocol": {True: "ok", False: "incompatible", None: "unknown"}[client.compatible],
+                "circuit": circuit,
+                "in_flight": client.in_flight,
+            }
+        return _json_response({"status": "ok", "services": services})
+
+    def metrics(self, request: Request) -> Response:
+        """``/_plugit/metrics``: per-service metrics in the Prometheus text format."""
+        text = render_prometheus((c.metrics, c.breaker, c.in_flight) for c in self.clients.values())
+        return Response(text, mimetype="text/plain", headers={"Cache-Control": "no-store"})
 
     def home(self, request: ProxyRequest) -> Response:
         return self.render_site_page(request, "plugit/home.html")

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import secrets
 import threading
 import time
 from dataclasses import dataclass, field
@@ -31,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import jinja2
 from cachetools import TLRUCache
-from markupsafe import Markup
+from markupsafe import Markup, escape
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.http import dump_cookie
 from werkzeug.wrappers import Response
@@ -76,6 +77,7 @@ class PageRequest:
     cache_key: str | None = None
     forwarded_headers: list[tuple[str, str]] = field(default_factory=list)
     menu_only: bool = False  # ``<mount>ebuio_menu/<path>``: answer the rendered menu alone
+    stale: dict[str, Any] | None = None  # an expired page-cache entry, shown if the service fails
 
     @property
     def service_user(self) -> ServiceUser:
@@ -151,6 +153,13 @@ class Pipeline:
         fallback = self.hook.plugit_handle_error(page=page, error=error)
         if fallback is not None:
             return fallback
+        if page.mount.fallback_html and not page.menu_only:
+            html = _notice(page.mount, stale=False) + page.mount.fallback_html
+            response = self.layout(page, {"html": html, "menu": ""})
+            response.status_code = 503
+            response.headers["Retry-After"] = "30"
+            response.headers["Cache-Control"] = "no-store"
+            return response
         return self.proxy.error_page(
             page.request, error.status, reason=error.kind, detail=error.message, mount=page.mount
         )
@@ -277,7 +286,24 @@ class Pipeline:
                 return self._html_response(page, wrapped)
             hit = self.proxy.cache_get(page.cache_key)
             if hit is not None:
-                return self.layout(page, hit)
+                if hit.get("expires", 0) > time.time():
+                    return self.layout(page, hit)
+                page.stale = hit  # kept past its time, to show if the service fails now
+        try:
+            return self._fresh_page(page, meta)
+        except ServiceError as error:
+            if page.stale is None:
+                raise
+            log.warning(
+                "%s failed on %s, showing a stale copy: %s", error.service, page.path, error.message
+            )
+            stale = dict(page.stale, html=_notice(page.mount, stale=True) + page.stale["html"])
+            response = self.layout(page, {k: v for k, v in stale.items() if k != "expires"})
+            response.headers["Cache-Control"] = "no-store"
+            return response
+
+    def _fresh_page(self, page: PageRequest, meta: ActionMeta) -> Response:
+        """Everything after the page cache: template, call, reply, render, store."""
         template = None
         if meta.template_tag and not (meta.json_only or meta.xml_only):
             template = self.template(page, page.path, meta.template_tag)
@@ -315,7 +341,7 @@ class Pipeline:
         }
         if page.cache_key is not None:
             content["expires"] = time.time() + meta.cache_time
-            self.proxy.cache_set(page.cache_key, content, meta.cache_time)
+            self.proxy.cache_set(page.cache_key, content, meta.cache_time + page.mount.stale_for)
         return self.layout(page, content)
 
     def template(self, page: PageRequest, path: str, tag: str) -> jinja2.Template | None:
@@ -491,6 +517,10 @@ class Pipeline:
         else:
             upstream.params.extend(ours)
         upstream.headers.update(self.plugit_headers(page))
+        upstream.headers["traceparent"] = _traceparent(request.headers.get("traceparent"))
+        tracestate = request.headers.get("tracestate")
+        if tracestate and len(tracestate) <= 512 and "traceparent" in request.headers:
+            upstream.headers["tracestate"] = tracestate
         self.hook.plugit_upstream_request(page=page, upstream=upstream)
         return upstream
 
@@ -686,12 +716,31 @@ class Pipeline:
         return response
 
 
+_TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
+
+
+def _traceparent(incoming: str | None) -> str:
+    """The W3C ``traceparent`` for the call: the client's trace continued with a new span id, or
+    a new trace when the client sent none (or an invalid one)."""
+    match = _TRACEPARENT.match((incoming or "").strip())
+    span = secrets.token_hex(8)
+    if match and set(match.group(1)) != {"0"} and set(match.group(2)) != {"0"}:
+        return f"00-{match.group(1)}-{span}-{match.group(3)}"
+    return f"00-{secrets.token_hex(16)}-{span}-01"
+
+
+def _notice(mount: ServiceMount, *, stale: bool) -> str:
+    what = "This page may be out of date: " if stale else ""
+    text = escape(f"{what}{mount.title} is not answering right now.")
+    return f'<div id="plugit-notice" class="alert alert-warning" role="status">{text}</div>'
+
+
 class _ExpiringLRU:
     """A small thread-safe LRU whose entries expire at a given wall-clock time."""
 
     def __init__(self, maxsize: int) -> None:
         self._data: TLRUCache[Any, tuple[Any, float]] = TLRUCache(
-            maxsize=maxsize, ttu=lambda _k, value, _now: value[1], timer=time.time
+            maxsize=maxsize, ttu=lambda _k, value, _now: value[1], timer=lambda: time.time()
         )
         self._lock = threading.Lock()
 

@@ -17,11 +17,12 @@ from typing import Any, Generic, TypeVar
 from urllib.parse import quote, unquote, urlencode, urlsplit
 
 import urllib3
-from cachetools import TLRUCache
+from cachetools import LRUCache, TLRUCache
 
 from .. import protocol
 from ..config import ServiceMount
 from ..signing import sign_request
+from .health import CircuitBreaker, ServiceMetrics
 
 __all__ = ["ServiceClient", "ServiceError", "ServiceReply", "SingleFlight", "UpstreamRequest"]
 
@@ -147,12 +148,16 @@ class ServiceClient:
             timeout=urllib3.Timeout(connect=mount.connect_timeout, read=mount.timeout),
         )
         self._headers = {"User-Agent": user_agent, "Accept-Encoding": "identity"}
+        self.breaker = CircuitBreaker(mount.breaker_failures, mount.breaker_reset)
+        self.metrics = ServiceMetrics(mount.name)
+        self.in_flight = 0
         self._slots = threading.BoundedSemaphore(mount.max_concurrency)
         self._base_path = urlsplit(mount.url).path.rstrip("/")
         # Meta: parsed, per action path, for the lifetime the service asked (at most an hour).
         self._meta: TLRUCache[str, tuple[protocol.ActionMeta | None, float]] = TLRUCache(
             maxsize=4096, ttu=lambda _k, v, _now: v[1], timer=time.monotonic
         )
+        self._last_meta: LRUCache[str, protocol.ActionMeta] = LRUCache(maxsize=4096)
         self._meta_lock = threading.Lock()
         self._flight: SingleFlight[Any] = SingleFlight()
         self.compatible: bool | None = None  # set by check_version
@@ -168,10 +173,40 @@ class ServiceClient:
         connection, a timeout, a full concurrency cap or an oversized reply; any HTTP status is
         a reply.
         """
+        if not self.breaker.allow():
+            self.metrics.observe(0.0, "circuit_open")
+            raise ServiceError(
+                self.name,
+                "circuit_open",
+                f"the service failed repeatedly; next try in {self.breaker.retry_in():.0f}s",
+            )
         if not self._slots.acquire(timeout=min(self.mount.timeout, 1.0)):
+            self.metrics.observe(0.0, "busy")
             raise ServiceError(
                 self.name, "busy", f"{self.mount.max_concurrency} calls already in progress"
             )
+        started = time.monotonic()
+        self.in_flight += 1
+        try:
+            reply = self._send(upstream, stream)
+        except ServiceError as error:
+            if error.kind in ("unreachable", "timeout"):
+                self.breaker.failure()
+            self.metrics.observe(time.monotonic() - started, error.kind)
+            raise
+        finally:
+            self.in_flight -= 1
+        if reply.status >= 500:
+            self.breaker.failure()
+            self.metrics.observe(time.monotonic() - started, f"status_{reply.status}")
+        else:
+            self.breaker.success()
+            self.metrics.observe(time.monotonic() - started)
+        return reply
+
+    def _send(self, upstream: UpstreamRequest, stream: bool) -> ServiceReply:
+        """The HTTP exchange itself; the caller holds a concurrency slot, released here (or
+        when a streamed reply is closed)."""
         released = False
         try:
             method, url, body, headers = self._prepare(upstream)
@@ -312,7 +347,16 @@ class ServiceClient:
             cached = self._meta.get(path)
         if cached is not None:
             return cached[0]
-        return self._flight.do(("meta", path), lambda: self._fetch_meta(path))
+        try:
+            return self._flight.do(("meta", path), lambda: self._fetch_meta(path))
+        except ServiceError:
+            with self._meta_lock:
+                last = self._last_meta.get(path)
+            if last is None:
+                raise
+            # The service is failing: its last known meta still lets the proxy apply the
+            # access rules and find a stale page to show.
+            return last
 
     def _fetch_meta(self, path: str) -> protocol.ActionMeta | None:
         reply = self.get("meta/" + path)
@@ -326,9 +370,11 @@ class ServiceClient:
             except protocol.ProtocolError as exc:
                 raise ServiceError(self.name, "bad_reply", f"meta/{path}: {exc}") from None
         ttl = _meta_ttl(reply.headers, self.META_DEFAULT_TTL)
-        if ttl > 0:
-            with self._meta_lock:
+        with self._meta_lock:
+            if ttl > 0:
                 self._meta[path] = (meta, time.monotonic() + ttl)
+            if meta is not None:
+                self._last_meta[path] = meta
         return meta
 
     def forget_meta(self) -> None:

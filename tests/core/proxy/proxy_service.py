@@ -53,6 +53,7 @@ def echo(request):
         "files": [[k, f.filename, f.read().decode()] for k, f in request.files.items(multi=True)],
         "headers": {k: v for k, v in request.headers.items() if k.lower().startswith("x-plugit")},
         "cookie": request.headers.get("Cookie"),
+        "traceparent": request.headers.get("traceparent"),
         "body": request.get_data(as_text=True) if not request.form else "",
     }
 

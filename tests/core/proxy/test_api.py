@@ -35,7 +35,9 @@ def test_dev_mode_api_serves_the_simulated_world(make_browser):
     finally:
         api.session.close()
     assert browser.post("/svc/ebuio_api/ebuio/forum/").json() == {"error": "no-on-ebuio"}
-    refused = browser.post("/svc/ebuio_api/mail/", data={"subject": "s", "message": "m", "dests": "a@b.c"})
+    refused = browser.post(
+        "/svc/ebuio_api/mail/", data={"subject": "s", "message": "m", "dests": "a@b.c"}
+    )
     assert refused.status_code == 503 and refused.json()["error"] == "mail_unavailable"
     assert browser.get("/svc/ebuio_api/nope").status_code == 404
     wrong_method = browser.delete("/svc/ebuio_api/members/")
@@ -106,7 +108,9 @@ def test_every_call_needs_the_services_own_key(site, headers):
 
 def test_key_in_the_url_is_not_accepted(site):
     base, _ = site
-    response = requests.get(f"{base}/one/ebuio_api/members/?key={KEY_ONE}&api_key={KEY_ONE}", timeout=10)
+    response = requests.get(
+        f"{base}/one/ebuio_api/members/?key={KEY_ONE}&api_key={KEY_ONE}", timeout=10
+    )
     assert response.status_code == 403
 
 
@@ -118,7 +122,9 @@ def test_a_service_sees_only_its_own_members(site):
         dana = one.get_user(ids["dana"])
         assert dana.username == "dana" and dana.email == "dana@example.org"
         assert dana.ebuio_admin is True and dana.ebuio_member is True
-        assert dana.orgas == [{"id": ids["acme"], "name": "Acme", "codops": "acme", "is_admin": True}]
+        assert dana.orgas == [
+            {"id": ids["acme"], "name": "Acme", "codops": "acme", "is_admin": True}
+        ]
         assert sorted(m.username for m in one.get_project_members()) == ["dana", "erin"]
         assert [m.username for m in two.get_project_members()] == ["erin"]
         assert two.get_user(ids["dana"]) is None  # not a member of two: same answer as unknown
@@ -147,7 +153,9 @@ def test_a_plugin_adds_an_api_endpoint(site):
     conflict = requests.get(f"{base}/one/ebuio_api/karma/{ids['erin']}", headers=auth, timeout=10)
     assert conflict.status_code == 409 and conflict.json()["error"] == "no_karma"
     scoped = requests.get(
-        f"{base}/two/ebuio_api/karma/{ids['dana']}", headers={"Authorization": f"Bearer {KEY_TWO}"}, timeout=10
+        f"{base}/two/ebuio_api/karma/{ids['dana']}",
+        headers={"Authorization": f"Bearer {KEY_TWO}"},
+        timeout=10,
     )
     assert scoped.status_code == 404
 
