@@ -180,7 +180,9 @@ class ServiceClient:
                 "circuit_open",
                 f"the service failed repeatedly; next try in {self.breaker.retry_in():.0f}s",
             )
-        if not self._slots.acquire(timeout=min(self.mount.timeout, 1.0)):
+        # A full cap fails fast: waiting for a slot would tie up the caller's thread, which
+        # is what the cap is there to prevent.
+        if not self._slots.acquire(timeout=0.05):
             self.metrics.observe(0.0, "busy")
             raise ServiceError(
                 self.name, "busy", f"{self.mount.max_concurrency} calls already in progress"

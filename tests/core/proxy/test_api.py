@@ -136,7 +136,7 @@ def test_a_service_sees_only_its_own_members(site):
 
 
 def test_typed_errors_of_the_client(site):
-    base, ids = site
+    base, _ = site
     wrong = PlugItAPI(f"{base}/one/ebuio_api/", "not-the-key")
     try:
         with pytest.raises(PlugItAPIAuthError):
