@@ -119,6 +119,25 @@ class _Reader:
 
 
 @dataclass(frozen=True)
+class Variant:
+    """Another build of a service (a canary, a development build), chosen per request.
+
+    A request goes to the first variant one of whose rules matches: the user's name in
+    ``users``, one of the user's organisations in ``orgas``, one of the user's roles for the
+    service (``member``, ``admin``, ``superuser``) in ``roles``, or the browser's cookie
+    ``cookie = "name=value"``.
+    """
+
+    name: str
+    url: str
+    secret: str | None = field(default=None, repr=False)
+    users: tuple[str, ...] = ()
+    orgas: tuple[str, ...] = ()
+    roles: tuple[str, ...] = ()
+    cookie: tuple[str, str] | None = None
+
+
+@dataclass(frozen=True)
 class ServiceMount:
     """One service mounted on the proxy."""
 
@@ -141,6 +160,9 @@ class ServiceMount:
     breaker_reset: float = 30.0
     stale_for: float = 3600.0
     fallback_html: str | None = None
+    variants: tuple[Variant, ...] = ()
+    shadow_url: str | None = None
+    shadow_secret: str | None = field(default=None, repr=False)
     options: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -251,10 +273,8 @@ def _service(data: Any, index: int, source: str | None) -> ServiceMount:
     assert name is not None
     if not _NAME.match(name):
         raise r.error("name", f"must be lower-case letters, digits, '-' or '_', got {name!r}")
-    url = r.str("url", required=True)
+    url = _url(r, "url", required=True)
     assert url is not None
-    if not re.match(r"^https?://[^/\s]+", url):
-        raise r.error("url", f"must be an http:// or https:// URL, got {url!r}")
     mount = r.str("mount", f"/{name}/")
     assert mount is not None
     if not mount.startswith("/") or not mount.endswith("/"):
@@ -266,7 +286,7 @@ def _service(data: Any, index: int, source: str | None) -> ServiceMount:
         raise r.error("secret", "must be at least 16 characters long")
     mount_obj = ServiceMount(
         name=name,
-        url=url.rstrip("/"),
+        url=url,
         mount=mount,
         title=r.str("title", name.replace("_", " ").replace("-", " ").title()) or name,
         timeout=r.number("timeout", 5.0, minimum=0.001),
@@ -286,10 +306,58 @@ def _service(data: Any, index: int, source: str | None) -> ServiceMount:
         breaker_reset=r.number("breaker_reset", 30.0, minimum=0.1),
         stale_for=r.number("stale_for", 3600.0, minimum=0),
         fallback_html=r.str("fallback_html"),
+        variants=_variants(r.raw("variants", []), index, source),
+        shadow_url=_url(r, "shadow_url", required=False),
+        shadow_secret=r.str("shadow_secret"),
         options=dict(r.raw("options", {}) or {}),
     )
     r.finish()
     return mount_obj
+
+
+def _url(r: _Reader, key: str, *, required: bool) -> str | None:
+    url = r.str(key, required=required)
+    if url is None:
+        return None
+    if not re.match(r"^https?://[^/\s]+", url):
+        raise r.error(key, f"must be an http:// or https:// URL, got {url!r}")
+    return url.rstrip("/")
+
+
+def _variants(data: Any, index: int, source: str | None) -> tuple[Variant, ...]:
+    if not isinstance(data, list):
+        raise ConfigError(
+            f"services[{index}].variants", "expected [[services.variants]] tables", source
+        )
+    variants = []
+    for n, item in enumerate(data):
+        r = _Reader(item, f"services[{index}].variants[{n}].", source)
+        name = r.str("name", required=True)
+        assert name is not None
+        if not _NAME.match(name):
+            raise r.error("name", f"must be lower-case letters, digits, '-' or '_', got {name!r}")
+        cookie = r.str("cookie")
+        if cookie is not None and (cookie.count("=") != 1 or not cookie.split("=")[0]):
+            raise r.error("cookie", f"expected name=value, got {cookie!r}")
+        roles = r.str_list("roles", ())
+        if set(roles) - {"member", "admin", "superuser"}:
+            raise r.error("roles", "roles are member, admin or superuser")
+        variant = Variant(
+            name=name,
+            url=_url(r, "url", required=True) or "",
+            secret=r.str("secret"),
+            users=r.str_list("users", ()),
+            orgas=r.str_list("orgas", ()),
+            roles=roles,
+            cookie=tuple(cookie.split("=", 1)) if cookie else None,  # type: ignore[arg-type]
+        )
+        if not (variant.users or variant.orgas or variant.roles or variant.cookie):
+            raise r.error(
+                "name", "a variant needs at least one rule: users, orgas, roles or cookie"
+            )
+        r.finish()
+        variants.append(variant)
+    return tuple(variants)
 
 
 def _check_unique(services: tuple[ServiceMount, ...], source: str | None) -> None:

@@ -20,6 +20,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -81,6 +82,25 @@ def strip_plugit_headers(environ: dict[str, Any]) -> None:
     """Remove every client-supplied ``X-Plugit*`` header (all spellings fold to these keys)."""
     for key in [k for k in environ if k.startswith("HTTP_X_PLUGIT")]:
         del environ[key]
+
+
+def _variant_matches(variant: Any, mount: ServiceMount, request: Request, user: PlugItUser) -> bool:
+    if variant.cookie is not None and request.cookies.get(variant.cookie[0]) == variant.cookie[1]:
+        return True
+    if not user.is_authenticated:
+        return False
+    if user.username in variant.users:
+        return True
+    if variant.orgas and any(o.name in variant.orgas for o in user.orgas):
+        return True
+    roles = set()
+    if user.is_member(mount.name):
+        roles.add("member")
+    if user.is_admin(mount.name):
+        roles.add("admin")
+    if user.is_superuser:
+        roles.add("superuser")
+    return bool(roles & set(variant.roles))
 
 
 def _json_response(data: Any, status: int = 200) -> Response:
@@ -171,7 +191,30 @@ class ProxyApp:
         self.site_env = site_environment(self.theme)
         self.site_env.globals.update(static_url=self.static_url, site_name=config.site_name)
         self.mounts = sorted(config.services, key=lambda m: len(m.mount), reverse=True)
-        self.clients = {m.name: ServiceClient(m) for m in config.services}
+        # Every client, by name: "<service>", "<service>:<variant>", "<service>:shadow".
+        self.clients: dict[str, ServiceClient] = {}
+        for mount in config.services:
+            self.clients[mount.name] = ServiceClient(mount)
+            for variant in mount.variants:
+                derived = replace(
+                    mount,
+                    name=f"{mount.name}:{variant.name}",
+                    url=variant.url,
+                    secret=variant.secret or mount.secret,
+                )
+                self.clients[derived.name] = ServiceClient(derived)
+            if mount.shadow_url:
+                derived = replace(
+                    mount,
+                    name=f"{mount.name}:shadow",
+                    url=mount.shadow_url,
+                    secret=mount.shadow_secret or mount.secret,
+                    max_concurrency=4,
+                )
+                self.clients[derived.name] = ServiceClient(derived)
+        self._shadow_pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=2, thread_name_prefix="plugit-shadow"
+        )
         self.templates = {
             m.name: ServiceTemplates(
                 m.name, self.theme, dialect=m.template_dialect, menu_block=m.menu_block
@@ -357,6 +400,40 @@ class ProxyApp:
         if self.users is not None:
             return self.users.get_user(pk)
         return None
+
+    def select_client(
+        self, mount: ServiceMount, request: Request, user: PlugItUser
+    ) -> tuple[ServiceClient, str]:
+        """The client for this request: the first variant whose rules match, else the service's."""
+        for variant in mount.variants:
+            if _variant_matches(variant, mount, request, user):
+                return self.clients[f"{mount.name}:{variant.name}"], variant.name
+        return self.clients[mount.name], ""
+
+    def shadow(self, mount: ServiceMount, upstream: Any) -> None:
+        """Send a copy of a read-only call to the mount's shadow target; its answer is dropped.
+
+        Never waits: when the shadow is busy (its concurrency cap is reached) the copy is not
+        sent.
+        """
+        client = self.clients.get(f"{mount.name}:shadow")
+        if client is None or upstream.method not in ("GET", "HEAD"):
+            return
+        copy = replace(upstream, headers=dict(upstream.headers), params=list(upstream.params))
+
+        def send() -> None:
+            try:
+                reply = client.send(copy, stream=True)
+                if reply.close is not None:
+                    reply.close()
+                if reply.stream is not None:
+                    for _ in reply.stream:
+                        pass
+            except ServiceError as error:
+                log.debug("shadow of %s: %s", mount.name, error.message)
+
+        if client.in_flight < client.mount.max_concurrency:
+            self._shadow_pool.submit(send)
 
     def lookup_orga(self, pk: Any) -> Orga | None:
         """An organisation by pk (the simulated ones in dev mode)."""
@@ -610,6 +687,7 @@ class ProxyApp:
         return Response(html, status=status, mimetype="text/html")
 
     def close(self) -> None:
+        self._shadow_pool.shutdown(wait=False, cancel_futures=True)
         for client in self.clients.values():
             client.close()
 

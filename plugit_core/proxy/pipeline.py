@@ -78,6 +78,7 @@ class PageRequest:
     forwarded_headers: list[tuple[str, str]] = field(default_factory=list)
     menu_only: bool = False  # ``<mount>ebuio_menu/<path>``: answer the rendered menu alone
     stale: dict[str, Any] | None = None  # an expired page-cache entry, shown if the service fails
+    variant: str = ""  # the service variant serving this request ("" for the main build)
 
     @property
     def service_user(self) -> ServiceUser:
@@ -113,16 +114,18 @@ class Pipeline:
     # -- entry ------------------------------------------------------------------------------------
 
     def handle(self, request: ProxyRequest, mount: ServiceMount, path: str) -> Response:
-        client = self.proxy.clients[mount.name]
         if path.startswith("media/"):
-            return self.media(request, mount, client, path[len("media/") :])
+            return self.media(request, mount, self.proxy.clients[mount.name], path[len("media/") :])
         if path.startswith(API_PREFIX) or path == API_PREFIX.rstrip("/"):
             return self.proxy.api.handle(request, mount, path[len(API_PREFIX) :])
         user = self.proxy.identify(request)
+        client, variant = self.proxy.select_client(mount, request, user)
         menu_only = path.startswith(MENU_PREFIX)
         if menu_only:
             path = path[len(MENU_PREFIX) :]
-        page = PageRequest(request, self.proxy, mount, client, path, user, menu_only=menu_only)
+        page = PageRequest(
+            request, self.proxy, mount, client, path, user, menu_only=menu_only, variant=variant
+        )
         try:
             if path in ("ebuio_setUser", "ebuio_setOrga"):
                 return self._finish(page, self.switch(page, path))
@@ -280,6 +283,7 @@ class Pipeline:
                 template_tag=meta.template_tag,
                 user_key=page.user.cache_key if meta.per_user_cache else None,
                 orga_key=None if page.orga is None else str(page.orga.pk),
+                variant=page.variant,
             )
             wrapped = None if page.menu_only else self._wrapped.get(self._variant(page))
             if wrapped is not None:
@@ -310,6 +314,7 @@ class Pipeline:
             if template is None:
                 raise _RefusedError(404, "template", "This page does not exist.")
         upstream = self.build_upstream(page, f"action/{page.path}")
+        self.proxy.shadow(page.mount, upstream)
         reply = self.call(page, upstream)
         special = self.special_reply(page, reply)
         if special is not None:
