@@ -263,7 +263,10 @@ class _Translator:
                 f"expected '{frame.ends[0]}'",
                 frame.lineno,
             )
-        return "".join(self.out)
+        result = "".join(self.out)
+        # Django outputs a template's final newline; Jinja drops it (unless the environment sets
+        # keep_trailing_newline). An empty comment after it keeps it either way.
+        return result + "{##}" if result.endswith(("\n", "\r")) else result
 
     def block_tag(self, token: _Token) -> None:
         bits = _split_bits(token.content)
@@ -394,7 +397,9 @@ class _Translator:
         if "" in parts:
             self.error(f"Could not parse variable {text!r}", token)
         if parts == ["block", "super"] and any(f.tag == "block" for f in self.frames):
-            return "super()"
+            # Django gives "" when there is no parent block (a base template's own blocks, as
+            # in the original proxy's base-withBlocks.html); Jinja's super() would raise.
+            return "(super() if super is defined else '')"
         head, rest = parts[0], parts[1:]
         if head == "forloop" and self.loops():
             base, rest = self.forloop(rest)

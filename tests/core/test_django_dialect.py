@@ -16,6 +16,10 @@ from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from markupsafe import Markup
 
+from plugit_backends.theme_bootstrap import SERVICE_TEMPLATES_DIR, STATIC_DIR, TEMPLATES_DIR
+from plugit_core.backends import Theme
+from plugit_core.proxy.templating import CSRF_FIELD as PROXY_CSRF_FIELD
+from plugit_core.proxy.templating import ServiceTemplates
 from plugit_core.templating.django_dialect import (
     DjangoDialectLoader,
     _lookup,
@@ -141,6 +145,7 @@ def test_show_for_an_admin(files_env, proxy):
     context = proxy.context(**SHOW, ebuio_u={"username": "alice", "ebuio_admin": True})
     page = squash(files_env.get_template("show.html").render(context))
     assert '<div class="pretitle">Lunch</div>' in page
+    assert "Poll: Lunch" not in page  # the base has no "title" block: Django drops it too
     assert '<p class="description">Where do we eat?<br>Vote &lt;now&gt;</p>' in page
     assert '<p class="created">Opened March 5, 2024</p>' in page
     assert '<div style="width: 33%"></div>' in page
@@ -173,6 +178,8 @@ def test_create_form(files_env, proxy):
     assert 'name="title" value="My &#34;poll&#34;"' in page
     assert '<input type="text" name="rep[]" value="Yes">' in page
     assert '<input type="text" name="rep[]" value="No">' in page
+    # after {% endfor %} the loop variable is gone again, as in Django
+    assert '<input class="blank" name="rep[]" value="">' in page
     assert "addRow('/polls/');" in page
     assert "Saved!" not in page
 
@@ -217,7 +224,65 @@ def test_team_page_with_unknown_owner(files_env, proxy):
     assert "<h3>0 members</h3>" in page
 
 
-@pytest.mark.parametrize("name", ["home.html", "show.html", "create.html", "team.html"])
+def test_vote_page_fills_the_asset_blocks_of_its_base(files_env, proxy):
+    context = proxy.context(id=7, MEDIA_URL="/polls/media/", ebuio_u={"first_name": "Ann"})
+    page = squash(files_env.get_template("vote.html").render(context))
+    # the base's own {{ block.super }} has no parent block: it renders nothing
+    assert (
+        '<head><link rel="stylesheet" href="/base.css">'
+        "<style>.thanks { color: green; }</style></head>"
+    ) in page
+    assert '<footer><script src="/polls/media/vote.js"></script></footer>' in page
+    assert '<p class="thanks">Thanks, Ann: your vote is counted.</p>' in page
+    assert '<a href="/polls/show/7">Back to the poll</a>' in page
+    assert "Thanks</" not in page  # the title block has no slot in the base
+
+
+def test_base_with_blocks_renders_on_its_own(files_env):
+    page = squash(files_env.get_template("plugIt/base-withBlocks.html").render())
+    assert page.startswith('<head><link rel="stylesheet" href="/base.css"></head>')
+    assert page.endswith("<footer></footer>")
+
+
+def bootstrap_service_templates() -> ServiceTemplates:
+    theme = Theme("bootstrap", TEMPLATES_DIR, SERVICE_TEMPLATES_DIR, STATIC_DIR)
+    return ServiceTemplates("polls", theme, dialect="django")
+
+
+def test_fixtures_through_the_proxy_service_templates(proxy):
+    """The proxy's pieces: the theme's Jinja bases serve ``plugIt/base.html`` and
+    ``plugIt/base-withBlocks.html``; the menubar block comes back on its own."""
+    templates = bootstrap_service_templates()
+    member = {"username": "ann", "first_name": "Ann", "ebuio_member": True}
+    home = templates.compile("home", (TEMPLATES / "home.html").read_text())
+    html, menu = templates.render(home, proxy.context(polls=POLLS, totalVotes=4, ebuio_u=member))
+    assert '<a href="/polls/show/2">Lunch</a>' in html
+    assert '<a href="/polls/create/">New poll</a>' in menu and "All polls" not in html
+
+    create = templates.compile("create", (TEMPLATES / "create.html").read_text())
+    html, _ = templates.render(create, {**proxy.context(), "csrf_field": PROXY_CSRF_FIELD})
+    assert str(PROXY_CSRF_FIELD) in html
+
+    vote = templates.compile("vote", (TEMPLATES / "vote.html").read_text())
+    html, menu = templates.render(vote, proxy.context(id=7, MEDIA_URL="/m/", ebuio_u=member))
+    page = squash(html)
+    assert page.startswith("<style>.thanks { color: green; }</style>")
+    assert page.endswith('<script src="/m/vote.js"></script>')
+    assert "your vote is counted" in page and menu == ""
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "home.html",
+        "show.html",
+        "create.html",
+        "team.html",
+        "vote.html",
+        "plugIt/base.html",
+        "plugIt/base-withBlocks.html",
+    ],
+)
 def test_translation_keeps_line_numbers(name):
     source = (TEMPLATES / name).read_text()
     assert translate(source).count("\n") == source.count("\n")
@@ -230,6 +295,15 @@ def test_translation_keeps_line_numbers(name):
 TAG_CASES = [
     pytest.param("{% load static i18n %}x{% load plugit_tags %}", {}, "x", id="load-removed"),
     pytest.param("{% csrf_token %}", {}, str(CSRF_FIELD), id="csrf_token"),
+    pytest.param(
+        "{% for r in l %}{{ r }}{% endfor %}[{{r}}]", {"l": [1, 2]}, "12[]", id="for-variable-ends"
+    ),
+    pytest.param(
+        "{% for r in l %}{{ r }}{% endfor %}[{{ r }}]",
+        {"l": [1], "r": "outer"},
+        "1[outer]",
+        id="for-variable-restores-outer",
+    ),
     pytest.param("a{% comment %}{{ x }}{% endcomment %}b", {"x": 1}, "ab", id="comment"),
     pytest.param('{% comment "why" %}x{% endcomment %}y', {}, "y", id="comment-with-note"),
     pytest.param("a{# note #}b", {}, "ab", id="short-comment"),
@@ -482,6 +556,49 @@ def test_block_super_and_endblock_name():
     assert env.get_template("child.html").render() == "<base+child>"
 
 
+def test_block_super_without_a_parent_block_is_empty():
+    env = make_env(
+        DictLoader(
+            {
+                "base.html": "<{% block a %}[{{ block.super }}]base{% endblock %}>",
+                "plain.html": "{% extends 'base.html' %}",
+                "child.html": "{% extends 'base.html' %}"
+                "{% block a %}{{ block.super|upper }}+child{% endblock %}",
+                "grandchild.html": "{% extends 'child.html' %}"
+                "{% block a %}{{ block.super }}+grandchild{% endblock %}",
+            }
+        )
+    )
+    assert env.get_template("plain.html").render() == "<[]base>"
+    assert env.get_template("child.html").render() == "<[]BASE+child>"
+    assert env.get_template("grandchild.html").render() == "<[]BASE+child+grandchild>"
+    # Django refuses to render such a base on its own; rendering nothing is enough here
+    assert env.get_template("base.html").render() == "<[]base>"
+
+
+def test_a_block_the_parent_lacks_is_dropped():
+    env = make_env(
+        DictLoader(
+            {
+                "base.html": "<{% block content %}{% endblock %}>",
+                "page.html": "{% extends 'base.html' %}{% block title %}T{% endblock %}"
+                "{% block content %}C{% endblock %}",
+            }
+        )
+    )
+    assert env.get_template("page.html").render() == "<C>"
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_a_final_newline_is_kept_like_django(keep):
+    env = make_env(DictLoader({"nl.html": "a\n", "crlf.html": "b\r\n", "none.html": "c"}))
+    env.keep_trailing_newline = keep
+    assert env.get_template("nl.html").render() == "a\n"
+    assert env.get_template("crlf.html").render() == "b\n"  # Jinja's newline_sequence
+    assert env.get_template("none.html").render() == "c"
+    assert translate("a\n").count("\n") == 1
+
+
 def test_blocks_inside_a_loop_see_the_loop_variables():
     source = (
         "{% for x in l %}{% block item %}{{ x }}{{ forloop.counter }}{% endblock %}{% endfor %}"
@@ -518,6 +635,7 @@ def test_extends_with_a_variable():
 
 VARIABLE_CASES = [
     pytest.param("{{ a.b.c }}", {"a": {"b": {"c": "deep"}}}, "deep", id="dotted"),
+    pytest.param("{{x}}/{{a.b}}", {"x": 1, "a": {"b": 2}}, "1/2", id="no-spaces"),
     pytest.param("{{ l.0 }}{{ l.1.x }}", {"l": ["z", {"x": "y"}]}, "zy", id="index"),
     pytest.param("{{ d.3 }}", {"d": {"3": "three"}}, "three", id="digit-key-of-json-object"),
     pytest.param("{{ d.items }}", {"d": {"items": "mine"}}, "mine", id="key-before-method"),
@@ -787,6 +905,7 @@ def test_install_leaves_jinja_filters_alone():
 ERROR_CASES = [
     pytest.param("a\n{% frobnicate %}", 2, "frobnicate", id="unknown-tag"),
     pytest.param("\n\n{% url 'poll_show' 3 %}", 3, "build links from ebuio_baseUrl", id="url"),
+    pytest.param("<a href=\"{%url 'logout' %}\">", 1, "ebuio_baseUrl", id="url-no-space"),
     pytest.param('{% plugitInclude "a" "b" %}', 1, "plugitInclude", id="plugitInclude-2-args"),
     pytest.param("{% plugitInclude %}", 1, "plugitInclude", id="plugitInclude-no-arg"),
     pytest.param("{% plugitGetUser 1 u %}", 1, "plugitGetUser", id="plugitGetUser-malformed"),
@@ -802,6 +921,7 @@ ERROR_CASES = [
     pytest.param("{{ x._secret }}", 1, "underscore", id="underscore-attribute"),
     pytest.param("{{ x y }}", 1, "remainder", id="bad-variable"),
     pytest.param("{{ }}", 1, "Empty variable", id="empty-variable"),
+    pytest.param("a\n\t{{}}", 2, "Empty variable", id="empty-variable-no-space"),
     pytest.param("{% %}", 1, "Empty block", id="empty-tag"),
     pytest.param("{% if %}{% endif %}", 1, "condition", id="if-without-condition"),
     pytest.param("{% if a b %}{% endif %}", 1, "Unused", id="if-junk"),
