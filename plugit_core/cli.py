@@ -238,7 +238,7 @@ def _directory(config_path: str) -> tuple[Any, Any, Any]:
     """
     from .backends import KINDS, Backends
     from .config import ConfigError, load_config
-    from .plugins import make_plugin_manager
+    from .plugins import PluginError, make_plugin_manager
 
     config = load_config(config_path)
     if not config.users:
@@ -246,13 +246,17 @@ def _directory(config_path: str) -> tuple[Any, Any, Any]:
             f'{config_path} has no directory: set auth = ["session"] (or users = "sqlite")'
         )
     backends = Backends()
-    make_plugin_manager().hook.plugit_register_backends.call_historic(
-        kwargs={"register": backends.register}
-    )
+    try:
+        pm = make_plugin_manager()
+    except PluginError as exc:
+        raise CommandError(str(exc)) from None
+    pm.hook.plugit_register_backends.call_historic(kwargs={"register": backends.register})
     known = {f"{kind}_{name}" for kind in KINDS for name in backends.names(kind)}
     for section in config.sections:
         if section not in known:
-            raise ConfigError(section, "unknown table: no backend of that name is installed")
+            raise ConfigError(
+                section, "unknown table: no backend of that name is installed", config.source
+            )
     accounts = None
     if "session" in backends.names("auth"):
         accounts = backends.build("auth", "session", config)

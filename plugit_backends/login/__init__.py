@@ -4,19 +4,29 @@ Active when the configuration names auth backends (``auth = ["session", "oidc"]`
 ``/_plugit/login`` (a form for the password backends, a button per redirect backend) and
 ``/_plugit/logout`` (POST), and turns the session's user id into a user through the directory.
 
-Failed logins are counted per account and per client address; after ``max_failures`` within
-``window`` seconds, further attempts are refused without checking the password until the window
-has passed.
+Failed logins are counted per account and per client address; after ``max_failures`` for the
+account (or ``max_address_failures`` from the address) within ``window`` seconds, further
+attempts are refused (429) without checking the password until old failures leave the window.
+The address limit is higher by default: many people may share one address (an office, a NAT).
+A successful login forgets the account's failures, not the address's: one valid account must not
+reset the count for guesses at others.
+
+The session remembers a fingerprint of the user's password hash: setting a new password ends
+every session opened with the old one.  A session opened through an auth backend that is no
+longer configured is anonymous.
 
 Configuration (all optional)::
 
     [login_default]
-    max_failures = 5       # per account and per address
-    window = 900           # seconds
+    max_failures = 5              # per account
+    max_address_failures = 20     # per client address (default: 4 x max_failures)
+    window = 900                  # seconds (at most 86400)
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -30,35 +40,62 @@ from plugit_core.identity import SESSION_BACKEND_KEY, SESSION_USER_KEY, AuthErro
 from plugit_core.proxy.routes import Route
 from plugit_core.users import PlugItUser
 
-__all__ = ["LoginSettings"]
+__all__ = ["LOGIN_PATH", "LOGOUT_PATH", "SESSION_PASSWORD_KEY", "LoginSettings"]
 
 log = logging.getLogger("plugit.login")
 
 LOGIN_PATH = "/_plugit/login"
 LOGOUT_PATH = "/_plugit/logout"
+SESSION_PASSWORD_KEY = "pwv"  # noqa: S105 (a session key: the password hash fingerprint)
+MAX_WINDOW = 86400  # stores forget failures after a day
+MAX_USERNAME = 256
+
+MESSAGES = {
+    "bad_credentials": "Wrong user name or password.",
+    "disabled": "This account is disabled. Ask an administrator.",
+    "unavailable": "The login service is unavailable right now. Please try again later.",
+    "throttled": "Too many failed attempts. Wait a few minutes before trying again.",
+    "missing": "Enter your user name and password.",
+}
 
 
 class LoginSettings:
     """The ``[login_default]`` table."""
 
-    def __init__(self, max_failures: int = 5, window: float = 900) -> None:
+    def __init__(
+        self, max_failures: int = 5, window: float = 900, max_address_failures: int | None = None
+    ) -> None:
         self.max_failures = max_failures
         self.window = window
+        self.max_address_failures = (
+            4 * max_failures if max_address_failures is None else max_address_failures
+        )
 
 
 def _settings(config: ProxyConfig, section: Mapping[str, Any]) -> LoginSettings:
-    unknown = set(section) - {"max_failures", "window"}
+    unknown = set(section) - {"max_failures", "max_address_failures", "window"}
     if unknown:
         raise ConfigError(f"login_default.{sorted(unknown)[0]}", "unknown setting", config.source)
     max_failures = section.get("max_failures", 5)
+    max_address_failures = section.get("max_address_failures", 4 * max_failures)
     window = section.get("window", 900)
-    if isinstance(max_failures, bool) or not isinstance(max_failures, int) or max_failures < 1:
+    for key, value in (
+        ("max_failures", max_failures),
+        ("max_address_failures", max_address_failures),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"login_default.{key}", "expected a whole number >= 1", config.source)
+    if (
+        isinstance(window, bool)
+        or not isinstance(window, (int, float))
+        or not 0 < window <= MAX_WINDOW
+    ):
         raise ConfigError(
-            "login_default.max_failures", "expected a whole number >= 1", config.source
+            "login_default.window",
+            f"expected a number of seconds > 0 and <= {MAX_WINDOW}",
+            config.source,
         )
-    if isinstance(window, bool) or not isinstance(window, (int, float)) or window <= 0:
-        raise ConfigError("login_default.window", "expected a number of seconds > 0", config.source)
-    return LoginSettings(max_failures, float(window))
+    return LoginSettings(max_failures, float(window), max_address_failures)
 
 
 def _safe_next(value: str | None) -> str:
@@ -71,8 +108,10 @@ def _safe_next(value: str | None) -> str:
     if (
         not value.startswith("/")
         or value.startswith(("//", "/\\"))
-        or any(c in value for c in "\r\n\\")
+        or any(c in value for c in "\r\n\\\x00")
     ):
+        return "/"
+    if value.startswith((LOGIN_PATH, LOGOUT_PATH)):
         return "/"
     return value
 
@@ -83,6 +122,15 @@ def _backends(proxy: Any) -> tuple[list[Any], list[Any]]:
     return password, redirect
 
 
+def password_fingerprint(proxy: Any, password_hash: str | None) -> str:
+    """What the session keeps of the user's password hash ("" for users without one)."""
+    if not password_hash:
+        return ""
+    key = proxy.config.secret_key.encode("utf-8")
+    digest = hmac.new(key, b"plugit.password:" + password_hash.encode("utf-8"), hashlib.sha256)
+    return digest.hexdigest()[:32]
+
+
 def _login_page(
     request: Any,
     *,
@@ -90,10 +138,15 @@ def _login_page(
     error: str | None = None,
     username: str = "",
     next_path: str = "/",
+    headers: Mapping[str, str] | None = None,
 ) -> Response:
     proxy = request.proxy
     password, redirect = _backends(proxy)
-    return proxy.render_site_page(
+    user = proxy.identify(request)
+    notice = None
+    if user.is_authenticated and error is None:
+        notice = f"You are logged in as {user.display_name}."
+    response = proxy.render_site_page(
         request,
         "plugit/login.html",
         status=status,
@@ -103,14 +156,17 @@ def _login_page(
         next=next_path,
         username=username,
         error=error,
-        notice=None,
+        notice=notice,
         page_title="Log in",
     )
+    response.headers["Cache-Control"] = "no-store"
+    response.headers.update(headers or {})
+    return response
 
 
 def login_view(request: Any) -> Response:
     proxy = request.proxy
-    if request.method == "GET":
+    if request.method in ("GET", "HEAD"):
         referrer = request.headers.get("Referer", "")
         own = f"{request.scheme}://{request.host}"
         fallback = referrer[len(own) :] if referrer.startswith(own + "/") else None
@@ -118,52 +174,67 @@ def login_view(request: Any) -> Response:
     username = request.form.get("username", "").strip()
     password = request.form.get("password", "")
     next_path = _safe_next(request.form.get("next"))
+
+    def refuse(status: int, code: str, **extra: Any) -> Response:
+        return _login_page(
+            request,
+            status=status,
+            error=MESSAGES[code],
+            username=username[:MAX_USERNAME],
+            next_path=next_path,
+            **extra,
+        )
+
     if not username or not password:
-        return _login_page(
-            request,
-            status=400,
-            error="Enter your user name and password.",
-            username=username,
-            next_path=next_path,
-        )
+        return refuse(400, "missing")
     settings: LoginSettings = proxy.login_settings
-    keys = (f"login:user:{username.lower()}", f"login:addr:{proxy.client_address(request)}")
+    address = proxy.client_address(request)
+    account_key = f"login:user:{username.lower()[:MAX_USERNAME]}"
+    address_key = f"login:addr:{address}"
+    keys = (account_key, address_key)
     store = proxy.users
-    if any(store.count_failures(key, settings.window) >= settings.max_failures for key in keys):
-        log.warning("login throttled for %r from %s", username, proxy.client_address(request))
-        return _login_page(
-            request,
-            status=429,
-            error="Too many failed attempts. Wait a few minutes before trying again.",
-            username=username,
-            next_path=next_path,
-        )
+    if (
+        store.count_failures(account_key, settings.window) >= settings.max_failures
+        or store.count_failures(address_key, settings.window) >= settings.max_address_failures
+    ):
+        log.warning("login throttled for %r from %s", username[:MAX_USERNAME], address)
+        retry = {"Retry-After": str(int(settings.window))}
+        return refuse(429, "throttled", headers=retry)
     password_backends, _ = _backends(proxy)
-    codes = []
+    codes: list[tuple[str, AuthError]] = []
     for backend in password_backends:
         try:
             user = backend.authenticate(username, password, request)
         except AuthError as exc:
             codes.append((backend.name, exc))
             continue
-        for key in keys:
-            store.clear_failures(key)
+        except Exception:  # a broken backend must not stop the others
+            log.exception("auth backend %s failed", backend.name)
+            codes.append((backend.name, AuthError("unavailable", MESSAGES["unavailable"])))
+            continue
+        if not store.is_active(user.pk):  # disabled in the directory, whoever vouches for them
+            codes.append((backend.name, AuthError("disabled", MESSAGES["disabled"])))
+            continue
+        store.clear_failures(account_key)
         log_in(request, user, backend.name)
-        log.info("%s logged in through %s", user.username, backend.name)
-        return Response(b"", status=303, headers={"Location": next_path})
+        fingerprint = password_fingerprint(proxy, store.password_hash(user.pk))
+        if fingerprint:
+            request.session[SESSION_PASSWORD_KEY] = fingerprint
+        log.info("%s logged in through %s from %s", user.username, backend.name, address)
+        response = Response(b"", status=303, headers={"Location": next_path})
+        response.headers["Cache-Control"] = "no-store"
+        return response
+    for name, exc in codes:
+        log.info("login of %r refused by %s: %s", username[:MAX_USERNAME], name, exc.code)
+    # Say why only when no backend could check the password (directory down), or when the
+    # password was right but the account is disabled (backends say so only then).
+    if codes and all(exc.code == "unavailable" for _, exc in codes):
+        return refuse(503, "unavailable")  # not the user's fault: not counted
     for key in keys:
         store.record_failure(key)
-    # Say why only when no backend could even check (a directory down, an account disabled).
-    messages = [exc for _, exc in codes if exc.code not in ("bad_credentials",)]
-    if codes and all(exc.code == "unavailable" for _, exc in codes):
-        error = "The login service is unavailable right now. Please try again later."
-    elif any(exc.code == "disabled" for exc in messages):
-        error = "This account is disabled. Ask an administrator."
-    else:
-        error = "Wrong user name or password."
-    for name, exc in codes:
-        log.info("login of %r refused by %s: %s", username, name, exc.code)
-    return _login_page(request, status=401, error=error, username=username, next_path=next_path)
+    if any(exc.code == "disabled" for _, exc in codes):
+        return refuse(403, "disabled")
+    return refuse(401, "bad_credentials")
 
 
 def logout_view(request: Any) -> Response:
@@ -209,10 +280,16 @@ def plugit_startup(proxy: Any) -> None:
 def plugit_identify_user(request: Any, proxy: Any) -> PlugItUser | None:
     if proxy.users is None or not proxy.auth:
         return None
-    pk = request.session.get(SESSION_USER_KEY)
+    session = request.session
+    pk = session.get(SESSION_USER_KEY)
     if pk is None:
         return None
+    if session.get(SESSION_BACKEND_KEY) not in {getattr(b, "name", None) for b in proxy.auth}:
+        return None  # that login method was removed from the configuration
     user = proxy.users.get_user(pk)
     if user is None or not proxy.users.is_active(pk):
         return None  # deleted or disabled since the login: anonymous from now on
+    expected = password_fingerprint(proxy, proxy.users.password_hash(pk))
+    if not hmac.compare_digest(str(session.get(SESSION_PASSWORD_KEY, "")), expected):
+        return None  # the password changed since this session was opened
     return user

@@ -7,17 +7,27 @@ Configuration::
     [users_sqlite]
     path = "plugit.sqlite3"   # relative to the working directory
 
-Every write is one transaction; the file is in WAL mode so readers never wait for a writer.
-Each thread has its own connection.
+Every write is one ``BEGIN IMMEDIATE`` transaction and every multi-query read one snapshot; the
+file is in WAL mode so readers never wait for the writer.  Connections come from a small pool
+shared by the threads (each connection is used by one thread at a time), so a server that starts
+a thread per request does not open a connection per request; :meth:`SQLiteUserStore.close`
+closes them all.
+
+Memberships remember who granted them: ``local`` (the ``plugit users`` command, the API) or an
+external directory (``oidc``, ``ldap``) through :meth:`SQLiteUserStore.sync_external_user`.  A
+user's rights are the union of every source's grants, and a sync replaces only the grants of its
+own source.
 """
 
 from __future__ import annotations
 
+import hashlib
+import re
 import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -27,9 +37,16 @@ from plugit_core.hookspecs import hookimpl
 from plugit_core.identity import ROLES
 from plugit_core.users import ALL, Orga, PlugItUser
 
-__all__ = ["SQLiteUserStore"]
+__all__ = ["FAILURE_RETENTION", "SCHEMA_VERSION", "SQLiteUserStore"]
+
+SCHEMA_VERSION = 1
+LOCAL = "local"
+FAILURE_RETENTION = 86400.0  # failed logins older than this are forgotten (seconds)
+MAX_USERNAME = 150
+_CHUNK = 500  # ids per IN (...) query
 
 SCHEMA = """
+BEGIN IMMEDIATE;
 CREATE TABLE IF NOT EXISTS users (
     id INTEGER PRIMARY KEY,
     uuid TEXT NOT NULL UNIQUE,
@@ -47,7 +64,7 @@ CREATE TABLE IF NOT EXISTS users (
 );
 CREATE TABLE IF NOT EXISTS orgas (
     id INTEGER PRIMARY KEY,
-    name TEXT NOT NULL UNIQUE,
+    name TEXT NOT NULL UNIQUE COLLATE NOCASE,
     codops TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS service_roles (
@@ -55,110 +72,272 @@ CREATE TABLE IF NOT EXISTS service_roles (
     service TEXT NOT NULL,
     role TEXT NOT NULL CHECK (role IN ('member', 'admin')),
     source TEXT NOT NULL DEFAULT 'local',
-    PRIMARY KEY (user_id, service)
+    PRIMARY KEY (user_id, service, source)
 );
+CREATE INDEX IF NOT EXISTS service_roles_service ON service_roles (service);
 CREATE TABLE IF NOT EXISTS orga_members (
     user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
     orga_id INTEGER NOT NULL REFERENCES orgas(id) ON DELETE CASCADE,
     admin INTEGER NOT NULL DEFAULT 0,
     source TEXT NOT NULL DEFAULT 'local',
-    PRIMARY KEY (user_id, orga_id)
+    PRIMARY KEY (user_id, orga_id, source)
 );
 CREATE TABLE IF NOT EXISTS login_failures (
     key TEXT NOT NULL,
     at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS login_failures_key ON login_failures (key, at);
+CREATE INDEX IF NOT EXISTS login_failures_at ON login_failures (at);
+PRAGMA user_version = 1;
+COMMIT;
 """
+
+_DIGITS = re.compile(r"-?[0-9]+")
+
+
+def _int_pk(pk: Any) -> int | None:
+    """A pk as the integer id, or None when it cannot be one (a UUID, garbage, a bool)."""
+    if isinstance(pk, bool):
+        return None
+    if isinstance(pk, int):
+        return pk
+    if isinstance(pk, str) and _DIGITS.fullmatch(pk.strip()):
+        return int(pk)
+    return None
+
+
+def _gravatar(email: str) -> str:
+    digest = hashlib.md5(email.strip().lower().encode("utf-8"), usedforsecurity=False)
+    return f"https://www.gravatar.com/avatar/{digest.hexdigest()}?d=retro"
+
+
+def _check_role(role: str) -> None:
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {', '.join(ROLES)}, not {role!r}")
+
+
+def _check_username(username: Any) -> str:
+    if not isinstance(username, str):
+        raise ValueError("a user name must be a string")
+    username = username.strip()
+    if not username:
+        raise ValueError("a user needs a user name")
+    if len(username) > MAX_USERNAME:
+        raise ValueError(f"a user name has at most {MAX_USERNAME} characters")
+    if any(ord(c) < 32 or ord(c) == 127 for c in username):
+        raise ValueError("a user name cannot contain control characters")
+    return username
 
 
 class SQLiteUserStore:
-    """A :class:`plugit_core.identity.UserStore` in a SQLite file."""
+    """A :class:`plugit_core.identity.UserStore` in a SQLite file.
 
-    def __init__(self, path: str | Path) -> None:
+    ``clock`` gives the time for the failed-login records (tests step it forward).
+    """
+
+    def __init__(
+        self, path: str | Path, *, clock: Callable[[], float] = time.time, pool_size: int = 8
+    ) -> None:
         self.path = str(path)
-        if self.path == ":memory:":
-            raise ValueError("the user store needs a file: each thread opens its own connection")
-        self._local = threading.local()
-        with self._write() as db:
-            db.executescript(SCHEMA)
+        if self.path == ":memory:" or self.path.startswith("file::memory:"):
+            raise ValueError("the user store needs a file: its connections share it")
+        self.clock = clock
+        self._pool_size = pool_size
+        self._idle: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        self._generation = 0
+        db = self._open()
+        try:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise sqlite3.DatabaseError(
+                    f"schema version {version} is newer than this PlugIt's ({SCHEMA_VERSION})"
+                )
+            if db.execute("PRAGMA journal_mode=WAL").fetchone()[0].lower() != "wal":
+                raise sqlite3.DatabaseError("the file cannot be put in WAL mode")
+            if version < SCHEMA_VERSION:
+                db.executescript(SCHEMA)
+        except BaseException:
+            db.close()
+            raise
+        self._release(db, self._generation)
 
     # -- connections ------------------------------------------------------------------------------
 
-    def _db(self) -> sqlite3.Connection:
-        db = getattr(self._local, "db", None)
-        if db is None:
-            db = sqlite3.connect(
-                self.path, timeout=30, isolation_level=None, check_same_thread=True
-            )
+    def _open(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+        try:
             db.row_factory = sqlite3.Row
-            db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA foreign_keys=ON")
             db.execute("PRAGMA synchronous=NORMAL")
-            self._local.db = db
+        except BaseException:
+            db.close()
+            raise
         return db
 
+    def _acquire(self) -> tuple[sqlite3.Connection, int]:
+        with self._lock:
+            generation = self._generation
+            if self._idle:
+                return self._idle.pop(), generation
+        return self._open(), generation
+
+    def _release(self, db: sqlite3.Connection, generation: int) -> None:
+        if db.in_transaction:  # an interrupted statement: never hand out a dirty connection
+            try:
+                db.execute("ROLLBACK")
+            except sqlite3.Error:
+                db.close()
+                return
+        with self._lock:
+            if generation == self._generation and len(self._idle) < self._pool_size:
+                self._idle.append(db)
+                return
+        db.close()
+
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        db = self._db()
-        db.execute("BEGIN IMMEDIATE")
+    def _connection(self, begin: str) -> Iterator[sqlite3.Connection]:
+        """A pooled connection inside one transaction (``BEGIN`` or ``BEGIN IMMEDIATE``)."""
+        db, generation = self._acquire()
         try:
-            yield db
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+            db.execute(begin)
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+        finally:
+            self._release(db, generation)
+
+    def _write(self) -> Any:
+        return self._connection("BEGIN IMMEDIATE")
+
+    def _read(self) -> Any:
+        return self._connection("BEGIN")
 
     def close(self) -> None:
-        """Close this thread's connection."""
-        db = getattr(self._local, "db", None)
-        if db is not None:
+        """Close every pooled connection (those in use close when given back).
+
+        The store stays usable: the next call opens a new connection.
+        """
+        with self._lock:
+            self._generation += 1
+            idle, self._idle = self._idle, []
+        for db in idle:
             db.close()
-            self._local.db = None
 
-    # -- users ------------------------------------------------------------------------------------
+    # -- reading users ----------------------------------------------------------------------------
 
-    def _row(self, where: str, value: Any) -> sqlite3.Row | None:
-        return self._db().execute(f"SELECT * FROM users WHERE {where}", (value,)).fetchone()  # noqa: S608 (fixed column names)
-
-    def _user(self, row: sqlite3.Row | None) -> PlugItUser | None:
-        if row is None:
-            return None
-        db = self._db()
-        roles = db.execute(
-            "SELECT service, role FROM service_roles WHERE user_id = ?", (row["id"],)
-        ).fetchall()
-        orgas = db.execute(
-            "SELECT o.id, o.name, o.codops, m.admin FROM orga_members m JOIN orgas o ON o.id = m.orga_id "
-            "WHERE m.user_id = ? ORDER BY o.name",
-            (row["id"],),
-        ).fetchall()
-        return PlugItUser(
-            pk=row["id"],
-            username=row["username"],
-            first_name=row["first_name"],
-            last_name=row["last_name"],
-            email=row["email"],
-            is_authenticated=True,
-            is_superuser=bool(row["is_superuser"]),
-            member_of=frozenset(r["service"] for r in roles),
-            admin_of=frozenset(r["service"] for r in roles if r["role"] == "admin"),
-            orgas=tuple(
-                Orga(o["id"], o["name"], o["codops"], is_admin=bool(o["admin"])) for o in orgas
-            ),
-            extra={"uuid": row["uuid"], "source": row["source"]},
-            backend=row["source"],
-        )
-
-    def get_user(self, pk: Any) -> PlugItUser | None:
-        if isinstance(pk, int) or (isinstance(pk, str) and pk.lstrip("-").isdigit()):
-            return self._user(self._row("id = ?", int(pk)))
-        if isinstance(pk, str):
-            return self._user(self._row("uuid = ?", pk))
+    @staticmethod
+    def _find(db: sqlite3.Connection, pk: Any) -> sqlite3.Row | None:
+        number = _int_pk(pk)
+        if number is not None:
+            return db.execute("SELECT * FROM users WHERE id = ?", (number,)).fetchone()
+        if isinstance(pk, str) and pk:
+            return db.execute("SELECT * FROM users WHERE uuid = ?", (pk.strip(),)).fetchone()
         return None
 
+    @staticmethod
+    def _require_user(db: sqlite3.Connection, pk: Any) -> int:
+        row = SQLiteUserStore._find(db, pk)
+        if row is None:
+            raise KeyError(f"no user {pk!r}")
+        return int(row["id"])
+
+    @staticmethod
+    def _users(db: sqlite3.Connection, rows: Iterable[sqlite3.Row]) -> list[PlugItUser]:
+        """Users with their memberships, loaded with a few queries whatever their number."""
+        rows = list(rows)
+        roles: dict[int, list[sqlite3.Row]] = {}
+        orgas: dict[int, list[sqlite3.Row]] = {}
+        ids = [row["id"] for row in rows]
+        for start in range(0, len(ids), _CHUNK):
+            chunk = ids[start : start + _CHUNK]
+            marks = ", ".join("?" * len(chunk))
+            for role in db.execute(
+                f"SELECT user_id, service, role FROM service_roles WHERE user_id IN ({marks})",  # noqa: S608
+                chunk,
+            ):
+                roles.setdefault(role["user_id"], []).append(role)
+            for orga in db.execute(
+                "SELECT m.user_id, o.id, o.name, o.codops, max(m.admin) AS admin "  # noqa: S608
+                "FROM orga_members m JOIN orgas o ON o.id = m.orga_id "
+                f"WHERE m.user_id IN ({marks}) GROUP BY m.user_id, o.id ORDER BY o.name, o.id",
+                chunk,
+            ):
+                orgas.setdefault(orga["user_id"], []).append(orga)
+        users = []
+        for row in rows:
+            mine = roles.get(row["id"], [])
+            users.append(
+                PlugItUser(
+                    pk=row["id"],
+                    username=row["username"],
+                    first_name=row["first_name"],
+                    last_name=row["last_name"],
+                    email=row["email"],
+                    is_authenticated=True,
+                    is_superuser=bool(row["is_superuser"]),
+                    member_of=frozenset(r["service"] for r in mine),
+                    admin_of=frozenset(r["service"] for r in mine if r["role"] == "admin"),
+                    orgas=tuple(
+                        Orga(o["id"], o["name"], o["codops"], is_admin=bool(o["admin"]))
+                        for o in orgas.get(row["id"], [])
+                    ),
+                    extra={
+                        "uuid": row["uuid"],
+                        "source": row["source"],
+                        "gravatar": _gravatar(row["email"]),
+                    },
+                    backend=row["source"],
+                )
+            )
+        return users
+
+    def _one(self, db: sqlite3.Connection, row: sqlite3.Row | None) -> PlugItUser | None:
+        return None if row is None else self._users(db, [row])[0]
+
+    def get_user(self, pk: Any) -> PlugItUser | None:
+        with self._read() as db:
+            return self._one(db, self._find(db, pk))
+
     def get_by_username(self, username: str) -> PlugItUser | None:
-        return self._user(self._row("username = ?", username))
+        if not isinstance(username, str):
+            return None
+        with self._read() as db:
+            row = db.execute(
+                "SELECT * FROM users WHERE username = ?", (username.strip(),)
+            ).fetchone()
+            return self._one(db, row)
+
+    def list_users(self) -> list[PlugItUser]:
+        with self._read() as db:
+            return self._users(db, db.execute("SELECT * FROM users ORDER BY username, id"))
+
+    def members(self, service: str) -> list[PlugItUser]:
+        with self._read() as db:
+            rows = db.execute(
+                "SELECT * FROM users WHERE active = 1 AND id IN "
+                "(SELECT user_id FROM service_roles WHERE service IN (?, ?)) "
+                "ORDER BY username, id",
+                (service, ALL),
+            )
+            return self._users(db, rows)
+
+    def password_hash(self, pk: Any) -> str | None:
+        with self._read() as db:
+            row = self._find(db, pk)
+        if row is None or row["source"] != LOCAL:
+            return None
+        return row["password_hash"]
+
+    def is_active(self, pk: Any) -> bool:
+        with self._read() as db:
+            row = self._find(db, pk)
+        return bool(row is not None and row["active"])
+
+    # -- writing users ----------------------------------------------------------------------------
 
     def create_user(
         self,
@@ -168,251 +347,255 @@ class SQLiteUserStore:
         first_name: str = "",
         last_name: str = "",
         password_hash: str | None = None,
-        source: str = "local",
+        source: str = LOCAL,
         external_id: str | None = None,
         is_superuser: bool = False,
     ) -> PlugItUser:
-        username = username.strip()
-        if not username:
-            raise ValueError("a user needs a user name")
+        username = _check_username(username)
+        if not source:
+            raise ValueError("a user needs a source")
         try:
             with self._write() as db:
                 cursor = db.execute(
-                    "INSERT INTO users (uuid, username, email, first_name, last_name, password_hash, "
-                    "source, external_id, is_superuser, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO users (uuid, username, email, first_name, last_name, "
+                    "password_hash, source, external_id, is_superuser, created) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         str(uuid.uuid4()),
                         username,
-                        email,
-                        first_name,
-                        last_name,
+                        email or "",
+                        first_name or "",
+                        last_name or "",
                         password_hash,
                         source,
                         external_id,
-                        int(is_superuser),
+                        int(bool(is_superuser)),
                         time.time(),
                     ),
                 )
+                user = self._one(db, self._find(db, cursor.lastrowid))
         except sqlite3.IntegrityError:
-            raise ValueError(f"the user name {username!r} is taken") from None
-        user = self.get_user(cursor.lastrowid)
+            with self._read() as db:
+                taken = db.execute("SELECT 1 FROM users WHERE username = ?", (username,)).fetchone()
+            if taken:
+                raise ValueError(f"the user name {username!r} is taken") from None
+            raise ValueError(f"{source} already has a user {external_id!r}") from None
         assert user is not None
         return user
 
     def sync_external_user(
         self, source: str, external_id: str, fields: Mapping[str, Any]
     ) -> PlugItUser:
-        profile = {k: str(fields.get(k) or "") for k in ("email", "first_name", "last_name")}
-        wanted = str(fields.get("username") or external_id)
+        if not source or source == LOCAL:
+            raise ValueError("sync_external_user is for external directories, not 'local'")
+        if not external_id:
+            raise ValueError("an external user needs an id")
+        services = dict(fields.get("services") or {})
+        orgas = dict(fields.get("orgas") or {})
+        for role in (*services.values(), *orgas.values()):
+            _check_role(role)
+        profile = {
+            key: str(fields[key])
+            for key in ("email", "first_name", "last_name")
+            if fields.get(key) is not None
+        }
         with self._write() as db:
             row = db.execute(
-                "SELECT id, username FROM users WHERE source = ? AND external_id = ?",
+                "SELECT id FROM users WHERE source = ? AND external_id = ?",
                 (source, external_id),
             ).fetchone()
             if row is None:
-                username = wanted
-                if db.execute("SELECT 1 FROM users WHERE username = ?", (username,)).fetchone():
-                    username = f"{wanted}@{source}"  # never take over another account's name
-                cursor = db.execute(
-                    "INSERT INTO users (uuid, username, email, first_name, last_name, source, external_id, "
-                    "created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        str(uuid.uuid4()),
-                        username,
-                        *profile.values(),
-                        source,
-                        external_id,
-                        time.time(),
-                    ),
-                )
-                pk = cursor.lastrowid
+                pk = self._insert_external(db, source, external_id, fields, profile)
             else:
                 pk = row["id"]
-                db.execute(
-                    "UPDATE users SET email = ?, first_name = ?, last_name = ? WHERE id = ?",
-                    (*profile.values(), pk),
-                )
+                if profile:
+                    assignments = ", ".join(f"{key} = ?" for key in profile)
+                    db.execute(
+                        f"UPDATE users SET {assignments} WHERE id = ?",  # noqa: S608 (fixed names)
+                        (*profile.values(), pk),
+                    )
             if "services" in fields:
                 db.execute(
                     "DELETE FROM service_roles WHERE user_id = ? AND source = ?", (pk, source)
                 )
-                for service, role in dict(fields["services"]).items():
-                    _check_role(role)
-                    db.execute(
-                        "INSERT INTO service_roles (user_id, service, role, source) VALUES (?, ?, ?, ?) "
-                        "ON CONFLICT (user_id, service) DO UPDATE SET role = excluded.role, source = excluded.source "
-                        "WHERE excluded.role = 'admin' OR service_roles.source = excluded.source",
-                        (pk, service, role, source),
-                    )
+                db.executemany(
+                    "INSERT INTO service_roles (user_id, service, role, source) "
+                    "VALUES (?, ?, ?, ?)",
+                    [(pk, str(service), role, source) for service, role in services.items()],
+                )
             if "orgas" in fields:
                 db.execute(
                     "DELETE FROM orga_members WHERE user_id = ? AND source = ?", (pk, source)
                 )
-                for name, role in dict(fields["orgas"]).items():
-                    _check_role(role)
+                for name, role in orgas.items():
                     db.execute(
-                        "INSERT INTO orgas (name) VALUES (?) ON CONFLICT (name) DO NOTHING", (name,)
+                        "INSERT INTO orgas (name) VALUES (?) ON CONFLICT (name) DO NOTHING",
+                        (str(name),),
                     )
-                    orga_id = db.execute("SELECT id FROM orgas WHERE name = ?", (name,)).fetchone()[
-                        "id"
-                    ]
+                    orga_id = db.execute(
+                        "SELECT id FROM orgas WHERE name = ?", (str(name),)
+                    ).fetchone()["id"]
                     db.execute(
-                        "INSERT INTO orga_members (user_id, orga_id, admin, source) VALUES (?, ?, ?, ?) "
-                        "ON CONFLICT (user_id, orga_id) DO UPDATE SET admin = max(orga_members.admin, excluded.admin)",
+                        "INSERT INTO orga_members (user_id, orga_id, admin, source) "
+                        "VALUES (?, ?, ?, ?)",
                         (pk, orga_id, int(role == "admin"), source),
                     )
-        user = self.get_user(pk)
+            user = self._one(db, self._find(db, pk))
         assert user is not None
         return user
 
-    def password_hash(self, pk: Any) -> str | None:
-        row = self._row("id = ?", int(pk))
-        return None if row is None else row["password_hash"]
+    @staticmethod
+    def _insert_external(
+        db: sqlite3.Connection,
+        source: str,
+        external_id: str,
+        fields: Mapping[str, Any],
+        profile: Mapping[str, str],
+    ) -> int:
+        wanted = _check_username(str(fields.get("username") or external_id))
+        username = wanted
+        n = 1
+        # Never take over another account's name: alice from LDAP beside a local alice is
+        # "alice@ldap" (then "alice@ldap-2", ...).
+        while db.execute("SELECT 1 FROM users WHERE username = ?", (username,)).fetchone():
+            n += 1
+            username = f"{wanted}@{source}" if n == 2 else f"{wanted}@{source}-{n - 1}"
+        cursor = db.execute(
+            "INSERT INTO users (uuid, username, email, first_name, last_name, source, "
+            "external_id, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                str(uuid.uuid4()),
+                username,
+                profile.get("email", ""),
+                profile.get("first_name", ""),
+                profile.get("last_name", ""),
+                source,
+                external_id,
+                time.time(),
+            ),
+        )
+        assert cursor.lastrowid is not None
+        return cursor.lastrowid
+
+    def _update(self, pk: Any, column: str, value: Any) -> None:
+        with self._write() as db:
+            user_id = self._require_user(db, pk)
+            db.execute(f"UPDATE users SET {column} = ? WHERE id = ?", (value, user_id))  # noqa: S608
 
     def set_password_hash(self, pk: Any, password_hash: str) -> None:
-        with self._write() as db:
-            if (
-                db.execute(
-                    "UPDATE users SET password_hash = ? WHERE id = ?", (password_hash, int(pk))
-                ).rowcount
-                != 1
-            ):
-                raise KeyError(pk)
+        self._update(pk, "password_hash", password_hash)
 
     def set_active(self, pk: Any, active: bool) -> None:
-        with self._write() as db:
-            if (
-                db.execute(
-                    "UPDATE users SET active = ? WHERE id = ?", (int(active), int(pk))
-                ).rowcount
-                != 1
-            ):
-                raise KeyError(pk)
+        self._update(pk, "active", int(bool(active)))
 
     def set_superuser(self, pk: Any, superuser: bool) -> None:
-        with self._write() as db:
-            if (
-                db.execute(
-                    "UPDATE users SET is_superuser = ? WHERE id = ?", (int(superuser), int(pk))
-                ).rowcount
-                != 1
-            ):
-                raise KeyError(pk)
-
-    def is_active(self, pk: Any) -> bool:
-        user = self.get_user(pk)
-        if user is None:
-            return False
-        row = self._row("id = ?", user.pk)
-        return bool(row and row["active"])
+        self._update(pk, "is_superuser", int(bool(superuser)))
 
     # -- memberships ------------------------------------------------------------------------------
 
     def grant(self, pk: Any, service: str, role: str) -> None:
         _check_role(role)
+        if not service:
+            raise ValueError("a grant needs a service name (or * for every service)")
         with self._write() as db:
-            self._require_user(db, pk)
+            user_id = self._require_user(db, pk)
             db.execute(
-                "INSERT INTO service_roles (user_id, service, role, source) VALUES (?, ?, ?, 'local') "
-                "ON CONFLICT (user_id, service) DO UPDATE SET role = excluded.role, source = 'local'",
-                (int(pk), service, role),
+                "INSERT INTO service_roles (user_id, service, role, source) "
+                "VALUES (?, ?, ?, 'local') "
+                "ON CONFLICT (user_id, service, source) DO UPDATE SET role = excluded.role",
+                (user_id, service, role),
             )
 
     def revoke(self, pk: Any, service: str) -> None:
         with self._write() as db:
-            db.execute(
-                "DELETE FROM service_roles WHERE user_id = ? AND service = ?", (int(pk), service)
-            )
-
-    def members(self, service: str) -> list[PlugItUser]:
-        rows = (
-            self._db()
-            .execute(
-                "SELECT DISTINCT u.* FROM users u JOIN service_roles r ON r.user_id = u.id "
-                "WHERE r.service IN (?, ?) AND u.active = 1 ORDER BY u.username",
-                (service, ALL),
-            )
-            .fetchall()
-        )
-        return [user for user in (self._user(row) for row in rows) if user is not None]
+            row = self._find(db, pk)
+            if row is not None:
+                db.execute(
+                    "DELETE FROM service_roles WHERE user_id = ? AND service = ?",
+                    (row["id"], service),
+                )
 
     # -- organisations ----------------------------------------------------------------------------
 
+    @staticmethod
+    def _orga(row: sqlite3.Row | None) -> Orga | None:
+        return None if row is None else Orga(row["id"], row["name"], row["codops"])
+
     def create_orga(self, name: str, codops: str = "") -> Orga:
+        name = name.strip() if isinstance(name, str) else ""
+        if not name:
+            raise ValueError("an organisation needs a name")
         try:
             with self._write() as db:
                 cursor = db.execute(
-                    "INSERT INTO orgas (name, codops) VALUES (?, ?)", (name, codops)
+                    "INSERT INTO orgas (name, codops) VALUES (?, ?)", (name, codops or "")
                 )
         except sqlite3.IntegrityError:
             raise ValueError(f"the organisation {name!r} exists") from None
-        return Orga(cursor.lastrowid, name, codops)
+        assert cursor.lastrowid is not None
+        return Orga(cursor.lastrowid, name, codops or "")
 
     def get_orga(self, pk: Any) -> Orga | None:
-        try:
-            row = self._db().execute("SELECT * FROM orgas WHERE id = ?", (int(pk),)).fetchone()
-        except (TypeError, ValueError):
+        number = _int_pk(pk)
+        if number is None:
             return None
-        return None if row is None else Orga(row["id"], row["name"], row["codops"])
+        with self._read() as db:
+            return self._orga(db.execute("SELECT * FROM orgas WHERE id = ?", (number,)).fetchone())
 
     def get_orga_by_name(self, name: str) -> Orga | None:
-        row = self._db().execute("SELECT * FROM orgas WHERE name = ?", (name,)).fetchone()
-        return None if row is None else Orga(row["id"], row["name"], row["codops"])
+        with self._read() as db:
+            return self._orga(db.execute("SELECT * FROM orgas WHERE name = ?", (name,)).fetchone())
 
     def list_orgas(self) -> list[Orga]:
-        rows = self._db().execute("SELECT * FROM orgas ORDER BY name").fetchall()
+        with self._read() as db:
+            rows = db.execute("SELECT * FROM orgas ORDER BY name, id").fetchall()
         return [Orga(row["id"], row["name"], row["codops"]) for row in rows]
 
     def add_to_orga(self, pk: Any, orga_pk: Any, *, admin: bool = False) -> None:
         with self._write() as db:
-            self._require_user(db, pk)
-            if db.execute("SELECT 1 FROM orgas WHERE id = ?", (int(orga_pk),)).fetchone() is None:
-                raise KeyError(f"no organisation {orga_pk}")
+            user_id = self._require_user(db, pk)
+            number = _int_pk(orga_pk)
+            found = None
+            if number is not None:
+                found = db.execute("SELECT id FROM orgas WHERE id = ?", (number,)).fetchone()
+            if found is None:
+                raise KeyError(f"no organisation {orga_pk!r}")
             db.execute(
-                "INSERT INTO orga_members (user_id, orga_id, admin, source) VALUES (?, ?, ?, 'local') "
-                "ON CONFLICT (user_id, orga_id) DO UPDATE SET admin = excluded.admin, source = 'local'",
-                (int(pk), int(orga_pk), int(admin)),
+                "INSERT INTO orga_members (user_id, orga_id, admin, source) "
+                "VALUES (?, ?, ?, 'local') "
+                "ON CONFLICT (user_id, orga_id, source) DO UPDATE SET admin = excluded.admin",
+                (user_id, number, int(bool(admin))),
             )
 
     def remove_from_orga(self, pk: Any, orga_pk: Any) -> None:
+        number = _int_pk(orga_pk)
         with self._write() as db:
-            db.execute(
-                "DELETE FROM orga_members WHERE user_id = ? AND orga_id = ?",
-                (int(pk), int(orga_pk)),
-            )
+            row = self._find(db, pk)
+            if row is not None and number is not None:
+                db.execute(
+                    "DELETE FROM orga_members WHERE user_id = ? AND orga_id = ?",
+                    (row["id"], number),
+                )
 
     # -- failed logins ----------------------------------------------------------------------------
 
     def record_failure(self, key: str) -> None:
-        now = time.time()
+        now = self.clock()
         with self._write() as db:
             db.execute("INSERT INTO login_failures (key, at) VALUES (?, ?)", (key, now))
-            db.execute("DELETE FROM login_failures WHERE at < ?", (now - 86400,))  # keep it small
+            db.execute("DELETE FROM login_failures WHERE at < ?", (now - FAILURE_RETENTION,))
 
     def count_failures(self, key: str, window: float) -> int:
-        row = (
-            self._db()
-            .execute(
-                "SELECT count(*) AS n FROM login_failures WHERE key = ? AND at >= ?",
-                (key, time.time() - window),
-            )
-            .fetchone()
-        )
-        return int(row["n"])
+        with self._read() as db:
+            row = db.execute(
+                "SELECT count(*) FROM login_failures WHERE key = ? AND at > ?",
+                (key, self.clock() - window),
+            ).fetchone()
+        return int(row[0])
 
     def clear_failures(self, key: str) -> None:
         with self._write() as db:
             db.execute("DELETE FROM login_failures WHERE key = ?", (key,))
-
-    @staticmethod
-    def _require_user(db: sqlite3.Connection, pk: Any) -> None:
-        if db.execute("SELECT 1 FROM users WHERE id = ?", (int(pk),)).fetchone() is None:
-            raise KeyError(f"no user {pk}")
-
-
-def _check_role(role: str) -> None:
-    if role not in ROLES:
-        raise ValueError(f"role must be one of {', '.join(ROLES)}, not {role!r}")
 
 
 def _factory(config: ProxyConfig, section: Mapping[str, Any]) -> SQLiteUserStore:

@@ -687,9 +687,14 @@ class ProxyApp:
         return Response(html, status=status, mimetype="text/html")
 
     def close(self) -> None:
+        """Release pools, connections and threads (the proxy cannot serve afterwards)."""
         self._shadow_pool.shutdown(wait=False, cancel_futures=True)
         for client in self.clients.values():
             client.close()
+        for backend in (self.users, self.cache, self.sessions, *self.auth):
+            closer = getattr(backend, "close", None)
+            if callable(closer):
+                closer()
 
 
 class PlugItMiddleware:

@@ -226,6 +226,8 @@ class Pipeline:
         else:
             if request.method == "POST":
                 self.check_csrf(request)
+            elif not self.config.dev_mode:  # a state change: a form with the CSRF token (W14)
+                raise _RefusedError(405, "post_only", "Switch organisations with the site's menu.")
             pk = values.get("pk", values.get("orga", ""))
             if self.config.dev_mode:
                 known = {str(o.pk): o for o in SIMULATED_ORGAS}
