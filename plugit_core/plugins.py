@@ -23,6 +23,7 @@ BUILTIN_PLUGINS = (
     "plugit_backends.login",
     "plugit_backends.users_sqlite",
     "plugit_backends.auth_session",
+    "plugit_backends.auth_ldap",
 )
 
 ENTRY_POINT_GROUP = "plugit"

@@ -52,6 +52,10 @@ MAX_USERNAME = 256
 
 MESSAGES = {
     "bad_credentials": "Wrong user name or password.",
+    "partly_unavailable": (
+        "Wrong user name or password, or your account is in a directory that cannot be reached "
+        "right now. Please try again later."
+    ),
     "disabled": "This account is disabled. Ask an administrator.",
     "unavailable": "The login service is unavailable right now. Please try again later.",
     "throttled": "Too many failed attempts. Wait a few minutes before trying again.",
@@ -234,6 +238,8 @@ def login_view(request: Any) -> Response:
         store.record_failure(key)
     if any(exc.code == "disabled" for _, exc in codes):
         return refuse(403, "disabled")
+    if any(exc.code == "unavailable" for _, exc in codes):
+        return refuse(401, "partly_unavailable")  # the password may be right for the one down
     return refuse(401, "bad_credentials")
 
 
