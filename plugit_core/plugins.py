@@ -71,7 +71,8 @@ def make_plugin_manager(
                 f"a plugin of the entry-point group {ENTRY_POINT_GROUP!r} failed to load: {exc}"
             ) from exc
     for plugin in plugins:
-        pm.register(plugin)
+        if not pm.is_registered(plugin):  # a built-in passed again is the same plugin
+            pm.register(plugin)
     check_hooks(pm)
     return pm
 

@@ -53,8 +53,8 @@ MAX_USERNAME = 256
 MESSAGES = {
     "bad_credentials": "Wrong user name or password.",
     "partly_unavailable": (
-        "Wrong user name or password, or your account is in a directory that cannot be reached "
-        "right now. Please try again later."
+        "Wrong user name or password. Some account directories cannot be reached right now: "
+        "if yours is one of them, please try again later."
     ),
     "disabled": "This account is disabled. Ask an administrator.",
     "unavailable": "The login service is unavailable right now. Please try again later.",
