@@ -1,7 +1,8 @@
 """Backend kinds, their interfaces, and the registry plugins fill at start-up.
 
 Each kind has one small interface here; every implementation (memory, Redis, SQLite, ...) passes
-the kind's shared conformance suite in ``plugit_core.testing``.
+the kind's shared conformance suite (``plugit_core.conformance`` for caches and sessions,
+``plugit_core.testing`` for the stores).
 """
 
 from __future__ import annotations

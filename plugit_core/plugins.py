@@ -24,6 +24,8 @@ BUILTIN_PLUGINS = (
     "plugit_backends.users_sqlite",
     "plugit_backends.auth_session",
     "plugit_backends.auth_ldap",
+    "plugit_backends.cache_redis",
+    "plugit_backends.session_redis",
 )
 
 ENTRY_POINT_GROUP = "plugit"

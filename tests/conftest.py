@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 import requests
 
-from plugit_core.testing import serve
+# Before anything imports them: failed checks of the shared suites show their values.
+pytest.register_assert_rewrite("plugit_core.conformance", "plugit_core.testing")
 
 
 @pytest.fixture
@@ -22,6 +23,8 @@ def http() -> Iterator[requests.Session]:
 @pytest.fixture
 def served() -> Iterator[Callable[..., str]]:
     """``served(app, host="127.0.0.1")`` serves a WSGI app over HTTP until the test ends."""
+    from plugit_core.testing import serve
+
     with contextlib.ExitStack() as stack:
 
         def start(app: Callable[..., Any], host: str = "127.0.0.1") -> str:

@@ -1,0 +1,361 @@
+"""A cache shared by every proxy process: Redis (redis-py, the ``redis`` extra).
+
+Configuration (all optional)::
+
+    cache = "redis"
+
+    [cache_redis]
+    url = "redis://127.0.0.1:6379/0"   # redis://, rediss:// (TLS) or unix://
+    prefix = "plugit:cache:"            # every key starts with it; clear() removes only these
+    socket_timeout = 0.25               # seconds: a cache must answer fast or be skipped
+    retry_interval = 5                  # seconds between two attempts while Redis is down
+    fallback_max_bytes = 16777216       # size of the in-process cache used while Redis is down
+    max_connections = 0                 # 0: as many pooled connections as threads need
+
+When Redis does not answer (refused, timed out, any ``redis.RedisError``) the cache logs a
+warning (once, then at most once a minute while it lasts) and serves from an in-process
+:class:`~plugit_backends.cache_memory.MemoryCache` instead; it tries Redis again at most every
+``retry_interval`` seconds, logs when Redis answers again and then drops the in-process copy.
+Requests never fail because of the cache.  See docs/redis.md.
+
+The helpers :func:`connection_pool`, :func:`redact_url` and :class:`RedisHealth` are shared with
+``plugit_backends.session_redis``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+try:
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+except ImportError:  # the optional ``redis`` extra is not installed
+    redis = None  # type: ignore[assignment]
+
+from plugit_backends.cache_memory import MemoryCache
+from plugit_core.config import ConfigError, ProxyConfig
+from plugit_core.hookspecs import hookimpl
+
+__all__ = ["RedisCache", "RedisHealth", "connection_pool", "redact_url"]
+
+log = logging.getLogger("plugit.cache.redis")
+
+DEFAULT_URL = "redis://127.0.0.1:6379/0"
+WARN_INTERVAL = 60.0  # seconds between two "still down" warnings
+
+
+def redact_url(url: str) -> str:
+    """``url`` without its password, for logs."""
+    try:
+        split = urlsplit(url)
+        if split.password is None:
+            return url
+        netloc = split.netloc.rsplit("@", 1)[1]
+        user = split.username or ""
+        return urlunsplit(split._replace(netloc=f"{user}:***@{netloc}"))
+    except ValueError:
+        return "<invalid Redis URL>"
+
+
+def connection_pool(url: str, *, socket_timeout: float, max_connections: int | None = None) -> Any:
+    """A redis-py connection pool that fails fast: no retries, connect and read timeouts.
+
+    Raises ValueError for a URL redis-py cannot parse and RuntimeError when redis-py is not
+    installed.
+    """
+    if redis is None:
+        raise RuntimeError("the redis package is not installed: pip install 'plugit[redis]'")
+    options: dict[str, Any] = {
+        "socket_timeout": socket_timeout,
+        "socket_connect_timeout": socket_timeout,
+        "retry": Retry(NoBackoff(), 0),
+        "health_check_interval": 0,
+    }
+    if max_connections:
+        options["max_connections"] = max_connections
+    return redis.ConnectionPool.from_url(url, **options)
+
+
+class RedisHealth:
+    """Whether to ask Redis now, and the rate-limited logging of its outages.
+
+    After a failure Redis is skipped for ``retry_interval`` seconds; then one caller (only one,
+    whatever the number of threads) tries again.  The first failure logs a warning, later ones
+    at most every ``warn_interval`` seconds; the recovery is logged once.
+    """
+
+    def __init__(
+        self,
+        what: str,
+        logger: logging.Logger,
+        *,
+        retry_interval: float = 5.0,
+        warn_interval: float = WARN_INTERVAL,
+        clock: Any = time.monotonic,
+    ) -> None:
+        self.what = what
+        self.log = logger
+        self.retry_interval = retry_interval
+        self.warn_interval = warn_interval
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._down = False
+        self._retry_at = 0.0
+        self._last_warning = -math.inf
+        self.failures = 0  # every failure since start (for tests and metrics)
+
+    @property
+    def down(self) -> bool:
+        return self._down
+
+    def should_try(self) -> bool:
+        """True when Redis is up, or when it is down and this caller is the one to retry."""
+        if not self._down:
+            return True
+        with self._lock:
+            now = self._clock()
+            if not self._down or now >= self._retry_at:
+                self._retry_at = now + self.retry_interval  # the other threads keep skipping
+                return True
+            return False
+
+    def failed(self, error: BaseException, consequence: str) -> None:
+        """Record a failure; warn on the first one and then at most every ``warn_interval``."""
+        with self._lock:
+            now = self._clock()
+            first = not self._down
+            self._down = True
+            self.failures += 1
+            self._retry_at = now + self.retry_interval
+            warn = first or now - self._last_warning >= self.warn_interval
+            if warn:
+                self._last_warning = now
+        if warn:
+            self.log.warning(
+                "%s %s: %s: %s; %s (next attempt in %gs)",
+                self.what,
+                "is unavailable" if first else "is still unavailable",
+                type(error).__name__,
+                error,
+                consequence,
+                self.retry_interval,
+            )
+
+    def succeeded(self) -> bool:
+        """Record a success; True when it ends an outage (logged once)."""
+        if not self._down:
+            return False
+        with self._lock:
+            if not self._down:
+                return False
+            self._down = False
+            self._last_warning = -math.inf
+        self.log.warning("%s answers again", self.what)
+        return True
+
+    def warn(self, message: str, *args: Any) -> None:
+        """A warning about a consequence of the outage, at most every ``warn_interval``."""
+        with self._lock:
+            now = self._clock()
+            if now - self._last_warning < self.warn_interval:
+                return
+            self._last_warning = now
+        self.log.warning(message, *args)
+
+
+class RedisCache:
+    """A :class:`plugit_core.backends.CacheBackend` in Redis, shared by every proxy process.
+
+    Keys are ``prefix + key``; values are stored as they are (bytes) with a millisecond expiry.
+    Never raises a Redis error: while Redis is unavailable ``fallback`` (a :class:`MemoryCache`)
+    answers instead.
+    """
+
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        *,
+        prefix: str = "plugit:cache:",
+        socket_timeout: float = 0.25,
+        retry_interval: float = 5.0,
+        warn_interval: float = WARN_INTERVAL,
+        fallback_max_bytes: int = 16 * 1024 * 1024,
+        max_connections: int | None = None,
+    ) -> None:
+        self.url = url
+        self.prefix = prefix
+        self._pool = connection_pool(
+            url, socket_timeout=socket_timeout, max_connections=max_connections
+        )
+        self._redis = redis.Redis(connection_pool=self._pool)
+        self.fallback = MemoryCache(fallback_max_bytes)
+        self.health = RedisHealth(
+            f"the Redis cache at {redact_url(url)}",
+            log,
+            retry_interval=retry_interval,
+            warn_interval=warn_interval,
+        )
+
+    def _key(self, key: str) -> str:
+        return self.prefix + key
+
+    def _failed(self, error: BaseException) -> None:
+        self.health.failed(error, "using the in-process cache meanwhile")
+
+    def _recovered(self) -> None:
+        if self.health.succeeded():
+            self.fallback.clear()  # other processes wrote to Redis meanwhile: drop our copies
+
+    def get(self, key: str) -> bytes | None:
+        if self.health.should_try():
+            try:
+                value = self._redis.get(self._key(key))
+            except redis.RedisError as error:
+                self._failed(error)
+            else:
+                self._recovered()
+                return value
+        return self.fallback.get(key)
+
+    def set(self, key: str, value: bytes, ttl: float) -> None:
+        if ttl <= 0:
+            return
+        if self.health.should_try():
+            try:
+                self._redis.set(self._key(key), value, px=max(1, math.ceil(ttl * 1000)))
+            except redis.RedisError as error:
+                self._failed(error)
+            else:
+                self._recovered()
+                return
+        self.fallback.set(key, value, ttl)
+
+    def delete(self, key: str) -> None:
+        self.fallback.delete(key)
+        if self.health.should_try():
+            try:
+                self._redis.delete(self._key(key))
+            except redis.RedisError as error:
+                self._failed(error)
+            else:
+                self._recovered()
+
+    def clear(self) -> None:
+        """Delete every key under ``prefix`` (SCAN and UNLINK, never FLUSHDB)."""
+        self.fallback.clear()
+        if not self.health.should_try():
+            self.health.warn("%s: not cleared, Redis is unavailable", self.health.what)
+            return
+        try:
+            batch: list[bytes] = []
+            for name in self._redis.scan_iter(match=_glob_escape(self.prefix) + "*", count=500):
+                batch.append(name)
+                if len(batch) >= 500:
+                    self._redis.unlink(*batch)
+                    batch.clear()
+            if batch:
+                self._redis.unlink(*batch)
+        except redis.RedisError as error:
+            self._failed(error)
+        else:
+            self._recovered()
+
+    def close(self) -> None:
+        """Close the pooled connections (the cache still works: they reopen on demand)."""
+        self._pool.disconnect()
+
+
+def _glob_escape(text: str) -> str:
+    """``text`` as a literal in a Redis MATCH pattern."""
+    return "".join("\\" + c if c in "*?[]\\^" else c for c in text)
+
+
+def _number(
+    config: ProxyConfig,
+    section: Mapping[str, Any],
+    table: str,
+    key: str,
+    default: float,
+    *,
+    minimum: float,
+    integer: bool = False,
+) -> Any:
+    value = section.get(key, default)
+    kind = int if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kind) or value < minimum:
+        what = "a whole number" if integer else "a number"
+        raise ConfigError(f"{table}.{key}", f"expected {what} >= {minimum}", config.source)
+    return value
+
+
+def read_url(config: ProxyConfig, section: Mapping[str, Any], table: str) -> str:
+    """The ``url`` setting of a Redis backend's table, checked."""
+    url = section.get("url", DEFAULT_URL)
+    if not isinstance(url, str) or urlsplit(url).scheme not in ("redis", "rediss", "unix"):
+        raise ConfigError(
+            f"{table}.url", "expected a redis://, rediss:// or unix:// URL", config.source
+        )
+    return url
+
+
+def read_prefix(config: ProxyConfig, section: Mapping[str, Any], table: str, default: str) -> str:
+    prefix = section.get("prefix", default)
+    if not isinstance(prefix, str) or not prefix:
+        raise ConfigError(f"{table}.prefix", "expected a non-empty string", config.source)
+    return prefix
+
+
+def _factory(config: ProxyConfig, section: Mapping[str, Any]) -> RedisCache:
+    known = {
+        "url",
+        "prefix",
+        "socket_timeout",
+        "retry_interval",
+        "fallback_max_bytes",
+        "max_connections",
+    }
+    unknown = set(section) - known
+    if unknown:
+        raise ConfigError(f"cache_redis.{sorted(unknown)[0]}", "unknown setting", config.source)
+    if redis is None:
+        raise ConfigError(
+            "cache",
+            "the redis cache needs the redis package: pip install 'plugit[redis]'",
+            config.source,
+        )
+    table = "cache_redis"
+    url = read_url(config, section, table)
+    options = {
+        "prefix": read_prefix(config, section, table, "plugit:cache:"),
+        "socket_timeout": _number(config, section, table, "socket_timeout", 0.25, minimum=0.001),
+        "retry_interval": _number(config, section, table, "retry_interval", 5, minimum=0),
+        "fallback_max_bytes": _number(
+            config,
+            section,
+            table,
+            "fallback_max_bytes",
+            16 * 1024 * 1024,
+            minimum=1024,
+            integer=True,
+        ),
+        "max_connections": _number(
+            config, section, table, "max_connections", 0, minimum=0, integer=True
+        )
+        or None,
+    }
+    try:
+        return RedisCache(url, **options)
+    except ValueError as exc:  # redis-py could not parse the URL
+        raise ConfigError(f"{table}.url", str(exc), config.source) from None
+
+
+@hookimpl(trylast=True)
+def plugit_register_backends(register: Any) -> None:
+    register("cache", "redis", _factory)

@@ -1,0 +1,289 @@
+"""Every session backend passes the shared conformance suite; then what each one does alone:
+the signed cookie's old values stay valid, the Redis store's key layout, expiry, outages and
+configuration."""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+from collections.abc import Iterator
+
+import pytest
+
+from plugit_backends.session_cookie import CookieSessionBackend
+from plugit_backends.session_redis import (
+    RedisSession,
+    RedisSessionBackend,
+    plugit_register_backends,
+)
+from plugit_core.backends import Backends, Session
+from plugit_core.config import ConfigError, ProxyConfig
+from plugit_core.conformance import (
+    SessionBackendConformance,
+    SessionClient,
+    delete_prefix,
+    free_port,
+    redis_for_tests,
+)
+
+redis = pytest.importorskip("redis")  # the ``redis`` extra
+
+SECRET = "session-tests-secret-0123456789abcdef"
+LOGGER = "plugit.session.redis"
+
+
+@pytest.fixture(scope="module")
+def redis_url() -> Iterator[str]:
+    with redis_for_tests() as url:
+        yield url
+
+
+@pytest.fixture
+def prefix(redis_url: str) -> Iterator[str]:
+    prefix = f"plugit-test:{secrets.token_hex(8)}:session:"
+    yield prefix
+    delete_prefix(redis_url, prefix)
+
+
+@pytest.fixture
+def raw(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url, socket_timeout=5)
+    yield client
+    client.close()
+    client.connection_pool.disconnect()
+
+
+class TestCookieSessions(SessionBackendConformance):
+    server_side = False
+    reserved_keys = frozenset({"_sid"})  # the cookie backend's own id, so rotation shows
+
+    @pytest.fixture
+    def make_backend(self):
+        def make(secret_key: str = SECRET, **options) -> CookieSessionBackend:
+            return CookieSessionBackend(secret_key, **options)
+
+        return make
+
+
+class TestRedisSessions(SessionBackendConformance):
+    server_side = True
+
+    @pytest.fixture
+    def make_backend(self, redis_url: str, prefix: str) -> Iterator:
+        made: list[RedisSessionBackend] = []
+
+        def make(secret_key: str = SECRET, **options) -> RedisSessionBackend:
+            backend = RedisSessionBackend(
+                secret_key, url=redis_url, prefix=prefix, socket_timeout=5, **options
+            )
+            made.append(backend)
+            return backend
+
+        try:
+            yield make
+            assert all(b.health.failures == 0 for b in made), "Redis failed during the test"
+        finally:
+            for backend in made:
+                backend.close()
+
+
+# -- Redis only --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def make_backend(redis_url: str, prefix: str) -> Iterator:
+    made: list[RedisSessionBackend] = []
+
+    def make(**options) -> RedisSessionBackend:
+        options.setdefault("url", redis_url)
+        options.setdefault("prefix", prefix)
+        backend = RedisSessionBackend(SECRET, **options)
+        made.append(backend)
+        return backend
+
+    yield make
+    for backend in made:
+        backend.close()
+
+
+def test_key_layout(make_backend, raw, prefix):
+    client = SessionClient(make_backend(max_age=600))
+    exchange = client.request(lambda s: s.update(uid=5, secret="not in the cookie"))
+    session = exchange.session
+    assert isinstance(session, RedisSession)
+    sid = session.sid
+    assert sid is not None and len(sid) >= 43
+    assert "sid" not in session and "_sid" not in session  # the id stays out of the data
+    cookie = client.cookies["plugit_session"]
+    assert cookie.startswith(sid + ".")  # the id, signed
+    assert "not in the cookie" not in cookie
+    assert json.loads(raw.get(prefix + sid)) == {"uid": 5, "secret": "not in the cookie"}
+    assert 590 < raw.ttl(prefix + sid) <= 600
+
+
+def test_saving_refreshes_the_ttl_and_reading_does_not(make_backend, raw, prefix):
+    client = SessionClient(make_backend(max_age=600))
+    sid = client.request(lambda s: s.update(a=1)).session.sid
+    raw.expire(prefix + sid, 50)
+    client.request()
+    assert raw.ttl(prefix + sid) <= 50
+    client.request(lambda s: s.update(a=2))
+    assert raw.ttl(prefix + sid) > 590
+
+
+def test_rotation_deletes_the_old_key(make_backend, raw, prefix):
+    client = SessionClient(make_backend())
+    old = client.request(lambda s: s.update(a=1)).session.sid
+
+    def rotate(session: Session) -> None:
+        session.rotate = True
+
+    new = client.request(rotate).session.sid
+    assert new != old
+    assert raw.exists(prefix + old) == 0
+    assert json.loads(raw.get(prefix + new)) == {"a": 1}
+
+
+def test_clearing_deletes_the_key(make_backend, raw, prefix):
+    client = SessionClient(make_backend())
+    sid = client.request(lambda s: s.update(a=1)).session.sid
+    client.request(lambda s: s.clear())
+    assert raw.exists(prefix + sid) == 0
+
+
+def test_a_lost_key_gives_an_empty_session_and_a_new_id(make_backend, raw, prefix):
+    client = SessionClient(make_backend())
+    old = client.request(lambda s: s.update(a=1)).session.sid
+    raw.delete(prefix + old)
+    exchange = client.request(lambda s: s.update(b=2))
+    assert exchange.opened == {} and exchange.new
+    assert exchange.session.sid != old  # a dead id is never brought back to life
+
+
+def test_a_lost_key_and_an_empty_session_delete_the_cookie(make_backend, raw, prefix):
+    client = SessionClient(make_backend())
+    old = client.request(lambda s: s.update(a=1)).session.sid
+    raw.delete(prefix + old)
+    exchange = client.request(lambda s: s.clear())
+    assert exchange.set_cookies == [] or exchange.cookie("plugit_session").deletes
+
+
+def test_corrupt_data_is_an_empty_session(make_backend, raw, prefix):
+    client = SessionClient(make_backend())
+    sid = client.request(lambda s: s.update(a=1)).session.sid
+    for junk in (b"{not json", b"[1, 2]", b"\xff\xfe"):
+        raw.set(prefix + sid, junk)
+        assert client.request().opened == {}
+
+
+def test_a_signed_id_of_the_wrong_shape_is_refused(make_backend, raw, prefix):
+    backend = make_backend()
+    raw.set(prefix + "short", json.dumps({"uid": 1}))
+    forged = backend._signer.sign("short").decode()  # only someone with the secret can do this
+    assert SessionClient(backend).request(cookies={"plugit_session": forged}).opened == {}
+
+
+def test_unserialisable_values_raise(make_backend):
+    with pytest.raises(TypeError):
+        SessionClient(make_backend()).request(lambda s: s.update(obj=object()))
+
+
+def test_unreachable_redis_is_an_anonymous_session_and_nothing_saved(make_backend, caplog):
+    good = SessionClient(make_backend())
+    cookie = good.request(lambda s: s.update(uid=1)).cookie("plugit_session").value
+    down = make_backend(url=f"redis://127.0.0.1:{free_port()}/0", retry_interval=60)
+    caplog.set_level(logging.WARNING, logger=LOGGER)
+    client = SessionClient(down)
+    client.cookies["plugit_session"] = cookie
+    exchange = client.request(lambda s: s.update(changed=True))
+    assert exchange.opened == {}  # anonymous, no exception
+    assert isinstance(exchange.session, RedisSession) and exchange.session.unavailable
+    assert exchange.set_cookies == []  # not saved, and the cookie is left alone
+    for _ in range(20):
+        client.request(lambda s: s.update(changed=True))
+    fresh = SessionClient(down).request(lambda s: s.update(a=1))  # a new visitor
+    assert fresh.set_cookies == []
+    records = [r for r in caplog.records if r.name == LOGGER]
+    assert len(records) == 1, [r.getMessage() for r in records]  # rate-limited
+    assert "unavailable" in records[0].getMessage()
+    assert "not saved" in records[0].getMessage()
+
+
+# -- configuration -----------------------------------------------------------------------------
+
+
+def build(table: dict | None = None, **top) -> RedisSessionBackend:
+    backends = Backends()
+    plugit_register_backends(register=backends.register)
+    data = {"cache": "memory", "session": "redis", **top}
+    data.setdefault("dev_mode", True)
+    if table is not None:
+        data["session_redis"] = table
+    return backends.build("session", "redis", ProxyConfig.from_mapping(data))
+
+
+def test_defaults():
+    backend = build()
+    try:
+        assert backend.url == "redis://127.0.0.1:6379/0"
+        assert backend.prefix == "plugit:session:"
+        assert backend.cookie_name == "plugit_session"
+        assert backend.max_age == 14 * 24 * 3600
+        assert backend.secure is False  # dev mode
+        assert backend.samesite == "Lax"
+        assert backend._pool.connection_kwargs["socket_timeout"] == 1.0
+    finally:
+        backend.close()
+    backend = build(dev_mode=False, secret_key="a-strong-secret-key-for-tests-0123456789abcdef")
+    try:
+        assert backend.secure is True
+    finally:
+        backend.close()
+
+
+def test_settings():
+    backend = build(
+        {
+            "url": "redis://127.0.0.1:6390/2",
+            "prefix": "site:s:",
+            "cookie_name": "sid",
+            "max_age": 3600,
+            "secure": True,
+            "samesite": "Strict",
+            "domain": "example.org",
+            "socket_timeout": 0.5,
+            "retry_interval": 1,
+        }
+    )
+    try:
+        assert (backend.prefix, backend.cookie_name, backend.max_age) == ("site:s:", "sid", 3600)
+        assert (backend.secure, backend.samesite, backend.domain) == (True, "Strict", "example.org")
+        assert backend._pool.connection_kwargs["db"] == 2
+        assert backend.health.retry_interval == 1
+    finally:
+        backend.close()
+
+
+@pytest.mark.parametrize(
+    ("table", "key"),
+    [
+        ({"nope": 1}, "session_redis.nope"),
+        ({"url": "memcached://x"}, "session_redis.url"),
+        ({"url": "redis://host:port/0"}, "session_redis.url"),
+        ({"prefix": 3}, "session_redis.prefix"),
+        ({"max_age": 0}, "session_redis.max_age"),
+        ({"max_age": 1.5}, "session_redis.max_age"),
+        ({"samesite": "lax-ish"}, "session_redis.samesite"),
+        ({"secure": "yes"}, "session_redis.secure"),
+        ({"samesite": "None", "secure": False}, "session_redis.samesite"),
+        ({"cookie_name": "a b"}, "session_redis.cookie_name"),
+        ({"socket_timeout": 0}, "session_redis.socket_timeout"),
+        ({"retry_interval": "1"}, "session_redis.retry_interval"),
+        ({"domain": 5}, "session_redis.domain"),
+    ],
+)
+def test_bad_settings(table, key):
+    with pytest.raises(ConfigError) as info:
+        build(table)
+    assert info.value.key == key
