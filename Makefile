@@ -28,6 +28,7 @@ test: $(STAMP) system-deps lint
 bench: $(STAMP)
 	$(PY) benchmarks/run.py
 	$(PY) benchmarks/isolation.py
+	$(PY) benchmarks/scaleout.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info
