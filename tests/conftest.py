@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import secrets
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -31,3 +33,83 @@ def served() -> Iterator[Callable[..., str]]:
             return stack.enter_context(serve(app, host=host))
 
         yield start
+
+
+# -- the backend matrix (tox.ini): PLUGIT_TEST_CACHE, PLUGIT_TEST_SESSION, PLUGIT_TEST_STORE ------
+#
+# Every proxy configuration built in a test goes through ProxyConfig.from_mapping; in a matrix
+# environment the embedded defaults it names are swapped for the shared backends, with a key prefix
+# (Redis) or a schema (PostgreSQL) of this run's own, removed at the end.
+
+MATRIX = {
+    "cache": os.environ.get("PLUGIT_TEST_CACHE", "memory"),
+    "session": os.environ.get("PLUGIT_TEST_SESSION", "cookie"),
+    "store": os.environ.get("PLUGIT_TEST_STORE", "sqlite"),
+}
+REDIS_URL = os.environ.get("PLUGIT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+POSTGRES_DSN = os.environ.get(
+    "PLUGIT_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+RUN = f"plugit_matrix_{secrets.token_hex(4)}"
+
+
+def apply_matrix(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` with the matrix's backends in place of the embedded defaults."""
+    data = dict(data)
+    own = f"{RUN}:{secrets.token_hex(4)}"  # one proxy, one namespace, as the embedded defaults
+    if MATRIX["cache"] == "redis" and data.get("cache", "memory") == "memory":
+        data["cache"] = "redis"
+        data["cache_redis"] = {"url": REDIS_URL, "prefix": f"{own}:cache:"}
+    if MATRIX["session"] == "redis" and data.get("session", "cookie") == "cookie":
+        cookie = dict(data.pop("session_cookie", {}) or {})
+        data["session"] = "redis"
+        data["session_redis"] = {"url": REDIS_URL, "prefix": f"{own}:session:", **cookie}
+    if MATRIX["store"] == "postgres" and (data.get("auth") or data.get("users")):
+        if data.get("users", "sqlite") == "sqlite":
+            data.pop("users_sqlite", None)
+            data["users"] = "postgres"
+            data["users_postgres"] = {
+                "dsn": POSTGRES_DSN,
+                "schema": f"{RUN}_{secrets.token_hex(4)}",
+            }
+    return data
+
+
+@pytest.fixture(autouse=True)
+def _backend_matrix(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> None:
+    if MATRIX == {"cache": "memory", "session": "cookie", "store": "sqlite"}:
+        return
+    if request.node.get_closest_marker("embedded_backends"):
+        return  # the test is about the embedded defaults themselves
+    from plugit_core.config import ProxyConfig
+
+    original = ProxyConfig.from_mapping.__func__  # type: ignore[attr-defined]
+
+    def from_mapping(
+        cls: type[ProxyConfig], data: Any, source: str | None = None, **kw: Any
+    ) -> Any:
+        return original(cls, apply_matrix(dict(data)), source, **kw)
+
+    monkeypatch.setattr(ProxyConfig, "from_mapping", classmethod(from_mapping))
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Remove what the matrix run left in Redis and PostgreSQL."""
+    if "redis" in (MATRIX["cache"], MATRIX["session"]):
+        import redis
+
+        with contextlib.suppress(redis.RedisError), redis.Redis.from_url(REDIS_URL) as client:
+            for key in client.scan_iter(match=f"{RUN}:*"):
+                client.delete(key)
+    if MATRIX["store"] == "postgres":
+        import psycopg
+
+        with (
+            contextlib.suppress(psycopg.Error),
+            psycopg.connect(POSTGRES_DSN, autocommit=True) as db,
+        ):
+            schemas = db.execute(
+                "SELECT nspname FROM pg_namespace WHERE nspname LIKE %s", (f"{RUN}%",)
+            ).fetchall()
+            for (name,) in schemas:
+                db.execute(f'DROP SCHEMA "{name}" CASCADE')

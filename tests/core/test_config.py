@@ -161,6 +161,7 @@ def test_missing_file():
         ),
     ],
 )
+@pytest.mark.embedded_backends
 def test_backend_sections_are_checked_at_start_up(section, key):
     with pytest.raises(ConfigError) as info:
         ProxyApp({"secret_key": STRONG, **section}, load_entry_points=False)
