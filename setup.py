@@ -10,9 +10,9 @@ EXTRAS = {
     # A production WSGI server for `plugit service`, `plugit proxy` and `plugit demo`.
     "server": ["gunicorn>=22"],
     "redis": ["redis>=5"],
-    "postgres": ["psycopg[binary]>=3.1"],
+    "postgres": ["psycopg[binary]>=3.1", "psycopg_pool>=3.2"],
     "ldap": ["ldap3>=2.9"],
-    "oidc": [],  # authlib is a core dependency
+    "oidc": ["joserfc>=1.6"],  # ID token checks (authlib is a core dependency)
     "flask": ["flask>=2.3"],
     "django": ["django>=4.2"],
     "test": [

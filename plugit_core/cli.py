@@ -494,6 +494,10 @@ def _parser() -> argparse.ArgumentParser:
     actions.add_parser("list", help="every user, with state, roles and organisations")
     users.set_defaults(handler=_users_command)
 
+    from .plugins import make_plugin_manager
+
+    make_plugin_manager().hook.plugit_add_commands(commands=commands)  # plugins' own commands
+
     demo = commands.add_parser("demo", help="run the proxy and the example voting service")
     demo.add_argument("--host", default="127.0.0.1")
     demo.add_argument("--port", type=int, default=8000)

@@ -183,6 +183,7 @@ class ProxyConfig:
     session: str = "cookie"
     auth: tuple[str, ...] = ()
     users: str | None = None
+    billing: str | None = None
     user_data: tuple[str, ...] = DEFAULT_USER_DATA
     allowed_redirect_hosts: tuple[str, ...] = ()
     trusted_proxies: tuple[str, ...] = ()
@@ -240,6 +241,7 @@ class ProxyConfig:
             session=top.str("session", "cookie") or "cookie",
             auth=auth,
             users=users,
+            billing=top.str("billing") or None,
             user_data=user_data,
             allowed_redirect_hosts=tuple(
                 h.lower() for h in top.str_list("allowed_redirect_hosts", ())

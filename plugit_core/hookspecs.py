@@ -23,7 +23,7 @@ Plugins registered later are called first (pluggy's LIFO order); built-in defaul
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import pluggy
@@ -88,6 +88,17 @@ def plugit_register_api_endpoints(register: Callable[..., None], proxy: ProxyApp
 
 
 @hookspec
+def plugit_add_commands(commands: Any) -> None:
+    """Add sub-commands to the ``plugit`` command line.
+
+    Called once when the ``plugit`` command builds its parser, before any configuration is read.
+    ``commands`` is the ``argparse`` sub-parsers object: call ``commands.add_parser(name, ...)``
+    and set ``handler=function(args) -> int`` with ``set_defaults``.  A handler raises
+    ``plugit_core.cli.CommandError`` for a one-line error (exit status 2).  Returns nothing.
+    """
+
+
+@hookspec
 def plugit_startup(proxy: ProxyApp) -> None:
     """The proxy is built and about to serve.
 
@@ -107,6 +118,18 @@ def plugit_identify_user(request: Any, proxy: ProxyApp) -> PlugItUser | None:
     :class:`plugit_core.proxy.app.ProxyRequest` (its ``session`` is loaded).  Return a
     :class:`plugit_core.users.PlugItUser`, or None to let the next plugin try.  The first
     non-None answer wins; when every plugin answers None the user is anonymous.
+    """
+
+
+@hookspec
+def plugit_user_loaded(user: PlugItUser, proxy: ProxyApp) -> Mapping[str, Any] | None:
+    """Complete a user the proxy has just loaded (subscriptions, groups from elsewhere).
+
+    Called for every authenticated user the proxy identifies for a request, and for users looked
+    up by pk (``plugit_get_user`` in templates, the callback API).  Return a mapping of
+    :class:`~plugit_core.users.PlugItUser` fields to change (``{"subscriptions": {...}}``), or
+    None.  Every plugin is called with the same user; the changes are applied together, the
+    first registered plugin's last.
     """
 
 

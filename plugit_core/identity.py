@@ -167,7 +167,11 @@ class RedirectBackend(Protocol):
         """The backend's own URLs (start, callback)."""
 
     def logout_redirect(self, request: ProxyRequest) -> Response | None:
-        """After the local logout, a redirect to the provider's logout, or None."""
+        """A redirect to the provider's logout, or None.
+
+        Called just before the local logout: the session still holds what the backend kept
+        there at login (an ID token to send as ``id_token_hint``).
+        """
 
 
 def log_in(request: ProxyRequest, user: PlugItUser, backend: str) -> None:

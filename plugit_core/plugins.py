@@ -22,8 +22,12 @@ BUILTIN_PLUGINS = (
     "plugit_backends.dev_users",
     "plugit_backends.login",
     "plugit_backends.users_sqlite",
+    "plugit_backends.users_postgres",
     "plugit_backends.auth_session",
+    "plugit_backends.billing",
+    "plugit_backends.billing_postgres",
     "plugit_backends.auth_ldap",
+    "plugit_backends.auth_oidc",
     "plugit_backends.cache_redis",
     "plugit_backends.session_redis",
 )

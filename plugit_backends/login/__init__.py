@@ -246,13 +246,18 @@ def login_view(request: Any) -> Response:
 def logout_view(request: Any) -> Response:
     proxy = request.proxy
     backend_name = request.session.get(SESSION_BACKEND_KEY)
-    log_out(request)
+    redirect = None
     for backend in proxy.auth:
         if getattr(backend, "name", None) == backend_name and hasattr(backend, "logout_redirect"):
-            redirect = backend.logout_redirect(request)
-            if redirect is not None:
-                return redirect
-    return Response(b"", status=303, headers={"Location": "/"})
+            # Before the session is emptied: the backend may need what it kept there at login
+            # (OpenID Connect's id_token_hint).
+            try:
+                redirect = backend.logout_redirect(request)
+            except Exception:  # a broken backend must not keep anyone logged in
+                log.exception("auth backend %s failed to give its logout redirect", backend_name)
+            break
+    log_out(request)
+    return redirect or Response(b"", status=303, headers={"Location": "/"})
 
 
 @hookimpl(trylast=True)

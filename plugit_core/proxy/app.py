@@ -184,6 +184,9 @@ class ProxyApp:
         self.users: Any = (
             self.backends.build("users", config.users, config) if config.users else None
         )
+        self.billing: Any = (
+            self.backends.build("billing", config.billing, config) if config.billing else None
+        )
         self.login_url: str | None = None
         self.logout_url: str | None = None
         self.static_prefix = STATIC_PREFIX
@@ -387,6 +390,7 @@ class ProxyApp:
         if "user" in request.__dict__:
             return request.__dict__["user"]
         user = self.pm.hook.plugit_identify_user(request=request, proxy=self) or ANONYMOUS
+        user = self.loaded(user)
         request.__dict__["user"] = user
         return user
 
@@ -396,10 +400,22 @@ class ProxyApp:
     def lookup_user(self, pk: Any) -> PlugItUser | None:
         """A user by pk, for ``plugitGetUser`` and the API."""
         if self.config.dev_mode:
-            return simulated_user_by_pk(pk)
-        if self.users is not None:
-            return self.users.get_user(pk)
-        return None
+            user = simulated_user_by_pk(pk)
+        elif self.users is not None:
+            user = self.users.get_user(pk)
+        else:
+            user = None
+        return None if user is None else self.loaded(user)
+
+    def loaded(self, user: PlugItUser) -> PlugItUser:
+        """``user`` completed by the plugins (hook ``plugit_user_loaded``: subscriptions, ...)."""
+        if not user.is_authenticated:
+            return user
+        changes: dict[str, Any] = {}
+        for answer in reversed(self.pm.hook.plugit_user_loaded(user=user, proxy=self)):
+            if answer:
+                changes.update(answer)
+        return replace(user, **changes) if changes else user
 
     def select_client(
         self, mount: ServiceMount, request: Request, user: PlugItUser
@@ -691,7 +707,7 @@ class ProxyApp:
         self._shadow_pool.shutdown(wait=False, cancel_futures=True)
         for client in self.clients.values():
             client.close()
-        for backend in (self.users, self.cache, self.sessions, *self.auth):
+        for backend in (self.users, self.billing, self.cache, self.sessions, *self.auth):
             closer = getattr(backend, "close", None)
             if callable(closer):
                 closer()

@@ -61,7 +61,8 @@ def builds(tmp_path_factory):
     (folder / "svc.py").write_text(SERVICE)
     (folder / "templates").mkdir()
     (folder / "templates" / "page.html").write_text(
-        '{% extends "plugit/base.html" %}{% block content %}<p id="build">{{ build }}</p>{% endblock %}'
+        '{% extends "plugit/base.html" %}'
+        '{% block content %}<p id="build">{{ build }}</p>{% endblock %}'
     )
     urls = {}
     with contextlib.ExitStack() as stack:
