@@ -9,7 +9,8 @@ A built-in plugin.  It offers:
   :mod:`plugit_backends.billing.api`);
 * :func:`with_subscriptions`, applied through the hook ``plugit_user_loaded`` to every user
   the proxy identifies or looks up, so that ``subscription_labels`` (``@user_info``,
-  ``ebuio_u``, the API's ``subscriptions/<pk>``) carries the labels of the user's active subscriptions, direct or through an organisation;
+  ``ebuio_u``, the API's ``subscriptions/<pk>``) carries the labels of the user's active
+  subscriptions, direct or through an organisation;
 * the ``plugit billing`` command (:mod:`plugit_backends.billing.cli`), added through the hook
   ``plugit_add_commands``.
 
