@@ -21,7 +21,7 @@ from plugit_contrib.examples.voting import create_app
 from plugit_contrib.examples.voting import db as voting_db
 from plugit_contrib.examples.voting.app import MEDIA_DIR, TEMPLATES_DIR, VotingService
 from plugit_contrib.examples.voting.db import Database, seed
-from plugit_core.testing import serve
+from plugit_core.testing import ServiceConformance, serve
 
 TIMEOUT = 10
 REDIRECT = "EbuIo-PlugIt-Redirect"
@@ -743,3 +743,18 @@ def test_templates_extend_the_theme_base() -> None:
         template = env.get_template(path.name)
         assert {"content", "menubar"} <= set(template.blocks), path.name
         assert "|safe" not in source.replace(" ", ""), path.name
+
+
+class TestVotingServiceConformance(ServiceConformance):
+    """The example voting service passes the protocol conformance checks, signed."""
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def plugit_service(
+        cls, tmp_path_factory: pytest.TempPathFactory
+    ) -> Iterator[tuple[str, str, list[str]]]:
+        secret = "voting-conformance-secret-0123456789"
+        database = tmp_path_factory.mktemp("conformance") / "v.sqlite3"
+        seed(str(database))
+        with serve(create_app(database, secret=secret)) as url:
+            yield url, secret, ["", "show/1", "create/", "test_json", "test_xml", "test_send_file"]
