@@ -22,6 +22,7 @@ EXTRAS = {
         "flask>=2.3",
         "django>=4.2",
         "gunicorn>=22",
+        "aiosmtpd>=1.4",
     ],
 }
 EXTRAS["all"] = sorted({req for name, reqs in EXTRAS.items() if name != "test" for req in reqs})

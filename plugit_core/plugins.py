@@ -30,6 +30,7 @@ BUILTIN_PLUGINS = (
     "plugit_backends.auth_oidc",
     "plugit_backends.cache_redis",
     "plugit_backends.session_redis",
+    "plugit_backends.mail_smtp",
 )
 
 ENTRY_POINT_GROUP = "plugit"

@@ -187,6 +187,7 @@ class ProxyApp:
         self.billing: Any = (
             self.backends.build("billing", config.billing, config) if config.billing else None
         )
+        self.mail: Any = self.backends.build("mail", config.mail, config) if config.mail else None
         self.login_url: str | None = None
         self.logout_url: str | None = None
         self.static_prefix = STATIC_PREFIX
@@ -704,6 +705,8 @@ class ProxyApp:
 
     def close(self) -> None:
         """Release pools, connections and threads (the proxy cannot serve afterwards)."""
+        if self.mail is not None:
+            self.mail.close()  # first: its threads use the service clients
         self._shadow_pool.shutdown(wait=False, cancel_futures=True)
         for client in self.clients.values():
             client.close()

@@ -1,0 +1,1088 @@
+"""Mail for services: the callback API's ``mail/`` endpoint over SMTP, and replies over IMAP or
+POP3 delivered to the service's ``mail`` endpoint (PROTOCOL.md sections 2.5, 6 and 7).
+
+Configuration (see docs/mail.md for every setting)::
+
+    mail = "smtp"
+
+    [mail_smtp]
+    host = "smtp.example.org"
+    port = 587
+    starttls = true
+    username = "plugit"
+    password = { env = "PLUGIT_SMTP_PASSWORD" }
+    sender = "PlugIt <no-reply@example.org>"
+    reply_address = "replies@example.org"      # replies go to replies+<token>@example.org
+    queue_path = "/var/lib/plugit/mail.sqlite3"
+    allowed_recipient_domains = ["example.org"]
+    max_per_hour = 200
+    incoming_protocol = "imap"
+    incoming_host = "imap.example.org"
+    incoming_ssl = true
+    incoming_username = "replies@example.org"
+    incoming_password = { env = "PLUGIT_IMAP_PASSWORD" }
+
+Sending: the API checks the request (4xx JSON, nothing written, when it is refused), applies
+the anti-relay policy (the sender is the configured one or in ``allowed_senders``; every
+recipient is a member of the calling service or in ``allowed_recipient_domains``; at most
+``max_per_hour`` recipients per service per rolling hour) and queues the mail in one SQLite
+transaction; a background thread sends it, retrying with backoff while the SMTP server is
+unavailable.
+
+Replies: when the service gives a ``response_id``, the mail's ``Reply-To`` is the plus-address
+``<reply_address local part>+<token>@<domain>``, where the token is an itsdangerous
+``URLSafeTimedSerializer`` signature of ``[service, response_id]`` with the proxy's
+``secret_key`` and the salt ``plugit.mail-reply``: authenticated, time-limited
+(``token_max_age``), never home-made cryptography.  :meth:`MailBackend.check_mail` reads the
+mailbox, drops automatic replies, verifies the token, posts the first text part to the
+service's ``mail`` endpoint (signed like every call to it) and deletes the message only once the
+service answered ``{"result": "Ok"}``.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import hashlib
+import imaplib
+import json
+import logging
+import os
+import smtplib
+import sqlite3
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
+from werkzeug.wrappers import Response
+
+from plugit_core.config import ConfigError, ProxyConfig
+from plugit_core.hookspecs import hookimpl
+from plugit_core.proxy.api import ApiCall, ApiError
+from plugit_core.proxy.upstream import ServiceClient, ServiceError, UpstreamRequest
+from plugit_core.users import SIMULATED_MODES, simulated_user
+
+from .mailbox import Mailbox, MailboxError, open_mailbox, tls_context
+from .message import (
+    ADDRESS,
+    auto_reply_reason,
+    build_message,
+    first_text,
+    parse,
+    plus_address,
+    reply_candidates,
+)
+from .store import MailStore, Outgoing, RateLimitedError
+
+__all__ = ["TOKEN_SALT", "MailBackend", "MailSettings", "ReplyTokens", "read_settings"]
+
+log = logging.getLogger("plugit.mail")
+
+SECTION = "mail_smtp"
+TOKEN_SALT = "plugit.mail-reply"  # noqa: S105 (a salt, not a secret)
+MAX_RESPONSE_ID = 128
+MAX_SUBJECT = 998
+BATCH = 50
+
+
+# -- settings --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MailSettings:
+    """The ``[mail_smtp]`` table, checked (see the module documentation)."""
+
+    sender: str
+    host: str = "localhost"
+    port: int = 25
+    ssl: bool = False
+    starttls: bool = False
+    username: str | None = None
+    password: str | None = None
+    timeout: float = 30.0
+    helo_name: str | None = None
+    ca_file: str | None = None
+    envelope_sender: str | None = None
+    reply_address: str | None = None
+    token_max_age: float = 30 * 86400.0
+    queue_path: str = "plugit-mail.sqlite3"
+    retry_interval: float = 60.0
+    max_retry_interval: float = 3600.0
+    max_attempts: int = 100
+    send_in_background: bool = True
+    keep_sent: float = 7 * 86400.0
+    allowed_recipient_domains: tuple[str, ...] = ()
+    member_recipients: bool = True
+    allowed_senders: tuple[str, ...] = ()
+    max_per_hour: int = 100
+    max_recipients: int = 50
+    max_body_bytes: int = 256 * 1024
+    incoming_protocol: str | None = None
+    incoming_host: str | None = None
+    incoming_port: int = 0
+    incoming_ssl: bool = False
+    incoming_starttls: bool = False
+    incoming_username: str | None = None
+    incoming_password: str | None = None
+    incoming_mailbox: str = "INBOX"
+    incoming_ca_file: str | None = None
+    poll_interval: float = 0.0
+    max_delivery_attempts: int = 10
+    max_incoming_bytes: int = 10 * 1024 * 1024
+    max_messages_per_run: int = 200
+
+    @property
+    def sender_address(self) -> str:
+        return email.utils.parseaddr(self.sender)[1].lower()
+
+
+class _Reader:
+    """Typed access to the table; ``{ env = "NAME" }`` reads a value from the environment."""
+
+    def __init__(self, config: ProxyConfig, section: Mapping[str, Any]) -> None:
+        self.config = config
+        self.section = section
+
+    def error(self, key: str, message: str) -> ConfigError:
+        return ConfigError(f"{SECTION}.{key}", message, self.config.source)
+
+    def raw(self, key: str, default: Any = None) -> Any:
+        value = self.section.get(key, default)
+        if isinstance(value, Mapping) and set(value) == {"env"}:
+            name = value["env"]
+            if not isinstance(name, str) or name not in os.environ:
+                raise self.error(key, f"environment variable {name!r} is not set")
+            return os.environ[name]
+        return value
+
+    def str(self, key: str, default: str | None = None) -> str | None:
+        value = self.raw(key, default)
+        if value is None or value == "":
+            return default if value == "" else None
+        if not isinstance(value, str):
+            raise self.error(key, f"expected a string, got {type(value).__name__}")
+        return value
+
+    def bool(self, key: str, default: bool) -> bool:
+        value = self.raw(key, default)
+        if not isinstance(value, bool):
+            raise self.error(key, f"expected true or false, got {value!r}")
+        return value
+
+    def number(self, key: str, default: float, *, minimum: float = 0, integer: bool = False) -> Any:
+        value = self.raw(key, default)
+        kind = int if integer else (int, float)
+        if isinstance(value, bool) or not isinstance(value, kind) or value < minimum:
+            what = "a whole number" if integer else "a number"
+            raise self.error(key, f"expected {what} of at least {minimum}, got {value!r}")
+        return value
+
+    def str_list(self, key: str) -> tuple[str, ...]:
+        value = self.raw(key, [])
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise self.error(key, "expected a list of strings")
+        return tuple(value)
+
+    def address(self, key: str, *, display_name: bool = False) -> str | None:
+        value = self.str(key)
+        if value is None:
+            return None
+        name, address = email.utils.parseaddr(value)
+        if not ADDRESS.match(address) or "\n" in value or "\r" in value:
+            raise self.error(key, f"not an e-mail address: {value!r}")
+        if name and not display_name:
+            raise self.error(key, f"expected a bare address (no display name), got {value!r}")
+        return value
+
+
+KNOWN_KEYS = frozenset(MailSettings.__dataclass_fields__)
+
+
+def read_settings(config: ProxyConfig, section: Mapping[str, Any]) -> MailSettings:
+    """Validate the ``[mail_smtp]`` table; raise :class:`ConfigError` naming the faulty key."""
+    unknown = set(section) - KNOWN_KEYS
+    if unknown:
+        raise ConfigError(
+            f"{SECTION}.{sorted(unknown)[0]}", "unknown setting (check its spelling)", config.source
+        )
+    r = _Reader(config, section)
+    sender = r.address("sender", display_name=True)
+    if sender is None:
+        raise r.error("sender", 'is required: the default From address, "no-reply@example.org"')
+    use_ssl = r.bool("ssl", False)
+    starttls = r.bool("starttls", False)
+    if use_ssl and starttls:
+        raise r.error("starttls", "ssl (implicit TLS) and starttls exclude each other")
+    username = r.str("username")
+    password = r.str("password")
+    if username and password is None:
+        raise r.error("password", "is required with username")
+    port = r.number("port", 0, integer=True)
+    if port > 65535:
+        raise r.error("port", f"not a TCP port: {port}")
+    domains = tuple(d.lower().lstrip("*") for d in r.str_list("allowed_recipient_domains"))
+    for domain in domains:
+        if "@" in domain or not domain.strip("."):
+            raise r.error("allowed_recipient_domains", f"not a domain name: {domain!r}")
+    senders = tuple(s.lower() for s in r.str_list("allowed_senders"))
+    for allowed in senders:
+        if not (ADDRESS.match(allowed) or ADDRESS.match("x" + allowed)):
+            raise r.error(
+                "allowed_senders", f"expected addresses or @domain entries, got {allowed!r}"
+            )
+    protocol = r.str("incoming_protocol")
+    if protocol is not None and protocol not in ("imap", "pop3"):
+        raise r.error("incoming_protocol", f'must be "imap" or "pop3", got {protocol!r}')
+    incoming_ssl = r.bool("incoming_ssl", False)
+    incoming_starttls = r.bool("incoming_starttls", False)
+    if incoming_ssl and incoming_starttls:
+        raise r.error("incoming_starttls", "incoming_ssl and incoming_starttls exclude each other")
+    settings = MailSettings(
+        sender=sender,
+        host=r.str("host", "localhost") or "localhost",
+        port=port or (465 if use_ssl else 587 if starttls else 25),
+        ssl=use_ssl,
+        starttls=starttls,
+        username=username,
+        password=password,
+        timeout=r.number("timeout", 30.0, minimum=0.1),
+        helo_name=r.str("helo_name"),
+        ca_file=r.str("ca_file"),
+        envelope_sender=r.address("envelope_sender"),
+        reply_address=r.address("reply_address"),
+        token_max_age=r.number("token_max_age", 30 * 86400.0, minimum=1),
+        queue_path=r.str("queue_path", "plugit-mail.sqlite3") or "plugit-mail.sqlite3",
+        retry_interval=r.number("retry_interval", 60.0, minimum=0.01),
+        max_retry_interval=r.number("max_retry_interval", 3600.0, minimum=0.01),
+        max_attempts=r.number("max_attempts", 100, integer=True),
+        send_in_background=r.bool("send_in_background", True),
+        keep_sent=r.number("keep_sent", 7 * 86400.0, minimum=3600),
+        allowed_recipient_domains=domains,
+        member_recipients=r.bool("member_recipients", True),
+        allowed_senders=senders,
+        max_per_hour=r.number("max_per_hour", 100, integer=True),
+        max_recipients=r.number("max_recipients", 50, minimum=1, integer=True),
+        max_body_bytes=r.number("max_body_bytes", 256 * 1024, minimum=1, integer=True),
+        incoming_protocol=protocol,
+        incoming_host=r.str("incoming_host"),
+        incoming_port=r.number("incoming_port", 0, integer=True),
+        incoming_ssl=incoming_ssl,
+        incoming_starttls=incoming_starttls,
+        incoming_username=r.str("incoming_username"),
+        incoming_password=r.str("incoming_password"),
+        incoming_mailbox=r.str("incoming_mailbox", "INBOX") or "INBOX",
+        incoming_ca_file=r.str("incoming_ca_file"),
+        poll_interval=r.number("poll_interval", 0.0),
+        max_delivery_attempts=r.number("max_delivery_attempts", 10, minimum=1, integer=True),
+        max_incoming_bytes=r.number(
+            "max_incoming_bytes", 10 * 1024 * 1024, minimum=1024, integer=True
+        ),
+        max_messages_per_run=r.number("max_messages_per_run", 200, minimum=1, integer=True),
+    )
+    if protocol is not None:
+        for key in ("incoming_host", "incoming_username", "incoming_password"):
+            if not getattr(settings, key):
+                raise r.error(key, f"is required with incoming_protocol = {protocol!r}")
+        if settings.reply_address is None:
+            raise r.error("reply_address", "is required to receive replies (incoming_protocol)")
+    if settings.poll_interval and protocol is None:
+        raise r.error("poll_interval", "needs incoming_protocol")
+    return settings
+
+
+# -- reply tokens ----------------------------------------------------------------------------------
+
+
+class ReplyTokens:
+    """Signed, time-stamped reply tokens carrying ``[service, response_id]``.
+
+    itsdangerous' URL-safe serializer: compact JSON, URL-safe base64, a timestamp and an HMAC
+    (SHA-1 within itsdangerous' HMAC construction) keyed by a key derived from ``secret_key``
+    and the salt ``plugit.mail-reply``, so the token is of no use anywhere else in PlugIt.
+    """
+
+    def __init__(self, secret_key: str, max_age: float) -> None:
+        self.max_age = max_age
+        self._serializer = URLSafeTimedSerializer(secret_key, salt=TOKEN_SALT)
+
+    def make(self, service: str, response_id: str) -> str:
+        return str(self._serializer.dumps([service, response_id]))
+
+    def verify(self, token: str) -> tuple[str, str]:
+        """(service, response_id); raises ``BadSignature`` (``SignatureExpired`` when too old)."""
+        data = self._serializer.loads(token, max_age=self.max_age)
+        if (
+            not isinstance(data, list)
+            or len(data) != 2
+            or not all(isinstance(item, str) and item for item in data)
+        ):
+            raise BadSignature("the token does not carry a service and a response id")
+        return data[0], data[1]
+
+
+# -- the backend -----------------------------------------------------------------------------------
+
+
+def _json(data: Any, status: int) -> Response:
+    response = Response(json.dumps(data), status=status, mimetype="application/json")
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def _has_controls(text: str, allowed: str = "") -> bool:
+    return any((ord(c) < 32 and c not in allowed) or ord(c) == 127 for c in text)
+
+
+def _domain_allowed(domain: str, allowed: tuple[str, ...]) -> bool:
+    for entry in allowed:
+        if entry.startswith("."):
+            if domain.endswith(entry):
+                return True
+        elif domain == entry:
+            return True
+    return False
+
+
+class _PermanentError(Exception):
+    """The SMTP server refused the mail for good (a 5xx answer to the mail itself)."""
+
+
+class MailBackend:
+    """Queues, sends and receives mail for the proxy (the ``mail`` backend ``smtp``).
+
+    ``attach(proxy)`` (done by the ``plugit_startup`` hook) gives it the services' clients and
+    starts the background threads; ``close()`` stops them.
+    """
+
+    def __init__(
+        self,
+        settings: MailSettings,
+        secret_key: str,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.tokens = ReplyTokens(secret_key, settings.token_max_age)
+        self.store = MailStore(settings.queue_path, clock=clock)
+        self.proxy: Any = None
+        self.clients: Mapping[str, ServiceClient] = {}
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._background = threading.local()  # .on: this thread is one of the backend's own
+        self._last_purge = 0.0
+        if settings.username and not (settings.ssl or settings.starttls):
+            log.warning(
+                "mail_smtp: the SMTP password is sent in clear text to %s (set starttls or ssl)",
+                settings.host,
+            )
+
+    # -- life cycle -------------------------------------------------------------------------------
+
+    def attach(self, proxy: Any, *, start: bool = True) -> None:
+        """Use ``proxy``'s service clients and users; start the background threads."""
+        self.proxy = proxy
+        self.clients = proxy.clients
+        if start:
+            self.start()
+
+    def start(self) -> None:
+        """Start the sender thread (``send_in_background``) and the reply poller
+        (``poll_interval``).  Idempotent."""
+        if self._threads:
+            return
+        self._stop.clear()
+        if self.settings.send_in_background:
+            self._threads.append(
+                threading.Thread(target=self._send_loop, name="plugit-mail-send", daemon=True)
+            )
+        if self.settings.poll_interval and self.settings.incoming_protocol:
+            self._threads.append(
+                threading.Thread(target=self._poll_loop, name="plugit-mail-poll", daemon=True)
+            )
+        for thread in self._threads:
+            thread.start()
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop the background threads (a mail being sent is finished first)."""
+        self._stop.set()
+        self._wake.set()
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        self._threads = []
+
+    def _send_loop(self) -> None:
+        self._background.on = True
+        while not self._stop.is_set():
+            self._wake.clear()
+            wait = 30.0
+            try:
+                self.flush()
+                due = self.store.next_due()
+                if due is not None:
+                    wait = min(30.0, max(0.05, due - self.clock()))
+            except Exception:
+                log.exception("mail: the sender loop failed; trying again in %gs", wait)
+            self._wake.wait(wait)
+
+    def _poll_loop(self) -> None:
+        self._background.on = True
+        while not self._stop.is_set():
+            try:
+                self.check_mail()
+            except Exception:
+                log.exception("mail: checking the reply mailbox failed")
+            self._stop.wait(self.settings.poll_interval)
+
+    def _stopping(self) -> bool:
+        """True in a background thread once :meth:`close` was called."""
+        return self._stop.is_set() and getattr(self._background, "on", False)
+
+    # -- the API endpoint -------------------------------------------------------------------------
+
+    def api_send(self, call: ApiCall) -> Response:
+        """``POST <mount>ebuio_api/mail/``: check, apply the policy, queue; 202 ``{"queued": id}``.
+
+        Refusals are :class:`ApiError`: 400 (malformed), 413 (too large), 403 (sender or
+        recipient not allowed), 429 (hourly quota reached).  Nothing is written then.
+        """
+        s = self.settings
+        form = call.request.form
+        subject = form.get("subject")
+        if subject is None or not subject.strip():
+            raise ApiError(400, "missing_subject", "the subject field is required")
+        if _has_controls(subject) or len(subject) > MAX_SUBJECT:
+            raise ApiError(
+                400, "bad_subject", f"the subject must be one line of at most {MAX_SUBJECT} chars"
+            )
+        message = form.get("message")
+        if message is None:
+            raise ApiError(400, "missing_message", "the message field is required")
+        if _has_controls(message, "\t\n\r\f"):
+            raise ApiError(400, "bad_message", "the message contains control characters")
+        if len(message.encode("utf-8")) > s.max_body_bytes:
+            raise ApiError(413, "too_large", f"the message is larger than {s.max_body_bytes} bytes")
+        recipients = self._recipients(form.getlist("dests"))
+        sender = self._sender(form.get("sender"))
+        html = (form.get("html_message") or "").strip().lower() not in ("", "false")
+        response_id = form.get("response_id") or None
+        reply_to = None
+        if response_id is not None:
+            if len(response_id) > MAX_RESPONSE_ID or _has_controls(response_id):
+                raise ApiError(
+                    400,
+                    "bad_response_id",
+                    f"response_id must be one line of at most {MAX_RESPONSE_ID} characters",
+                )
+            if s.reply_address is None:
+                raise ApiError(
+                    400,
+                    "replies_unavailable",
+                    "this site receives no replies (no reply_address): send without response_id",
+                )
+            reply_to = plus_address(s.reply_address, self.tokens.make(call.service, response_id))
+        self._check_recipients(call, recipients)
+        domain = email.utils.parseaddr(sender)[1].rpartition("@")[2]
+        try:
+            mail_id = self.store.enqueue(
+                service=call.service,
+                sender=sender,
+                recipients=recipients,
+                subject=subject,
+                body=message,
+                html=html,
+                reply_to=reply_to,
+                message_id=email.utils.make_msgid(domain=domain),
+                max_per_hour=s.max_per_hour,
+            )
+        except RateLimitedError as exc:
+            log.warning("mail from %s refused: hourly quota reached (%s)", call.service, exc)
+            raise ApiError(
+                429,
+                "rate_limited",
+                f"this service may send to {exc.limit} recipients per hour; "
+                f"try again in {exc.retry_after:.0f} seconds",
+            ) from None
+        log.info(
+            "mail %d queued for %s: %d recipient(s)%s",
+            mail_id,
+            call.service,
+            len(recipients),
+            ", replies expected" if reply_to else "",
+        )
+        self._wake.set()
+        return _json({"queued": mail_id}, 202)
+
+    def _recipients(self, values: list[str]) -> list[str]:
+        recipients: list[str] = []
+        for value in values:
+            for item in value.split(","):
+                address = item.strip()
+                if not address:
+                    continue
+                if not ADDRESS.match(address):
+                    raise ApiError(
+                        400, "bad_recipient", f"not an e-mail address: {address[:200]!r}"
+                    )
+                if address.lower() not in (r.lower() for r in recipients):
+                    recipients.append(address)
+        if not recipients:
+            raise ApiError(400, "no_recipient", "at least one recipient (dests) is required")
+        if len(recipients) > self.settings.max_recipients:
+            raise ApiError(
+                400,
+                "too_many_recipients",
+                f"at most {self.settings.max_recipients} recipients per mail",
+            )
+        return recipients
+
+    def _sender(self, value: str | None) -> str:
+        s = self.settings
+        if value is None or not value.strip():
+            return s.sender
+        name, address = email.utils.parseaddr(value)
+        if _has_controls(value) or not ADDRESS.match(address):
+            raise ApiError(400, "bad_sender", f"not an e-mail address: {value[:200]!r}")
+        address = address.lower()
+        domain = "@" + address.rpartition("@")[2]
+        if address != s.sender_address and not (
+            address in s.allowed_senders or domain in s.allowed_senders
+        ):
+            raise ApiError(
+                403, "sender_not_allowed", f"{address} may not be used as sender on this site"
+            )
+        return email.utils.formataddr((name, address)) if name else address
+
+    def _check_recipients(self, call: ApiCall, recipients: list[str]) -> None:
+        allowed = self.settings.allowed_recipient_domains
+        members: set[str] | None = None
+        for address in recipients:
+            if _domain_allowed(address.rpartition("@")[2].lower(), allowed):
+                continue
+            if self.settings.member_recipients:
+                if members is None:
+                    members = self._member_addresses(call)
+                if address.lower() in members:
+                    continue
+            raise ApiError(
+                403,
+                "recipient_not_allowed",
+                f"{address} is neither a member of this service nor in an allowed domain",
+            )
+
+    @staticmethod
+    def _member_addresses(call: ApiCall) -> set[str]:
+        proxy = call.proxy
+        if proxy.config.dev_mode:
+            users = [simulated_user(mode) for mode in SIMULATED_MODES if mode != "ano"]
+        elif proxy.users is not None:
+            users = proxy.users.members(call.service)
+        else:
+            users = []
+        return {user.email.lower() for user in users if user.email}
+
+    # -- sending ----------------------------------------------------------------------------------
+
+    def flush(self, *, retry_now: bool = False) -> int:
+        """Send the mails that are due, now, in this thread; return how many were sent.
+
+        ``retry_now`` also sends the mails waiting for their next retry (after the SMTP server
+        came back).  Each mail is tried at most once per call.
+        """
+        started = self.clock()
+        lease = max(60.0, self.settings.timeout * 10)
+        sent = 0
+        while not self._stopping():
+            batch = self.store.claim(BATCH, lease, started=started, retry_now=retry_now)
+            if not batch:
+                break
+            sent += self._send_batch(batch)
+        now = self.clock()
+        if now - self._last_purge > 3600:
+            self._last_purge = now
+            self.store.purge(self.settings.keep_sent)
+            self.store.purge_incoming(30 * 86400.0)
+        return sent
+
+    def _connect(self) -> smtplib.SMTP:
+        s = self.settings
+        helo = s.helo_name
+        conn: smtplib.SMTP
+        if s.ssl:
+            conn = smtplib.SMTP_SSL(
+                s.host, s.port, helo, timeout=s.timeout, context=tls_context(s.ca_file)
+            )
+        else:
+            conn = smtplib.SMTP(s.host, s.port, helo, timeout=s.timeout)
+        try:
+            conn.ehlo()
+            if s.starttls:
+                conn.starttls(context=tls_context(s.ca_file))
+                conn.ehlo()
+            if s.username:
+                conn.login(s.username, s.password or "")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _send_batch(self, batch: list[Outgoing]) -> int:
+        conn: smtplib.SMTP | None = None
+        sent = 0
+        try:
+            for index, mail in enumerate(batch):
+                if self._stopping():  # close(): leave the rest to the next start
+                    for pending in batch[index:]:
+                        self.store.release(pending.id)
+                    break
+                if conn is None:
+                    try:
+                        conn = self._connect()
+                    except (smtplib.SMTPException, OSError) as exc:
+                        error = f"cannot reach the SMTP server {self.settings.host}: {_why(exc)}"
+                        for pending in batch[index:]:
+                            self._retry(pending, error)
+                        break
+                try:
+                    refused = self._send_one(conn, mail)
+                except _PermanentError as exc:
+                    log.error("mail %d from %s refused for good: %s", mail.id, mail.service, exc)
+                    self.store.mark_failed(mail.id, str(exc))
+                    conn = _drop(conn)
+                except (smtplib.SMTPException, OSError) as exc:
+                    self._retry(mail, _why(exc))
+                    conn = _drop(conn)
+                else:
+                    note = None
+                    if refused:
+                        note = "refused recipients: " + ", ".join(
+                            f"{address} ({code})" for address, (code, _) in refused.items()
+                        )
+                        log.warning("mail %d from %s: %s", mail.id, mail.service, note)
+                    if self.store.mark_sent(mail.id, note):
+                        sent += 1
+                    log.info("mail %d from %s sent", mail.id, mail.service)
+        finally:
+            _drop(conn)
+        return sent
+
+    def _send_one(self, conn: smtplib.SMTP, mail: Outgoing) -> dict[str, Any]:
+        s = self.settings
+        message = build_message(
+            sender=mail.sender,
+            recipients=mail.recipients,
+            subject=mail.subject,
+            body=mail.body,
+            html=mail.html,
+            reply_to=mail.reply_to,
+            message_id=mail.message_id,
+            date=mail.created,
+            service=mail.service,
+        )
+        envelope = s.envelope_sender or s.sender_address
+        try:
+            return conn.send_message(message, from_addr=envelope, to_addrs=list(mail.recipients))
+        except smtplib.SMTPRecipientsRefused as exc:
+            codes = [code for code, _ in exc.recipients.values()]
+            if codes and all(code >= 500 for code in codes):
+                raise _PermanentError(f"every recipient was refused: {exc.recipients}") from None
+            raise
+        except smtplib.SMTPResponseException as exc:
+            if exc.smtp_code >= 500 and not isinstance(exc, smtplib.SMTPAuthenticationError):
+                raise _PermanentError(_why(exc)) from None
+            raise
+
+    def _retry(self, mail: Outgoing, error: str) -> None:
+        s = self.settings
+        delay = min(s.retry_interval * 2 ** min(mail.attempts, 30), s.max_retry_interval)
+        state = self.store.mark_retry(mail.id, error, delay, s.max_attempts)
+        if state == "failed":
+            log.error(
+                "mail %d from %s given up after %d attempts: %s",
+                mail.id,
+                mail.service,
+                mail.attempts + 1,
+                error,
+            )
+        else:
+            log.warning(
+                "mail %d from %s not sent (%s); next attempt in %gs",
+                mail.id,
+                mail.service,
+                error,
+                delay,
+            )
+
+    # -- replies ----------------------------------------------------------------------------------
+
+    def verify_reply(self, candidates: list[str]) -> tuple[str, str] | str:
+        """(service, response_id) from the first candidate token that verifies, else the reason
+        none did."""
+        reason = "no reply token in the recipient addresses"
+        for token in candidates:
+            try:
+                return self.tokens.verify(token)
+            except SignatureExpired:
+                reason = "the reply token has expired"
+            except BadSignature:
+                if reason != "the reply token has expired":
+                    reason = "the reply token is not valid"
+        return reason
+
+    def open_mailbox(self) -> Mailbox:
+        s = self.settings
+        if s.incoming_protocol is None:
+            raise ConfigError(
+                f"{SECTION}.incoming_protocol", "no reply mailbox is configured (imap or pop3)"
+            )
+        default = {
+            ("imap", False): 143,
+            ("imap", True): 993,
+            ("pop3", False): 110,
+            ("pop3", True): 995,
+        }
+        return open_mailbox(
+            s.incoming_protocol,
+            s.incoming_host or "",
+            s.incoming_port or default[(s.incoming_protocol, s.incoming_ssl)],
+            s.incoming_username or "",
+            s.incoming_password or "",
+            mailbox=s.incoming_mailbox,
+            use_ssl=s.incoming_ssl,
+            starttls=s.incoming_starttls,
+            ca_file=s.incoming_ca_file,
+            timeout=s.timeout,
+        )
+
+    def check_mail(self) -> dict[str, int]:
+        """Fetch the replies once: deliver, drop or set aside each message (see the module doc).
+
+        Returns counts: ``delivered``, ``kept`` (the service did not take it: tried again after
+        ``retry_interval``, doubled at each refusal), ``waiting`` (kept earlier, not due yet),
+        ``dropped`` (automatic replies), ``rejected`` (no valid token, unknown service,
+        too large), ``undeliverable`` (refused ``max_delivery_attempts`` times: stored in the
+        queue file and removed from the mailbox), ``cleaned`` (handled by an earlier run that
+        could not delete it), ``errors`` (the run stopped there), ``unreadable`` (removed after
+        making ``max_delivery_attempts`` runs fail).  ``busy`` is 1 when another process was
+        checking.
+        """
+        summary: Counter[str] = Counter()
+        lease = max(600.0, self.settings.timeout * 20)
+        if not self.store.acquire_lock("check_mail", lease):
+            log.info("mail: another process is checking the reply mailbox")
+            return {"busy": 1}
+        try:
+            with self.open_mailbox() as box:
+                refs = box.messages()[: self.settings.max_messages_per_run]
+                for ref, size in refs:
+                    if self._stopping():
+                        break
+                    if self._give_up(box, ref):
+                        summary["unreadable"] += 1
+                        continue
+                    try:
+                        summary[self._handle(box, ref, size)] += 1
+                    except (OSError, EOFError, imaplib.IMAP4.abort) as exc:  # connection lost
+                        log.error("mail: the reply mailbox failed: %s", _why(exc))
+                        summary["errors"] += 1
+                        break
+                    except Exception as exc:  # this message: counted, in the end removed
+                        summary["errors"] += 1
+                        self._unreadable(box, ref, exc)
+                        break
+        finally:
+            self.store.release_lock("check_mail")
+        result = dict(summary)
+        if any(result.values()):
+            log.info("mail: reply mailbox checked: %s", result)
+        return result
+
+    def _unreadable(self, box: Mailbox, ref: Any, error: Exception) -> None:
+        """A message that made the run fail: counted by its server key (see :meth:`_give_up`).
+
+        No command is sent to the server: the connection may be out of step after the error.
+        """
+        log.error("mail: cannot handle a message of the reply mailbox", exc_info=error)
+        try:
+            key = box.key(ref)
+            if key is not None:
+                self.store.record_incoming(
+                    "box:" + key, "failing", error=_why(error), count_attempt=True
+                )
+        except Exception as exc:
+            log.error("mail: could not record the failure: %s", _why(exc))
+
+    def _give_up(self, box: Mailbox, ref: Any) -> bool:
+        """Delete a message that made ``max_delivery_attempts`` runs fail (before touching it)."""
+        key = box.key(ref)
+        known = None if key is None else self.store.incoming_state("box:" + key)
+        if known is None or known[0] != "failing":
+            return False
+        if known[1] < self.settings.max_delivery_attempts:
+            return False
+        box.delete(ref)
+        self.store.record_incoming("box:" + str(key), "unreadable")
+        log.error("mail: message %s removed after %d failed runs", key, known[1])
+        return True
+
+    def _handle(self, box: Mailbox, ref: Any, size: int) -> str:
+        s = self.settings
+        if size > s.max_incoming_bytes:
+            key = box.key(ref) or f"size:{size}"
+            log.warning("mail: reply of %d bytes rejected (limit %d)", size, s.max_incoming_bytes)
+            self.store.record_incoming("box:" + key, "rejected", error="too large")
+            box.delete(ref)
+            return "rejected"
+        raw = box.fetch(ref)
+        key = message_key(raw)
+        msg = parse(raw)
+        message_id = str(msg.get("Message-ID", "") or "").strip() or None
+        known = self.store.incoming_state(key)
+        if known is not None and known[0] not in ("pending", "failing"):
+            box.delete(ref)  # handled by a run that ended before it could delete it
+            return "cleaned"
+        if known is not None and known[2] is not None and known[2] > self.clock():
+            return "waiting"  # its service refused it lately: not before its next try
+        reason = auto_reply_reason(msg)
+        if reason is not None:
+            log.info("mail: automatic reply %s dropped (%s)", message_id, reason)
+            self.store.record_incoming(key, "dropped", message_id=message_id, error=reason)
+            box.delete(ref)
+            return "dropped"
+        target = self.verify_reply(reply_candidates(msg))
+        if isinstance(target, str) or target[0] not in self.clients:
+            why = target if isinstance(target, str) else f"unknown service {target[0]!r}"
+            log.warning(
+                "mail: message %s from %s rejected and deleted: %s",
+                message_id,
+                msg.get("From", "?"),
+                why,
+            )
+            self.store.record_incoming(key, "rejected", message_id=message_id, error=why)
+            box.delete(ref)
+            return "rejected"
+        service, response_id = target
+        text = first_text(msg)
+        try:
+            reply = self.clients[service].send(
+                UpstreamRequest(
+                    "POST", "mail", form=[("response_id", response_id), ("message", text)]
+                )
+            )
+        except ServiceError as exc:  # the service is down: not the message's fault
+            log.warning("mail: reply for %s kept, the service failed: %s", service, exc.message)
+            self.store.record_incoming(
+                key,
+                "pending",
+                message_id=message_id,
+                service=service,
+                response_id=response_id,
+                error=exc.message,
+            )
+            return "kept"
+        if reply.close is not None:  # a streamed (file) answer: not one a mail endpoint gives
+            reply.close()
+        answer = _result(reply.status, reply.body)
+        if answer == "Ok":
+            self.store.record_incoming(
+                key, "delivered", message_id=message_id, service=service, response_id=response_id
+            )
+            box.delete(ref)
+            log.info("mail: reply %s delivered to %s", message_id, service)
+            return "delivered"
+        attempts = self.store.record_incoming(
+            key,
+            "pending",
+            message_id=message_id,
+            service=service,
+            response_id=response_id,
+            error=answer,
+            count_attempt=True,
+        )
+        if attempts < s.max_delivery_attempts:
+            delay = min(s.retry_interval * 2 ** min(attempts - 1, 30), s.max_retry_interval)
+            self.store.defer_incoming(key, delay)
+            log.warning(
+                "mail: reply for %s kept (attempt %d of %d, next in %gs): %s",
+                service,
+                attempts,
+                s.max_delivery_attempts,
+                delay,
+                answer,
+            )
+            return "kept"
+        self.store.record_incoming(key, "undeliverable", raw=raw)
+        box.delete(ref)
+        log.error(
+            "mail: reply %s for %s refused %d times; moved to the queue file (%s)",
+            message_id,
+            service,
+            attempts,
+            answer,
+        )
+        return "undeliverable"
+
+    def status(self) -> dict[str, dict[str, int]]:
+        """How many mails are in each state (``outbox`` and ``incoming``)."""
+        return self.store.counts()
+
+
+def message_key(raw: bytes) -> str:
+    """The identity of an incoming message in the queue file: the hash of its bytes, line
+    endings aside (a Message-ID may be missing, or shared by different messages)."""
+    return "sha256:" + hashlib.sha256(raw.replace(b"\r\n", b"\n")).hexdigest()
+
+
+def _result(status: int, body: bytes) -> str:
+    """``"Ok"`` when the service took the reply, else a short description of its answer."""
+    try:
+        data = json.loads(body) if body else None
+    except ValueError:
+        data = None
+    result = data.get("result") if isinstance(data, dict) else None
+    if status == 200 and result == "Ok":
+        return "Ok"
+    return f"HTTP {status}, result {result!r}"
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, smtplib.SMTPResponseException):
+        message = exc.smtp_error
+        text = message.decode("utf-8", "replace") if isinstance(message, bytes) else str(message)
+        return f"{exc.smtp_code} {text}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _drop(conn: smtplib.SMTP | None) -> None:
+    if conn is None:
+        return None
+    try:
+        conn.quit()
+    except (smtplib.SMTPException, OSError):
+        conn.close()
+    return None
+
+
+# -- plugin hooks ----------------------------------------------------------------------------------
+
+
+def _factory(config: ProxyConfig, section: Mapping[str, Any]) -> MailBackend:
+    settings = read_settings(config, section)
+    try:
+        return MailBackend(settings, config.secret_key)
+    except (OSError, sqlite3.Error, ValueError) as exc:  # a missing directory, a bad file
+        raise ConfigError(
+            f"{SECTION}.queue_path", f"cannot open {settings.queue_path}: {exc}", config.source
+        ) from None
+
+
+@hookimpl(trylast=True)
+def plugit_register_backends(register: Any) -> None:
+    register("mail", "smtp", _factory)
+
+
+@hookimpl
+def plugit_startup(proxy: Any) -> None:
+    backend = getattr(proxy, "mail", None)
+    if isinstance(backend, MailBackend):
+        backend.attach(proxy)
+
+
+# -- command line ----------------------------------------------------------------------------------
+
+
+@hookimpl
+def plugit_add_commands(commands: Any) -> None:
+    """``plugit mail --config FILE check|flush|retry|status``."""
+    parser = commands.add_parser("mail", help="the mail queue and the reply mailbox")
+    parser.add_argument("--config", required=True, help="TOML configuration file")
+    parser.add_argument(
+        "action",
+        choices=("check", "flush", "retry", "status"),
+        help="check: deliver the replies once (run it from a timer); flush: send the mails "
+        "that are due; retry: send every queued mail now; status: count mails by state",
+    )
+    parser.set_defaults(handler=lambda args: run_command(args.config, args.action))
+
+
+def build_backend(config_path: str | Path) -> MailBackend:
+    """The mail backend of a configuration file, with clients for its services and no
+    background threads (for the ``plugit mail`` command)."""
+    from plugit_core.backends import KINDS, Backends
+    from plugit_core.config import load_config
+    from plugit_core.plugins import make_plugin_manager
+
+    config = load_config(config_path)
+    name = getattr(config, "mail", None)
+    if not name:
+        raise ConfigError("mail", 'no mail backend is configured: set mail = "smtp"', config.source)
+    backends = Backends()
+    make_plugin_manager().hook.plugit_register_backends.call_historic(
+        kwargs={"register": backends.register}
+    )
+    known = {f"{kind}_{n}" for kind in KINDS for n in backends.names(kind)}
+    for section in config.sections:
+        if section not in known:
+            raise ConfigError(section, "unknown table: no backend of that name is installed")
+    backend = backends.build("mail", name, config)
+    if not isinstance(backend, MailBackend):
+        raise ConfigError("mail", f"the mail backend {name!r} is not the smtp one", config.source)
+    backend.clients = {mount.name: ServiceClient(mount) for mount in config.services}
+    return backend
+
+
+def run_command(
+    config_path: str | Path,
+    action: str,
+    *,
+    out: Callable[[str], Any] = print,
+    err: Callable[[str], Any] | None = None,
+) -> int:
+    """``plugit mail --config FILE check|flush|retry|status``; returns the exit status.
+
+    ``check`` fetches the replies once (run it from a timer); ``flush`` sends the due mails;
+    ``retry`` sends every queued mail now, even those waiting for their next retry; ``status``
+    prints how many mails are in each state.  A mailbox that cannot be reached or refuses the
+    login is reported on ``err`` (standard error) with exit status 1; configuration errors raise
+    :class:`ConfigError`.
+    """
+    if err is None:
+
+        def err(text: str) -> None:
+            print(text, file=sys.stderr)
+
+    backend = build_backend(config_path)
+    try:
+        if action == "check":
+            try:
+                summary = backend.check_mail()
+            except (MailboxError, OSError) as exc:
+                err(f"plugit mail check: the reply mailbox failed: {_why(exc)}")
+                return 1
+            out(", ".join(f"{k} {v}" for k, v in sorted(summary.items())) or "no message")
+            return 1 if summary.get("errors") else 0
+        if action in ("flush", "retry"):
+            sent = backend.flush(retry_now=action == "retry")
+            waiting = backend.status()["outbox"].get("queued", 0)
+            out(f"sent {sent}, still queued {waiting}")
+            return 0
+        if action == "status":
+            for kind, counts in backend.status().items():
+                text = ", ".join(f"{state} {n}" for state, n in sorted(counts.items()))
+                out(f"{kind}: {text or 'empty'}")
+            return 0
+        raise ValueError(f"unknown mail action {action!r} (check, flush, retry or status)")
+    finally:
+        backend.close()
+        for client in backend.clients.values():
+            client.close()
