@@ -184,6 +184,7 @@ class ProxyConfig:
     auth: tuple[str, ...] = ()
     users: str | None = None
     billing: str | None = None
+    mail: str | None = None
     user_data: tuple[str, ...] = DEFAULT_USER_DATA
     allowed_redirect_hosts: tuple[str, ...] = ()
     trusted_proxies: tuple[str, ...] = ()
@@ -242,6 +243,7 @@ class ProxyConfig:
             auth=auth,
             users=users,
             billing=top.str("billing") or None,
+            mail=top.str("mail") or None,
             user_data=user_data,
             allowed_redirect_hosts=tuple(
                 h.lower() for h in top.str_list("allowed_redirect_hosts", ())
