@@ -214,6 +214,55 @@ class PlugItAPI:
             raise PlugItAPIError("the proxy offers no mail endpoint", 404, "not_found")
         return response
 
+    # -- billing ----------------------------------------------------------------------------------
+
+    def get_plans(self) -> list[dict[str, Any]]:
+        """This service's plans (``code``, ``label``, ``description``)."""
+        data = self._get_json("billing/plans/", expect=dict)
+        return [] if data is None else list(data.get("plans", []))
+
+    def get_subscriptions(
+        self, *, user: int | str | None = None, orga: int | str | None = None, all: bool = False
+    ) -> list[dict[str, Any]]:
+        """Subscriptions to this service's plans, of a user or an organisation (all when
+        neither); ``all`` includes ended and future ones."""
+        params = {k: v for k, v in (("user", user), ("orga", orga)) if v is not None}
+        if all:
+            params["all"] = "true"
+        data = self._get_json("billing/subscriptions/", expect=dict, params=params)
+        return [] if data is None else list(data.get("subscriptions", []))
+
+    def grant_subscription(
+        self,
+        plan: str,
+        *,
+        user: int | str | None = None,
+        orga: int | str | None = None,
+        start: str | None = None,
+        end: str | None = None,
+    ) -> dict[str, Any]:
+        """Subscribe a user or an organisation to one of this service's plans (ISO dates)."""
+        data = {"plan": plan, "user": user, "orga": orga, "start": start, "end": end}
+        response = self._request(
+            "POST",
+            "billing/subscriptions/",
+            data={k: str(v) for k, v in data.items() if v is not None},
+        )
+        if response is None:
+            raise PlugItAPIError("unknown plan, user or organisation", 404, "not_found")
+        return response.json()
+
+    def cancel_subscription(self, subscription_id: int, *, at: str | None = None) -> dict[str, Any]:
+        """End a subscription now, or at the ISO date ``at``."""
+        response = self._request(
+            "DELETE",
+            f"billing/subscriptions/{int(subscription_id)}",
+            params={"at": at} if at else None,
+        )
+        if response is None:
+            raise PlugItAPIError("no such subscription", 404, "not_found")
+        return response.json()
+
     # -- forum (not offered by this proxy; kept for source compatibility) -------------------------
 
     def forum_create_topic(

@@ -978,3 +978,24 @@ def test_python_dash_m_and_plugit_billing(cli_config, capsys):
     assert done.returncode == 0 and "polls has no plans" in done.stdout, done.stderr
     assert plugit_main(["billing", "--config", cli_config, "plan-add", "polls", "x", "X"]) == 0
     assert "added plan x (X) to polls" in capsys.readouterr().out
+
+
+def test_the_service_client_covers_the_billing_endpoints(site):
+    from plugit_core.service import PlugItAPI, PlugItAPIError
+
+    dana = site.ids["dana"]
+    with PlugItAPI(f"{site.base}/one/ebuio_api/", KEY_ONE) as api:
+        assert [plan["code"] for plan in api.get_plans()] == ["pro", "team"]
+        granted = api.grant_subscription("team", user=dana, end="2999-01-01")
+        assert granted["plan"] == "team" and granted["active"] is True
+        assert [s["id"] for s in api.get_subscriptions(user=dana)] == [granted["id"]]
+        assert api.get_subscription_labels(dana) == ["Team"]
+        cancelled = api.cancel_subscription(granted["id"])
+        assert cancelled["state"] == "cancelled"
+        assert api.get_subscriptions(user=dana) == []
+        assert [s["id"] for s in api.get_subscriptions(user=dana, all=True)] == [granted["id"]]
+        with pytest.raises(PlugItAPIError) as refused:
+            api.grant_subscription("gold", user=dana)  # another service's plan
+        assert refused.value.status == 404
+        with pytest.raises(PlugItAPIError):
+            api.grant_subscription("pro", user=site.ids["frank"])  # not a member of "one"
