@@ -23,11 +23,17 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .backends import Backends
+    from .config import ProxyConfig
 
 __all__ = ["main", "run_server"]
 
 log = logging.getLogger("plugit")
+
+_ORGA_HINT = " (plugit users orga-add NAME creates one)"
 
 
 class CommandError(Exception):
@@ -227,24 +233,17 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(port=args.port, data_dir=args.data_dir, host=args.host)
 
 
-# -- plugit users ----------------------------------------------------------------------------------
+# -- commands on the backends of a configuration ---------------------------------------------------
 
 
-def _directory(config_path: str) -> tuple[Any, Any, Any]:
-    """The configuration, its directory (``users`` backend) and its local-accounts backend.
-
-    Only the directory is built: no proxy, no service is contacted.  The local-accounts backend
-    (``auth`` backend ``session``, for the password rules) is None when it is not installed.
-    """
+def installed_backends(config: ProxyConfig) -> Backends:
+    """The registry of the installed backends, for a command that builds a few of them without a
+    proxy: every table of ``config`` must belong to one (``[users_sqlit]`` is refused, not
+    ignored)."""
     from .backends import KINDS, Backends
-    from .config import ConfigError, load_config
+    from .config import ConfigError
     from .plugins import PluginError, make_plugin_manager
 
-    config = load_config(config_path)
-    if not config.users:
-        raise CommandError(
-            f'{config_path} has no directory: set auth = ["session"] (or users = "sqlite")'
-        )
     backends = Backends()
     try:
         pm = make_plugin_manager()
@@ -257,21 +256,20 @@ def _directory(config_path: str) -> tuple[Any, Any, Any]:
             raise ConfigError(
                 section, "unknown table: no backend of that name is installed", config.source
             )
-    accounts = None
-    if "session" in backends.names("auth"):
-        accounts = backends.build("auth", "session", config)
-    store = backends.build("users", config.users, config)
-    return config, store, accounts
+    return backends
 
 
-def _user_of(store: Any, username: str) -> Any:
+def find_user(store: Any, username: str) -> Any:
+    """The user of the directory ``store`` named ``username``, or a CommandError."""
     user = store.get_by_username(username)
     if user is None:
         raise CommandError(f"no user named {username!r}")
     return user
 
 
-def _orga_of(store: Any, name: str) -> Any:
+def find_orga(store: Any, name: str, hint: str = "") -> Any:
+    """The organisation of the directory ``store`` named ``name`` (any case) or with that id,
+    or a CommandError (``hint`` added to its message)."""
     orgas = store.list_orgas()
     for orga in orgas:
         if orga.name.lower() == name.lower():
@@ -279,7 +277,31 @@ def _orga_of(store: Any, name: str) -> Any:
     for orga in orgas:
         if str(orga.pk) == name:
             return orga
-    raise CommandError(f"no organisation named {name!r} (plugit users orga-add NAME creates one)")
+    raise CommandError(f"no organisation named {name!r}{hint}")
+
+
+# -- plugit users ----------------------------------------------------------------------------------
+
+
+def _directory(config_path: str) -> tuple[Any, Any, Any]:
+    """The configuration, its directory (``users`` backend) and its local-accounts backend.
+
+    Only the directory is built: no proxy, no service is contacted.  The local-accounts backend
+    (``auth`` backend ``session``, for the password rules) is None when it is not installed.
+    """
+    from .config import load_config
+
+    config = load_config(config_path)
+    if not config.users:
+        raise CommandError(
+            f'{config_path} has no directory: set auth = ["session"] (or users = "sqlite")'
+        )
+    backends = installed_backends(config)
+    accounts = None
+    if "session" in backends.names("auth"):
+        accounts = backends.build("auth", "session", config)
+    store = backends.build("users", config.users, config)
+    return config, store, accounts
 
 
 def _read_password(args: argparse.Namespace, accounts: Any) -> str:
@@ -354,11 +376,11 @@ def _users_action(args: argparse.Namespace, config: Any, store: Any, accounts: A
                 file=sys.stderr,
             )
     elif action == "passwd":
-        user = _user_of(store, args.username)
+        user = find_user(store, args.username)
         store.set_password_hash(user.pk, _hash(args, accounts, user))
         print(f"password of {user.username} changed (their sessions have ended)")
     elif action == "grant":
-        user = _user_of(store, args.username)
+        user = find_user(store, args.username)
         known = [mount.name for mount in config.services]
         if args.service != "*" and args.service not in known:
             listed = ", ".join(known) or "none"
@@ -369,25 +391,25 @@ def _users_action(args: argparse.Namespace, config: Any, store: Any, accounts: A
         store.grant(user.pk, args.service, args.role)
         print(f"{user.username} is {args.role} of {args.service}")
     elif action == "revoke":
-        user = _user_of(store, args.username)
+        user = find_user(store, args.username)
         store.revoke(user.pk, args.service)
         print(f"{user.username} has no role in {args.service} any more")
     elif action in ("disable", "enable"):
-        user = _user_of(store, args.username)
+        user = find_user(store, args.username)
         store.set_active(user.pk, action == "enable")
         print(f"{user.username} is {action}d")
     elif action == "orga-add":
         orga = store.create_orga(args.name, args.codops or "")
         print(f"added organisation {orga.name} (id {orga.pk})")
     elif action == "orga-join":
-        user = _user_of(store, args.username)
-        orga = _orga_of(store, args.orga)
+        user = find_user(store, args.username)
+        orga = find_orga(store, args.orga, _ORGA_HINT)
         store.add_to_orga(user.pk, orga.pk, admin=args.admin)
         role = "an administrator" if args.admin else "a member"
         print(f"{user.username} is {role} of {orga.name}")
     elif action == "orga-leave":
-        user = _user_of(store, args.username)
-        orga = _orga_of(store, args.orga)
+        user = find_user(store, args.username)
+        orga = find_orga(store, args.orga, _ORGA_HINT)
         store.remove_from_orga(user.pk, orga.pk)
         print(f"{user.username} left {orga.name}")
     elif action == "list":

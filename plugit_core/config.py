@@ -5,7 +5,7 @@ Secrets may be given inline or, better, read from the environment with an inline
 ``secret_key = { env = "PLUGIT_SECRET_KEY" }``.
 
 Backends read their own table, named after them (``[cache_memory]``, ``[session_cookie]``);
-:meth:`ProxyConfig.section` hands it over.
+:meth:`ProxyConfig.section` hands it over and :meth:`ProxyConfig.reader` reads it.
 """
 
 from __future__ import annotations
@@ -14,10 +14,11 @@ import math
 import os
 import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from .networks import parse_networks
 from .users import DEFAULT_USER_DATA
@@ -27,7 +28,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["ConfigError", "ProxyConfig", "ServiceMount", "load_config"]
+__all__ = ["ConfigError", "ProxyConfig", "SectionReader", "ServiceMount", "load_config"]
 
 _NAME = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 _RESERVED_MOUNTS = ("/_plugit/",)
@@ -43,15 +44,29 @@ class ConfigError(ValueError):
         self.source = source
 
 
-class _Reader:
-    """Typed access to one table, recording which keys were read so leftovers can be refused."""
+class SectionReader:
+    """Typed access to one table, recording which keys were read so leftovers can be refused.
 
-    def __init__(self, data: Mapping[str, Any], prefix: str, source: str | None) -> None:
+    Every error names the key (``prefix`` + key, e.g. ``auth_ldap.timeout``) and the file, and
+    a value may be an inline table ``{ env = "NAME" }``, read from the environment.  Backends
+    get theirs from :meth:`ProxyConfig.reader`.  With ``blank_is_missing`` an empty string
+    counts as not set (the default, or "is required").
+    """
+
+    def __init__(
+        self,
+        data: Mapping[str, Any],
+        prefix: str,
+        source: str | None,
+        *,
+        blank_is_missing: bool = False,
+    ) -> None:
         if not isinstance(data, Mapping):
             raise ConfigError(prefix.rstrip(".") or "config", "expected a table", source)
         self.data = data
         self.prefix = prefix
         self.source = source
+        self.blank_is_missing = blank_is_missing
         self.seen: set[str] = set()
 
     def error(self, key: str, message: str) -> ConfigError:
@@ -69,10 +84,10 @@ class _Reader:
 
     def str(self, key: str, default: str | None = None, *, required: bool = False) -> str | None:
         value = self.raw(key, default)
-        if value is None:
+        if value is None or (value == "" and self.blank_is_missing):
             if required:
                 raise self.error(key, "is required")
-            return None
+            return default if value == "" else None
         if not isinstance(value, str):
             raise self.error(key, f"expected a string, got {type(value).__name__}")
         return value
@@ -83,8 +98,25 @@ class _Reader:
             raise self.error(key, f"expected true or false, got {value!r}")
         return value
 
-    def number(self, key: str, default: float, *, minimum: float = 0, integer: bool = False) -> Any:
+    def number(
+        self,
+        key: str,
+        default: float,
+        *,
+        minimum: float = 0,
+        maximum: float | None = None,
+        above: float | None = None,
+        integer: bool = False,
+        text: bool = False,
+    ) -> Any:
+        """A number from ``minimum`` (or more than ``above``) to ``maximum``.  With ``text``, a
+        number written as a string (as the environment gives them) is read too."""
         value = self.raw(key, default)
+        if text and isinstance(value, str) and value.strip():
+            try:
+                value = int(value) if integer else float(value)
+            except ValueError:
+                raise self.error(key, f"expected a number, got {value!r}") from None
         if (
             isinstance(value, bool)
             or not isinstance(value, (int, float))
@@ -95,14 +127,29 @@ class _Reader:
             raise self.error(key, f"expected a whole number, got {value!r}")
         if value < minimum:
             raise self.error(key, f"must be at least {minimum}, got {value!r}")
+        if above is not None and value <= above:
+            raise self.error(key, f"must be more than {above}, got {value!r}")
+        if maximum is not None and value > maximum:
+            raise self.error(key, f"must be at most {maximum}, got {value!r}")
         return value
 
-    def str_list(self, key: str, default: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    def str_list(
+        self,
+        key: str,
+        default: tuple[str, ...] | list[str],
+        *,
+        split: bool = False,
+        allow_empty: bool = True,
+    ) -> tuple[str, ...]:
+        """A list of strings; a single string is a list of one (of its words with ``split``)."""
         value = self.raw(key, default)
         if isinstance(value, str):
-            value = [value]
-        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-            raise self.error(key, "expected a list of strings")
+            value = value.split() if split else [value]
+        if not isinstance(value, (list, tuple)) or not all(
+            isinstance(v, str) and (v or allow_empty) for v in value
+        ):
+            what = "strings" if allow_empty else "non-empty strings"
+            raise self.error(key, f"expected a list of {what}")
         return tuple(value)
 
     def choice(self, key: str, default: str, choices: tuple[str, ...]) -> str:
@@ -111,11 +158,44 @@ class _Reader:
             raise self.error(key, f"must be one of {', '.join(choices)}, got {value!r}")
         return value
 
+    def url(
+        self,
+        key: str,
+        default: str | None = None,
+        *,
+        schemes: tuple[str, ...] = ("http", "https"),
+        required: bool = False,
+    ) -> str | None:
+        """A string whose URL scheme is one of ``schemes`` (the rest is the caller's to check)."""
+        value = self.str(key, default, required=required)
+        if value is not None and urlsplit(value).scheme not in schemes:
+            names = [f"{scheme}://" for scheme in schemes]
+            wanted = " or ".join(filter(None, [", ".join(names[:-1]), names[-1]]))
+            raise self.error(key, f"expected a {wanted} URL, got {value!r}")
+        return value
+
+    def path(self, key: str, default: str | None = None, *, required: bool = False) -> str | None:
+        """The path of a file: a non-empty string (SQLite's ``:memory:`` is no file)."""
+        value = self.raw(key, default)
+        if value is None:
+            if required:
+                raise self.error(key, "is required")
+            return None
+        if not isinstance(value, str) or not value or value == ":memory:":
+            raise self.error(key, f"expected the path of a file, got {value!r}")
+        return value
+
+    def known(self, keys: Iterable[str]) -> None:
+        """Refuse a key outside ``keys`` at once, before any is read (a typo is the first error)."""
+        self._refuse(set(self.data) - set(keys))
+
     def finish(self, allowed_extra: set[str] = frozenset()) -> None:  # type: ignore[assignment]
-        unknown = set(self.data) - self.seen - set(allowed_extra)
+        """Refuse a key that was not read (nor is in ``allowed_extra``)."""
+        self._refuse(set(self.data) - self.seen - set(allowed_extra))
+
+    def _refuse(self, unknown: set[str]) -> None:
         if unknown:
-            key = sorted(unknown)[0]
-            raise self.error(key, "unknown setting (check its spelling)")
+            raise self.error(sorted(unknown)[0], "unknown setting (check its spelling)")
 
 
 @dataclass(frozen=True)
@@ -196,6 +276,14 @@ class ProxyConfig:
         """The table ``[name]`` of the file (empty when absent), for the backend called ``name``."""
         return self.sections.get(name, {})
 
+    def reader(
+        self, name: str, section: Mapping[str, Any] | None = None, **options: Any
+    ) -> SectionReader:
+        """A :class:`SectionReader` of the table ``[name]`` (or of ``section``, the table a
+        backend's factory is handed), its errors naming ``name.key`` and this file."""
+        data = self.section(name) if section is None else section
+        return SectionReader(data, f"{name}.", self.source, **options)
+
     def service(self, name: str) -> ServiceMount:
         for mount in self.services:
             if mount.name == name:
@@ -207,7 +295,7 @@ class ProxyConfig:
         cls, data: Mapping[str, Any], source: str | None = None, *, check_secret: bool = True
     ) -> ProxyConfig:
         """Validate a parsed configuration; raise :class:`ConfigError` naming the faulty key."""
-        top = _Reader(data, "", source)
+        top = SectionReader(data, "", source)
         dev_mode = top.bool("dev_mode", False)
         secret_key = top.str("secret_key")
         if secret_key is None or not secret_key:
@@ -262,7 +350,7 @@ class ProxyConfig:
         return config
 
 
-def _check_strong(secret: str, reader: _Reader, key: str) -> None:
+def _check_strong(secret: str, reader: SectionReader, key: str) -> None:
     if len(secret) < 32 or len(set(secret)) < 10:
         raise reader.error(
             key,
@@ -272,7 +360,7 @@ def _check_strong(secret: str, reader: _Reader, key: str) -> None:
 
 
 def _service(data: Any, index: int, source: str | None) -> ServiceMount:
-    r = _Reader(data, f"services[{index}].", source)
+    r = SectionReader(data, f"services[{index}].", source)
     name = r.str("name", required=True)
     assert name is not None
     if not _NAME.match(name):
@@ -319,7 +407,7 @@ def _service(data: Any, index: int, source: str | None) -> ServiceMount:
     return mount_obj
 
 
-def _url(r: _Reader, key: str, *, required: bool) -> str | None:
+def _url(r: SectionReader, key: str, *, required: bool) -> str | None:
     url = r.str(key, required=required)
     if url is None:
         return None
@@ -335,7 +423,7 @@ def _variants(data: Any, index: int, source: str | None) -> tuple[Variant, ...]:
         )
     variants = []
     for n, item in enumerate(data):
-        r = _Reader(item, f"services[{index}].variants[{n}].", source)
+        r = SectionReader(item, f"services[{index}].variants[{n}].", source)
         name = r.str("name", required=True)
         assert name is not None
         if not _NAME.match(name):

@@ -54,7 +54,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from plugit_core.config import ConfigError, ProxyConfig
+from plugit_core.config import ConfigError, ProxyConfig, SectionReader
 from plugit_core.hookspecs import hookimpl
 from plugit_core.identity import ROLES, AuthError
 from plugit_core.users import ALL, PlugItUser
@@ -166,40 +166,11 @@ class LDAPSettings:
         return f"ldap:{self.host.lower()}"
 
 
-class _Reader:
-    """Typed access to the ``[auth_ldap]`` table; every error names the key and the file."""
+class _Reader(SectionReader):
+    """The ``[auth_ldap]`` table: an empty string is not set; LDAP names and filters checked."""
 
     def __init__(self, config: ProxyConfig, section: Mapping[str, Any]) -> None:
-        self.config = config
-        self.section = section
-
-    def error(self, key: str, message: str) -> ConfigError:
-        return ConfigError(f"{SECTION}.{key}", message, self.config.source)
-
-    def raw(self, key: str, default: Any = None) -> Any:
-        value = self.section.get(key, default)
-        if isinstance(value, Mapping) and set(value) == {"env"}:
-            name = value["env"]
-            if not isinstance(name, str) or name not in os.environ:
-                raise self.error(key, f"environment variable {name!r} is not set")
-            return os.environ[name]
-        return value
-
-    def str(self, key: str, default: str | None = None, *, required: bool = False) -> str | None:
-        value = self.raw(key, default)
-        if value is None or value == "":
-            if required:
-                raise self.error(key, "is required")
-            return default if value == "" else None
-        if not isinstance(value, str):
-            raise self.error(key, f"expected a string, got {type(value).__name__}")
-        return value
-
-    def bool(self, key: str, default: bool) -> bool:
-        value = self.raw(key, default)
-        if not isinstance(value, bool):
-            raise self.error(key, f"expected true or false, got {value!r}")
-        return value
+        super().__init__(section, f"{SECTION}.", config.source, blank_is_missing=True)
 
     def attribute(self, key: str, default: str, *, allow_dn: bool = False) -> str:
         value = self.str(key, default) or default
@@ -306,9 +277,7 @@ def settings_from_config(config: ProxyConfig, section: Mapping[str, Any]) -> LDA
             config.source,
         )
     reader = _Reader(config, section)
-    unknown = set(section) - _KNOWN
-    if unknown:
-        raise reader.error(sorted(unknown)[0], "unknown setting (check its spelling)")
+    reader.known(_KNOWN)
 
     server = reader.str("server", required=True) or ""
     split = urlsplit(server)
@@ -346,9 +315,7 @@ def settings_from_config(config: ProxyConfig, section: Mapping[str, Any]) -> LDA
             "or set allow_plaintext = true if the network is trusted",
         )
 
-    timeout = reader.raw("timeout", 5)
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= 300:
-        raise reader.error("timeout", f"expected a number of seconds in (0, 300], got {timeout!r}")
+    timeout = reader.number("timeout", 5, above=0, maximum=300)
 
     bind_dn = reader.str("bind_dn")
     bind_password = reader.str("bind_password")

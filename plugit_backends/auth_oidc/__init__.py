@@ -50,11 +50,10 @@ import ipaddress
 import json
 import logging
 import math
-import os
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode, urlsplit
@@ -63,7 +62,7 @@ import requests
 from werkzeug.wrappers import Response
 
 from plugit_backends.login import LOGIN_PATH
-from plugit_core.config import ConfigError, ProxyConfig
+from plugit_core.config import ConfigError, ProxyConfig, SectionReader
 from plugit_core.hookspecs import hookimpl
 from plugit_core.identity import ROLES, AuthError, log_in
 from plugit_core.proxy.routes import Route
@@ -187,61 +186,11 @@ class OIDCSettings:
         return self.issuer.rstrip("/") + "/.well-known/openid-configuration"
 
 
-class _Reader:
-    """Typed access to the ``[auth_oidc]`` table; every error names the key and the file."""
+class _Reader(SectionReader):
+    """The ``[auth_oidc]`` table: an empty string is not set; claim names checked."""
 
     def __init__(self, config: ProxyConfig, section: Mapping[str, Any]) -> None:
-        self.config = config
-        self.section = section
-
-    def error(self, key: str, message: str) -> ConfigError:
-        return ConfigError(f"{SECTION}.{key}", message, self.config.source)
-
-    def raw(self, key: str, default: Any = None) -> Any:
-        value = self.section.get(key, default)
-        if isinstance(value, Mapping) and set(value) == {"env"}:
-            name = value["env"]
-            if not isinstance(name, str) or name not in os.environ:
-                raise self.error(key, f"environment variable {name!r} is not set")
-            return os.environ[name]
-        return value
-
-    def str(self, key: str, default: str | None = None, *, required: bool = False) -> str | None:
-        value = self.raw(key, default)
-        if value is None or value == "":
-            if required:
-                raise self.error(key, "is required")
-            return default if value == "" else None
-        if not isinstance(value, str):
-            raise self.error(key, f"expected a string, got {type(value).__name__}")
-        return value
-
-    def bool(self, key: str, default: bool) -> bool:
-        value = self.raw(key, default)
-        if not isinstance(value, bool):
-            raise self.error(key, f"expected true or false, got {value!r}")
-        return value
-
-    def number(self, key: str, default: float, low: float, high: float) -> float:
-        value = self.raw(key, default)
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, (int, float))
-            or not math.isfinite(value)
-            or not low <= value <= high
-        ):
-            raise self.error(key, f"expected a number from {low:g} to {high:g}, got {value!r}")
-        return value
-
-    def names(self, key: str, default: Iterable[str], *, split: bool = False) -> tuple[str, ...]:
-        value = self.raw(key, None)
-        if value is None:
-            return tuple(default)
-        if isinstance(value, str):
-            value = value.split() if split else [value]
-        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-            raise self.error(key, "expected a list of non-empty strings")
-        return tuple(value)
+        super().__init__(section, f"{SECTION}.", config.source, blank_is_missing=True)
 
     def claim(self, key: str, default: str) -> str:
         value = self.str(key, default) or default
@@ -324,9 +273,7 @@ def settings_from_config(config: ProxyConfig, section: Mapping[str, Any]) -> OID
             config.source,
         )
     reader = _Reader(config, section)
-    unknown = set(section) - _KNOWN
-    if unknown:
-        raise reader.error(sorted(unknown)[0], "unknown setting (check its spelling)")
+    reader.known(_KNOWN)
     allow_http = reader.bool("allow_http", False)
 
     issuer = reader.str("issuer", required=True) or ""
@@ -347,7 +294,9 @@ def settings_from_config(config: ProxyConfig, section: Mapping[str, Any]) -> OID
     if method != "none" and not client_secret:
         raise reader.error("client_secret", f"is required with {method}")
 
-    scopes = reader.names("scopes", ("openid", "email", "profile"), split=True)
+    scopes = reader.str_list(
+        "scopes", ("openid", "email", "profile"), split=True, allow_empty=False
+    )
     if "openid" not in scopes:
         raise reader.error("scopes", 'must include "openid"')
 
@@ -362,7 +311,7 @@ def settings_from_config(config: ProxyConfig, section: Mapping[str, Any]) -> OID
     elif post_logout is not None and post_logout.startswith(("//", "/\\")):
         raise reader.error("post_logout_redirect_uri", "expected a URL or a local path")
 
-    algorithms = reader.names("algorithms", SUPPORTED_ALGORITHMS)
+    algorithms = reader.str_list("algorithms", SUPPORTED_ALGORITHMS, allow_empty=False)
     for alg in algorithms:
         if alg not in SUPPORTED_ALGORITHMS:
             choices = ", ".join(SUPPORTED_ALGORITHMS)
@@ -371,7 +320,7 @@ def settings_from_config(config: ProxyConfig, section: Mapping[str, Any]) -> OID
             )
 
     services = {mount.name for mount in config.services}
-    superusers = reader.names("superuser_groups", ())
+    superusers = reader.str_list("superuser_groups", (), allow_empty=False)
     return OIDCSettings(
         issuer=issuer,
         client_id=client_id,
@@ -382,8 +331,8 @@ def settings_from_config(config: ProxyConfig, section: Mapping[str, Any]) -> OID
         post_logout_redirect_uri=post_logout,
         provider_logout=reader.bool("provider_logout", True),
         label=reader.str("label", "Single sign-on") or "Single sign-on",
-        timeout=float(reader.number("timeout", 5, 0.1, 300)),
-        leeway=int(reader.number("leeway", 60, 0, 600)),
+        timeout=float(reader.number("timeout", 5, minimum=0.1, maximum=300)),
+        leeway=int(reader.number("leeway", 60, minimum=0, maximum=600)),
         algorithms=algorithms,
         userinfo=reader.bool("userinfo", True),
         allow_http=allow_http,

@@ -110,29 +110,19 @@ class SessionAuth:
 
 
 def _factory(config: ProxyConfig, section: Mapping[str, Any]) -> SessionAuth:
-    unknown = set(section) - {"password_method", "min_password_length"}
-    if unknown:
-        raise ConfigError(f"auth_session.{sorted(unknown)[0]}", "unknown setting", config.source)
-    method = section.get("password_method", DEFAULT_METHOD)
+    reader = config.reader("auth_session", section)
+    reader.known({"password_method", "min_password_length"})
+    method = reader.raw("password_method", DEFAULT_METHOD)
     if not isinstance(method, str) or not method.startswith(("scrypt", "pbkdf2")):
-        raise ConfigError(
-            "auth_session.password_method",
+        raise reader.error(
+            "password_method",
             f'expected "scrypt" or "pbkdf2" (with optional parameters), got {method!r}',
-            config.source,
         )
-    length = section.get("min_password_length", 10)
-    if isinstance(length, bool) or not isinstance(length, int) or not 1 <= length <= 1024:
-        raise ConfigError(
-            "auth_session.min_password_length",
-            "expected a whole number from 1 to 1024",
-            config.source,
-        )
+    length = reader.number("min_password_length", 10, minimum=1, maximum=1024, integer=True)
     try:
         return SessionAuth(method, length)
     except (ValueError, TypeError) as exc:
-        raise ConfigError(
-            "auth_session.password_method", f"werkzeug refuses {method!r}: {exc}", config.source
-        ) from None
+        raise reader.error("password_method", f"werkzeug refuses {method!r}: {exc}") from None
 
 
 @hookimpl(trylast=True)

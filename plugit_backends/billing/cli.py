@@ -22,7 +22,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from plugit_core.cli import CommandError
+from plugit_core.cli import CommandError, find_orga, find_user, installed_backends
 
 from .store import BillingError, parse_datetime
 
@@ -31,24 +31,13 @@ __all__ = ["add_billing_parser", "billing_command", "main"]
 
 def _build(config_path: str) -> tuple[Any, Any, Any]:
     """The configuration, its directory (None without one) and its billing store."""
-    from plugit_core.backends import KINDS, Backends
-    from plugit_core.config import ConfigError, load_config
-    from plugit_core.plugins import make_plugin_manager
+    from plugit_core.config import load_config
 
     config = load_config(config_path)
     billing = getattr(config, "billing", None)
     if not billing:
         raise CommandError(f'{config_path} has no billing: set billing = "sqlite"')
-    backends = Backends()
-    make_plugin_manager().hook.plugit_register_backends.call_historic(
-        kwargs={"register": backends.register}
-    )
-    known = {f"{kind}_{name}" for kind in KINDS for name in backends.names(kind)}
-    for section in config.sections:
-        if section not in known:
-            raise ConfigError(
-                section, "unknown table: no backend of that name is installed", config.source
-            )
+    backends = installed_backends(config)
     store = backends.build("billing", billing, config)
     try:
         users = backends.build("users", config.users, config) if config.users else None
@@ -71,24 +60,6 @@ def _directory(users: Any, config_path: str) -> Any:
             'set users = "sqlite" (or auth = ["session"])'
         )
     return users
-
-
-def _user(users: Any, username: str) -> Any:
-    user = users.get_by_username(username)
-    if user is None:
-        raise CommandError(f"no user named {username!r}")
-    return user
-
-
-def _orga(users: Any, name: str) -> Any:
-    orgas = users.list_orgas()
-    for orga in orgas:
-        if orga.name.lower() == name.lower():
-            return orga
-    for orga in orgas:
-        if str(orga.pk) == name:
-            return orga
-    raise CommandError(f"no organisation named {name!r}")
 
 
 def _service(config: Any, service: str, config_path: str) -> str:
@@ -159,7 +130,7 @@ def _action(args: argparse.Namespace, config: Any, users: Any, store: Any) -> in
         end = _date(args.end, "--end")
         directory = _directory(users, args.config)
         if args.user is not None:
-            user = _user(directory, args.user)
+            user = find_user(directory, args.user)
             subscription = store.grant(service, args.plan, user_pk=user.pk, start=start, end=end)
             holder = user.username
             if not user.is_member(service):
@@ -169,7 +140,7 @@ def _action(args: argparse.Namespace, config: Any, users: Any, store: Any) -> in
                     file=sys.stderr,
                 )
         else:
-            orga = _orga(directory, args.orga)
+            orga = find_orga(directory, args.orga)
             subscription = store.grant(service, args.plan, orga_pk=orga.pk, start=start, end=end)
             holder = orga.name
         until = f" until {_day(subscription.end)}" if subscription.end is not None else ""
@@ -187,9 +158,9 @@ def _action(args: argparse.Namespace, config: Any, users: Any, store: Any) -> in
     elif action == "list":
         user_pk = orga_pk = None
         if args.user is not None:
-            user_pk = _user(_directory(users, args.config), args.user).pk
+            user_pk = find_user(_directory(users, args.config), args.user).pk
         elif args.orga is not None:
-            orga_pk = _orga(_directory(users, args.config), args.orga).pk
+            orga_pk = find_orga(_directory(users, args.config), args.orga).pk
         found = store.subscriptions(
             args.service, user_pk=user_pk, orga_pk=orga_pk, include_inactive=args.all
         )

@@ -28,7 +28,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from plugit_core.config import ConfigError, ProxyConfig
+from plugit_core.config import ProxyConfig
 
 from .store import (
     MAX_DESCRIPTION,
@@ -412,17 +412,10 @@ class SQLiteBillingStore:
 
 def factory(config: ProxyConfig, section: Mapping[str, Any]) -> SQLiteBillingStore:
     """Build the store from ``[billing_sqlite]``."""
-    unknown = set(section) - {"path"}
-    if unknown:
-        raise ConfigError(f"billing_sqlite.{sorted(unknown)[0]}", "unknown setting", config.source)
-    path = section.get("path", "plugit-billing.sqlite3")
-    if not isinstance(path, str) or not path or path == ":memory:":
-        raise ConfigError(
-            "billing_sqlite.path", "expected the path of a database file", config.source
-        )
+    reader = config.reader("billing_sqlite", section)
+    reader.known({"path"})
+    path = reader.path("path", "plugit-billing.sqlite3")
     try:
         return SQLiteBillingStore(path)
     except sqlite3.Error as exc:
-        raise ConfigError(
-            "billing_sqlite.path", f"cannot open {path!r}: {exc}", config.source
-        ) from None
+        raise reader.error("path", f"cannot open {path!r}: {exc}") from None

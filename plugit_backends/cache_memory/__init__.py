@@ -17,7 +17,7 @@ from typing import Any
 
 from cachetools import TLRUCache
 
-from plugit_core.config import ConfigError, ProxyConfig
+from plugit_core.config import ProxyConfig
 from plugit_core.hookspecs import hookimpl
 
 __all__ = ["MemoryCache"]
@@ -60,15 +60,9 @@ class MemoryCache:
 
 
 def _factory(config: ProxyConfig, section: Mapping[str, Any]) -> MemoryCache:
-    unknown = set(section) - {"max_bytes"}
-    if unknown:
-        raise ConfigError(f"cache_memory.{sorted(unknown)[0]}", "unknown setting", config.source)
-    max_bytes = section.get("max_bytes", 64 * 1024 * 1024)
-    if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1024:
-        raise ConfigError(
-            "cache_memory.max_bytes", "expected a whole number >= 1024", config.source
-        )
-    return MemoryCache(max_bytes)
+    reader = config.reader("cache_memory", section)
+    reader.known({"max_bytes"})
+    return MemoryCache(reader.number("max_bytes", 64 * 1024 * 1024, minimum=1024, integer=True))
 
 
 @hookimpl(trylast=True)

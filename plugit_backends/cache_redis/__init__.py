@@ -40,7 +40,7 @@ except ImportError:  # the optional ``redis`` extra is not installed
     redis = None  # type: ignore[assignment]
 
 from plugit_backends.cache_memory import MemoryCache
-from plugit_core.config import ConfigError, ProxyConfig
+from plugit_core.config import ConfigError, ProxyConfig, SectionReader
 from plugit_core.hookspecs import hookimpl
 
 __all__ = ["RedisCache", "RedisHealth", "connection_pool", "redact_url"]
@@ -277,83 +277,51 @@ def _glob_escape(text: str) -> str:
     return "".join("\\" + c if c in "*?[]\\^" else c for c in text)
 
 
-def _number(
-    config: ProxyConfig,
-    section: Mapping[str, Any],
-    table: str,
-    key: str,
-    default: float,
-    *,
-    minimum: float,
-    integer: bool = False,
-) -> Any:
-    value = section.get(key, default)
-    kind = int if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kind) or value < minimum:
-        what = "a whole number" if integer else "a number"
-        raise ConfigError(f"{table}.{key}", f"expected {what} >= {minimum}", config.source)
-    return value
-
-
-def read_url(config: ProxyConfig, section: Mapping[str, Any], table: str) -> str:
+def read_url(reader: SectionReader) -> str:
     """The ``url`` setting of a Redis backend's table, checked."""
-    url = section.get("url", DEFAULT_URL)
-    if not isinstance(url, str) or urlsplit(url).scheme not in ("redis", "rediss", "unix"):
-        raise ConfigError(
-            f"{table}.url", "expected a redis://, rediss:// or unix:// URL", config.source
-        )
-    return url
+    return reader.url("url", DEFAULT_URL, schemes=("redis", "rediss", "unix")) or DEFAULT_URL
 
 
-def read_prefix(config: ProxyConfig, section: Mapping[str, Any], table: str, default: str) -> str:
-    prefix = section.get("prefix", default)
-    if not isinstance(prefix, str) or not prefix:
-        raise ConfigError(f"{table}.prefix", "expected a non-empty string", config.source)
+def read_prefix(reader: SectionReader, default: str) -> str:
+    """The ``prefix`` setting of a Redis backend's table: never empty (every key would match)."""
+    prefix = reader.str("prefix", default)
+    if not prefix:
+        raise reader.error("prefix", "expected a non-empty string")
     return prefix
 
 
 def _factory(config: ProxyConfig, section: Mapping[str, Any]) -> RedisCache:
-    known = {
-        "url",
-        "prefix",
-        "socket_timeout",
-        "retry_interval",
-        "fallback_max_bytes",
-        "max_connections",
-    }
-    unknown = set(section) - known
-    if unknown:
-        raise ConfigError(f"cache_redis.{sorted(unknown)[0]}", "unknown setting", config.source)
+    reader = config.reader("cache_redis", section)
+    reader.known(
+        {
+            "url",
+            "prefix",
+            "socket_timeout",
+            "retry_interval",
+            "fallback_max_bytes",
+            "max_connections",
+        }
+    )
     if redis is None:
         raise ConfigError(
             "cache",
             "the redis cache needs the redis package: pip install 'plugit[redis]'",
             config.source,
         )
-    table = "cache_redis"
-    url = read_url(config, section, table)
+    url = read_url(reader)
     options = {
-        "prefix": read_prefix(config, section, table, "plugit:cache:"),
-        "socket_timeout": _number(config, section, table, "socket_timeout", 0.25, minimum=0.001),
-        "retry_interval": _number(config, section, table, "retry_interval", 5, minimum=0),
-        "fallback_max_bytes": _number(
-            config,
-            section,
-            table,
-            "fallback_max_bytes",
-            16 * 1024 * 1024,
-            minimum=1024,
-            integer=True,
+        "prefix": read_prefix(reader, "plugit:cache:"),
+        "socket_timeout": reader.number("socket_timeout", 0.25, minimum=0.001),
+        "retry_interval": reader.number("retry_interval", 5, minimum=0),
+        "fallback_max_bytes": reader.number(
+            "fallback_max_bytes", 16 * 1024 * 1024, minimum=1024, integer=True
         ),
-        "max_connections": _number(
-            config, section, table, "max_connections", 0, minimum=0, integer=True
-        )
-        or None,
+        "max_connections": reader.number("max_connections", 0, minimum=0, integer=True) or None,
     }
     try:
         return RedisCache(url, **options)
     except ValueError as exc:  # redis-py could not parse the URL
-        raise ConfigError(f"{table}.url", str(exc), config.source) from None
+        raise reader.error("url", str(exc)) from None
 
 
 @hookimpl(trylast=True)

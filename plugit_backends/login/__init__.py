@@ -34,7 +34,7 @@ from urllib.parse import urlsplit
 
 from werkzeug.wrappers import Response
 
-from plugit_core.config import ConfigError, ProxyConfig
+from plugit_core.config import ProxyConfig
 from plugit_core.hookspecs import hookimpl
 from plugit_core.identity import SESSION_BACKEND_KEY, SESSION_USER_KEY, AuthError, log_in, log_out
 from plugit_core.proxy.routes import Route
@@ -77,28 +77,13 @@ class LoginSettings:
 
 
 def _settings(config: ProxyConfig, section: Mapping[str, Any]) -> LoginSettings:
-    unknown = set(section) - {"max_failures", "max_address_failures", "window"}
-    if unknown:
-        raise ConfigError(f"login_default.{sorted(unknown)[0]}", "unknown setting", config.source)
-    max_failures = section.get("max_failures", 5)
-    max_address_failures = section.get("max_address_failures", 4 * max_failures)
-    window = section.get("window", 900)
-    for key, value in (
-        ("max_failures", max_failures),
-        ("max_address_failures", max_address_failures),
-    ):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(f"login_default.{key}", "expected a whole number >= 1", config.source)
-    if (
-        isinstance(window, bool)
-        or not isinstance(window, (int, float))
-        or not 0 < window <= MAX_WINDOW
-    ):
-        raise ConfigError(
-            "login_default.window",
-            f"expected a number of seconds > 0 and <= {MAX_WINDOW}",
-            config.source,
-        )
+    reader = config.reader("login_default", section)
+    reader.known({"max_failures", "max_address_failures", "window"})
+    max_failures = reader.number("max_failures", 5, minimum=1, integer=True)
+    max_address_failures = reader.number(
+        "max_address_failures", 4 * max_failures, minimum=1, integer=True
+    )
+    window = reader.number("window", 900, above=0, maximum=MAX_WINDOW)
     return LoginSettings(max_failures, float(window), max_address_failures)
 
 

@@ -18,8 +18,6 @@ ImportError and the stores' factories turn it into a configuration error.
 from __future__ import annotations
 
 import hashlib
-import math
-import os
 import re
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -307,67 +305,38 @@ def read_settings(
 ) -> PgSettings:
     """Check the ``[name]`` table (``users_postgres``, ...).  ``extra`` are further keys the
     caller reads itself."""
-
-    def error(key: str, message: str) -> ConfigError:
-        return ConfigError(f"{name}.{key}", message, config.source)
-
-    def raw(key: str, default: Any) -> Any:
-        value = section.get(key, default)
-        if isinstance(value, Mapping) and set(value) == {"env"}:
-            variable = value["env"]
-            if not isinstance(variable, str) or variable not in os.environ:
-                raise error(key, f"environment variable {variable!r} is not set")
-            return os.environ[variable]
-        return value
-
-    def number(key: str, default: float, *, minimum: float, integer: bool = False) -> Any:
-        value = raw(key, default)
-        if isinstance(value, str) and value.strip():  # from the environment
-            try:
-                value = int(value) if integer else float(value)
-            except ValueError:
-                raise error(key, f"expected a number, got {value!r}") from None
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, (int, float))
-            or not math.isfinite(value)
-        ):
-            raise error(key, f"expected a number, got {value!r}")
-        if integer and not isinstance(value, int):
-            raise error(key, f"expected a whole number, got {value!r}")
-        if value < minimum:
-            raise error(key, f"must be at least {minimum}, got {value!r}")
-        return value
-
-    unknown = set(section) - set(SETTINGS) - set(extra)
-    if unknown:
-        raise error(sorted(unknown)[0], "unknown setting")
+    reader = config.reader(name, section)
+    reader.known({*SETTINGS, *extra})
     if "dsn" not in section:
-        raise error(
+        raise reader.error(
             "dsn",
             'is required: a connection string, e.g. dsn = { env = "PLUGIT_DATABASE_URL" }',
         )
-    dsn = raw("dsn", None)
+    dsn = reader.raw("dsn")
     if not isinstance(dsn, str) or not dsn.strip():
-        raise error(
+        raise reader.error(
             "dsn", "expected a PostgreSQL connection string (postgresql://... or key=value)"
         )
     if PG_MISSING is None:
         try:
             psycopg.conninfo.conninfo_to_dict(dsn)
         except psycopg.ProgrammingError:
-            raise error("dsn", "not a PostgreSQL connection string") from None
-    schema = raw("schema", DEFAULT_SCHEMA)
+            raise reader.error("dsn", "not a PostgreSQL connection string") from None
+    schema = reader.raw("schema", DEFAULT_SCHEMA)
     try:
         check_schema_name(schema)
     except ValueError as exc:
-        raise error("schema", str(exc)) from None
+        raise reader.error("schema", str(exc)) from None
     return PgSettings(
         dsn=dsn,
         schema=schema,
-        pool_size=number("pool_size", DEFAULT_POOL_SIZE, minimum=1, integer=True),
-        pool_timeout=float(number("pool_timeout", DEFAULT_POOL_TIMEOUT, minimum=0.1)),
-        connect_timeout=float(number("connect_timeout", DEFAULT_CONNECT_TIMEOUT, minimum=1)),
+        pool_size=reader.number("pool_size", DEFAULT_POOL_SIZE, minimum=1, integer=True, text=True),
+        pool_timeout=float(
+            reader.number("pool_timeout", DEFAULT_POOL_TIMEOUT, minimum=0.1, text=True)
+        ),
+        connect_timeout=float(
+            reader.number("connect_timeout", DEFAULT_CONNECT_TIMEOUT, minimum=1, text=True)
+        ),
     )
 
 

@@ -26,7 +26,7 @@ from itsdangerous import BadSignature, URLSafeTimedSerializer
 from werkzeug.wrappers import Request, Response
 
 from plugit_core.backends import Session
-from plugit_core.config import ConfigError, ProxyConfig
+from plugit_core.config import ProxyConfig
 from plugit_core.hookspecs import hookimpl
 
 __all__ = ["CookieSessionBackend"]
@@ -95,32 +95,20 @@ class CookieSessionBackend:
 
 
 def _factory(config: ProxyConfig, section: Mapping[str, Any]) -> CookieSessionBackend:
-    known = {"cookie_name", "max_age", "secure", "samesite", "domain"}
-    unknown = set(section) - known
-    if unknown:
-        raise ConfigError(f"session_cookie.{sorted(unknown)[0]}", "unknown setting", config.source)
-    max_age = section.get("max_age", 14 * 24 * 3600)
-    if isinstance(max_age, bool) or not isinstance(max_age, int) or max_age <= 0:
-        raise ConfigError(
-            "session_cookie.max_age", "expected a whole number of seconds > 0", config.source
-        )
-    samesite = section.get("samesite", "Lax")
-    if samesite not in ("Lax", "Strict", "None"):
-        raise ConfigError("session_cookie.samesite", "must be Lax, Strict or None", config.source)
-    secure = section.get("secure", not config.dev_mode)
-    if not isinstance(secure, bool):
-        raise ConfigError("session_cookie.secure", "expected true or false", config.source)
+    reader = config.reader("session_cookie", section)
+    reader.known({"cookie_name", "max_age", "secure", "samesite", "domain"})
+    max_age = reader.number("max_age", 14 * 24 * 3600, minimum=1, integer=True)
+    samesite = reader.choice("samesite", "Lax", ("Lax", "Strict", "None"))
+    secure = reader.bool("secure", not config.dev_mode)
     if samesite == "None" and not secure:
-        raise ConfigError(
-            "session_cookie.samesite", "SameSite=None requires secure = true", config.source
-        )
+        raise reader.error("samesite", "SameSite=None requires secure = true")
     return CookieSessionBackend(
         config.secret_key,
-        cookie_name=str(section.get("cookie_name", "plugit_session")),
+        cookie_name=str(reader.raw("cookie_name", "plugit_session")),
         max_age=max_age,
         secure=secure,
         samesite=samesite,
-        domain=section.get("domain") or None,
+        domain=reader.raw("domain") or None,
     )
 
 

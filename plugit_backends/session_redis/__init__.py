@@ -212,58 +212,41 @@ class RedisSessionBackend:
 
 
 def _factory(config: ProxyConfig, section: Mapping[str, Any]) -> RedisSessionBackend:
-    table = "session_redis"
-    known = {
-        "url",
-        "prefix",
-        "socket_timeout",
-        "retry_interval",
-        "cookie_name",
-        "max_age",
-        "secure",
-        "samesite",
-        "domain",
-    }
-    unknown = set(section) - known
-    if unknown:
-        raise ConfigError(f"{table}.{sorted(unknown)[0]}", "unknown setting", config.source)
+    reader = config.reader("session_redis", section)
+    reader.known(
+        {
+            "url",
+            "prefix",
+            "socket_timeout",
+            "retry_interval",
+            "cookie_name",
+            "max_age",
+            "secure",
+            "samesite",
+            "domain",
+        }
+    )
     if redis is None:
         raise ConfigError(
             "session",
             "the redis session store needs the redis package: pip install 'plugit[redis]'",
             config.source,
         )
-    url = read_url(config, section, table)
-    max_age = section.get("max_age", 14 * 24 * 3600)
-    if isinstance(max_age, bool) or not isinstance(max_age, int) or max_age <= 0:
-        raise ConfigError(
-            f"{table}.max_age", "expected a whole number of seconds > 0", config.source
-        )
-    timeouts = {}
-    for key, default in (("socket_timeout", 1.0), ("retry_interval", 2.0)):
-        value = section.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-            raise ConfigError(f"{table}.{key}", "expected a number of seconds >= 0", config.source)
-        timeouts[key] = value
-    if timeouts["socket_timeout"] <= 0:
-        raise ConfigError(f"{table}.socket_timeout", "expected a number > 0", config.source)
-    samesite = section.get("samesite", "Lax")
-    if samesite not in ("Lax", "Strict", "None"):
-        raise ConfigError(f"{table}.samesite", "must be Lax, Strict or None", config.source)
-    secure = section.get("secure", not config.dev_mode)
-    if not isinstance(secure, bool):
-        raise ConfigError(f"{table}.secure", "expected true or false", config.source)
+    url = read_url(reader)
+    max_age = reader.number("max_age", 14 * 24 * 3600, minimum=1, integer=True)
+    timeouts = {
+        "socket_timeout": reader.number("socket_timeout", 1.0, above=0),
+        "retry_interval": reader.number("retry_interval", 2.0, minimum=0),
+    }
+    samesite = reader.choice("samesite", "Lax", ("Lax", "Strict", "None"))
+    secure = reader.bool("secure", not config.dev_mode)
     if samesite == "None" and not secure:
-        raise ConfigError(
-            f"{table}.samesite", "SameSite=None requires secure = true", config.source
-        )
-    cookie_name = section.get("cookie_name", "plugit_session")
-    if not isinstance(cookie_name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", cookie_name):
-        raise ConfigError(f"{table}.cookie_name", "expected a cookie name", config.source)
-    domain = section.get("domain") or None
-    if domain is not None and not isinstance(domain, str):
-        raise ConfigError(f"{table}.domain", "expected a host name", config.source)
-    prefix = read_prefix(config, section, table, "plugit:session:")
+        raise reader.error("samesite", "SameSite=None requires secure = true")
+    cookie_name = reader.str("cookie_name", "plugit_session") or ""
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", cookie_name):
+        raise reader.error("cookie_name", f"expected a cookie name, got {cookie_name!r}")
+    domain = reader.str("domain") or None
+    prefix = read_prefix(reader, "plugit:session:")
     try:
         return RedisSessionBackend(
             config.secret_key,
@@ -277,7 +260,7 @@ def _factory(config: ProxyConfig, section: Mapping[str, Any]) -> RedisSessionBac
             **timeouts,
         )
     except ValueError as exc:  # redis-py could not parse the URL
-        raise ConfigError(f"{table}.url", str(exc), config.source) from None
+        raise reader.error("url", str(exc)) from None
 
 
 @hookimpl(trylast=True)

@@ -6,15 +6,14 @@ from collections.abc import Mapping
 from typing import Any
 
 from plugit_core.backends import Theme
-from plugit_core.config import ConfigError, ProxyConfig
+from plugit_core.config import ProxyConfig
 from plugit_core.hookspecs import hookimpl
 
 from . import SERVICE_TEMPLATES_DIR, STATIC_DIR, TEMPLATES_DIR
 
 
 def _factory(config: ProxyConfig, section: Mapping[str, Any]) -> Theme:
-    if section:
-        raise ConfigError(f"theme_bootstrap.{sorted(section)[0]}", "unknown setting", config.source)
+    config.reader("theme_bootstrap", section).finish()  # it has no settings
     return Theme("bootstrap", TEMPLATES_DIR, SERVICE_TEMPLATES_DIR, STATIC_DIR)
 
 

@@ -32,7 +32,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from plugit_core.config import ConfigError, ProxyConfig
+from plugit_core.config import ProxyConfig
 from plugit_core.hookspecs import hookimpl
 from plugit_core.identity import ROLES
 from plugit_core.users import ALL, Orga, PlugItUser
@@ -599,20 +599,13 @@ class SQLiteUserStore:
 
 
 def _factory(config: ProxyConfig, section: Mapping[str, Any]) -> SQLiteUserStore:
-    unknown = set(section) - {"path"}
-    if unknown:
-        raise ConfigError(f"users_sqlite.{sorted(unknown)[0]}", "unknown setting", config.source)
-    path = section.get("path", "plugit.sqlite3")
-    if not isinstance(path, str) or not path or path == ":memory:":
-        raise ConfigError(
-            "users_sqlite.path", "expected the path of a database file", config.source
-        )
+    reader = config.reader("users_sqlite", section)
+    reader.known({"path"})
+    path = reader.path("path", "plugit.sqlite3")
     try:
         return SQLiteUserStore(path)
     except sqlite3.Error as exc:
-        raise ConfigError(
-            "users_sqlite.path", f"cannot open {path!r}: {exc}", config.source
-        ) from None
+        raise reader.error("path", f"cannot open {path!r}: {exc}") from None
 
 
 @hookimpl(trylast=True)
