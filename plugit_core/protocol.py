@@ -110,11 +110,13 @@ class ActionMeta:
     def per_user_cache(self) -> bool:
         """Whether the page cache must be kept per user (5.8, without weakness W5).
 
-        An explicit ``cache_by_user`` decides; when it is absent or null, restricted actions are
-        cached per user, so a page shown to one logged user is never served to another.
+        An explicit ``cache_by_user`` decides; when it is absent or null, actions that are
+        restricted or receive user data (``user_info``) are cached per user, so a page made for
+        one user is never served to another.  (Shared pages are also rendered with an
+        anonymous ``ebuio_u``: see the pipeline.)
         """
         if self.cache_by_user is None:
-            return self.restricted
+            return self.restricted or bool(self.user_info)
         return self.cache_by_user
 
 

@@ -13,7 +13,7 @@ Configuration (see docs/mail.md for every setting)::
     password = { env = "PLUGIT_SMTP_PASSWORD" }
     sender = "PlugIt <no-reply@example.org>"
     reply_address = "replies@example.org"      # replies go to replies+<token>@example.org
-    queue_path = "/var/lib/plugit/mail.sqlite3"
+    queue_path = "/var/lib/plugit/mail.sqlite3"  # or queue = "postgres" with queue_dsn
     allowed_recipient_domains = ["example.org"]
     max_per_hour = 200
     incoming_protocol = "imap"
@@ -25,9 +25,11 @@ Configuration (see docs/mail.md for every setting)::
 Sending: the API checks the request (4xx JSON, nothing written, when it is refused), applies
 the anti-relay policy (the sender is the configured one or in ``allowed_senders``; every
 recipient is a member of the calling service or in ``allowed_recipient_domains``; at most
-``max_per_hour`` recipients per service per rolling hour) and queues the mail in one SQLite
-transaction; a background thread sends it, retrying with backoff while the SMTP server is
-unavailable.
+``max_per_hour`` recipients per service per rolling hour) and queues the mail in one
+transaction of the mail queue (:class:`~.store.MailQueue`: the SQLite file ``queue_path``, or
+with ``queue = "postgres"`` the tables of ``plugit_backends.mail_postgres`` in the database
+``queue_dsn``, schema ``queue_schema``); a background thread sends it, retrying with backoff
+while the SMTP server is unavailable.
 
 Replies: when the service gives a ``response_id``, the mail's ``Reply-To`` is the plus-address
 ``<reply_address local part>+<token>@<domain>``, where the token is an itsdangerous
@@ -54,7 +56,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -77,9 +79,18 @@ from .message import (
     plus_address,
     reply_candidates,
 )
-from .store import MailStore, Outgoing, RateLimitedError
+from .store import MailQueue, MailStore, Outgoing, RateLimitedError
 
-__all__ = ["TOKEN_SALT", "MailBackend", "MailSettings", "ReplyTokens", "read_settings"]
+__all__ = [
+    "QUEUES",
+    "TOKEN_SALT",
+    "MailBackend",
+    "MailQueue",
+    "MailSettings",
+    "ReplyTokens",
+    "open_queue",
+    "read_settings",
+]
 
 log = logging.getLogger("plugit.mail")
 
@@ -88,6 +99,8 @@ TOKEN_SALT = "plugit.mail-reply"  # noqa: S105 (a salt, not a secret)
 MAX_RESPONSE_ID = 128
 MAX_SUBJECT = 998
 BATCH = 50
+QUEUES = ("sqlite", "postgres")  # where the mail queue lives: [mail_smtp] queue
+DEFAULT_QUEUE_SCHEMA = "plugit"
 
 
 # -- settings --------------------------------------------------------------------------------------
@@ -111,6 +124,9 @@ class MailSettings:
     reply_address: str | None = None
     token_max_age: float = 30 * 86400.0
     queue_path: str = "plugit-mail.sqlite3"
+    queue: str = "sqlite"
+    queue_dsn: str | None = None
+    queue_schema: str = DEFAULT_QUEUE_SCHEMA
     retry_interval: float = 60.0
     max_retry_interval: float = 3600.0
     max_attempts: int = 100
@@ -294,7 +310,63 @@ def read_settings(config: ProxyConfig, section: Mapping[str, Any]) -> MailSettin
             raise r.error("reply_address", "is required to receive replies (incoming_protocol)")
     if settings.poll_interval and protocol is None:
         raise r.error("poll_interval", "needs incoming_protocol")
-    return settings
+    return _check_queue(r, section, settings)
+
+
+def _check_queue(r: _Reader, section: Mapping[str, Any], settings: MailSettings) -> MailSettings:
+    """The ``queue`` settings: ``"sqlite"`` (``queue_path``) or ``"postgres"`` (``queue_dsn``,
+    ``queue_schema``), each refusing the other's keys."""
+    queue = r.str("queue", "sqlite") or "sqlite"
+    if queue not in QUEUES:
+        raise r.error(
+            "queue", f'must be "sqlite" (queue_path) or "postgres" (queue_dsn), not {queue!r}'
+        )
+    if queue == "sqlite":
+        for key in ("queue_dsn", "queue_schema"):
+            if key in section:
+                raise r.error(key, 'is for queue = "postgres" (the SQLite queue is queue_path)')
+        return settings
+    from plugit_backends import pg
+
+    if "queue_path" in section:
+        raise r.error("queue_path", 'is for queue = "sqlite": with "postgres" set queue_dsn')
+    if pg.PG_MISSING is not None:
+        raise r.error(
+            "queue",
+            f"the postgres queue needs psycopg 3: pip install 'plugit[postgres]' ({pg.PG_MISSING})",
+        )
+    dsn = r.str("queue_dsn")
+    if dsn is None or not dsn.strip():
+        raise r.error(
+            "queue_dsn",
+            'is required with queue = "postgres": a connection string, '
+            'e.g. queue_dsn = { env = "PLUGIT_DATABASE_URL" }',
+        )
+    try:
+        pg.psycopg.conninfo.conninfo_to_dict(dsn)
+    except pg.psycopg.ProgrammingError:
+        raise r.error("queue_dsn", "not a PostgreSQL connection string") from None
+    schema = r.str("queue_schema", DEFAULT_QUEUE_SCHEMA) or DEFAULT_QUEUE_SCHEMA
+    try:
+        pg.check_schema_name(schema)
+    except ValueError as exc:
+        raise r.error("queue_schema", str(exc)) from None
+    return replace(settings, queue=queue, queue_dsn=dsn, queue_schema=schema)
+
+
+def open_queue(settings: MailSettings, *, clock: Callable[[], float] = time.time) -> MailQueue:
+    """The mail queue the settings name (opened, its tables created when missing).
+
+    Raises what the storage raises when it cannot be used (``OSError`` or ``sqlite3.Error``
+    for the file, ``psycopg.Error`` or ``pg.SchemaError`` for the database).
+    """
+    if settings.queue == "postgres":
+        from plugit_backends.mail_postgres import PostgresMailQueue
+
+        return PostgresMailQueue(
+            settings.queue_dsn or "", schema=settings.queue_schema, clock=clock
+        )
+    return MailStore(settings.queue_path, clock=clock)
 
 
 # -- reply tokens ----------------------------------------------------------------------------------
@@ -368,11 +440,13 @@ class MailBackend:
         secret_key: str,
         *,
         clock: Callable[[], float] = time.time,
+        queue: MailQueue | None = None,
     ) -> None:
         self.settings = settings
         self.clock = clock
         self.tokens = ReplyTokens(secret_key, settings.token_max_age)
-        self.store = MailStore(settings.queue_path, clock=clock)
+        # The mail queue (``store`` for history): given, or the one the settings name.
+        self.store: MailQueue = open_queue(settings, clock=clock) if queue is None else queue
         self.proxy: Any = None
         self.clients: Mapping[str, ServiceClient] = {}
         self._stop = threading.Event()
@@ -413,13 +487,19 @@ class MailBackend:
             thread.start()
 
     def close(self, timeout: float = 10.0) -> None:
-        """Stop the background threads (a mail being sent is finished first)."""
+        """Stop the background threads (a mail being sent is finished first), then close the
+        queue's connections (a later call opens them again)."""
         self._stop.set()
         self._wake.set()
         deadline = time.monotonic() + timeout
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
+        still = [thread.name for thread in self._threads if thread.is_alive()]
         self._threads = []
+        if still:  # a thread stuck in a call: leave it its connections
+            log.warning("mail: %s did not stop within %gs", ", ".join(still), timeout)
+            return
+        self.store.close()
 
     def _send_loop(self) -> None:
         self._background.on = True
@@ -978,6 +1058,17 @@ def _drop(conn: smtplib.SMTP | None) -> None:
 
 def _factory(config: ProxyConfig, section: Mapping[str, Any]) -> MailBackend:
     settings = read_settings(config, section)
+    if settings.queue == "postgres":
+        from plugit_backends import pg
+
+        try:
+            return MailBackend(settings, config.secret_key)
+        except (pg.psycopg.Error, pg.SchemaError) as exc:  # PoolTimeout is a psycopg.Error
+            text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            where = pg.redact_dsn(settings.queue_dsn or "")  # never the password
+            raise ConfigError(
+                f"{SECTION}.queue_dsn", f"cannot use {where}: {text}", config.source
+            ) from None
     try:
         return MailBackend(settings, config.secret_key)
     except (OSError, sqlite3.Error, ValueError) as exc:  # a missing directory, a bad file

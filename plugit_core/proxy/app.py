@@ -442,10 +442,7 @@ class ProxyApp:
             try:
                 reply = client.send(copy, stream=True)
                 if reply.close is not None:
-                    reply.close()
-                if reply.stream is not None:
-                    for _ in reply.stream:
-                        pass
+                    reply.close()  # the answer is not wanted: drop it and the connection
             except ServiceError as error:
                 log.debug("shadow of %s: %s", mount.name, error.message)
 
@@ -508,10 +505,18 @@ class ProxyApp:
 
     @staticmethod
     def is_local_path(target: str) -> bool:
-        """A path on this site (``/x``), not a protocol-relative or absolute URL."""
+        """A path on this site (``/x``), not a protocol-relative or absolute URL.
+
+        Control characters and spaces are refused outright: browsers and servers drop some of
+        them (a tab between two slashes would turn ``/<tab>/evil.example`` into
+        ``//evil.example``).
+        """
         if not target.startswith("/") or target.startswith(("//", "/\\")):
             return False
-        return not any(c in target for c in "\r\n\x00\\")
+        if any(ord(c) <= 0x20 or ord(c) == 0x7F or c == "\\" for c in target):
+            return False
+        split = urlsplit(target)
+        return not split.scheme and not split.netloc
 
     def redirect_allowed(self, request: Request, target: str) -> bool:
         """An absolute http(s) URL to this host or one of ``allowed_redirect_hosts``."""

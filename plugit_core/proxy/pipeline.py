@@ -390,9 +390,13 @@ class Pipeline:
         mount = page.mount
         service_user = page.service_user
         context = dict(data)
+        # A page kept in the shared page cache is shown to everyone: render it for nobody.
+        shared = (
+            page.cache_key is not None and page.meta is not None and not page.meta.per_user_cache
+        )
         own: dict[str, Any] = {
             "ebuio_u": service_user.properties(self.config.user_data)
-            if service_user.is_authenticated
+            if service_user.is_authenticated and not shared
             else {prop: None for prop in self.config.user_data},
             "ebuio_baseUrl": mount.mount,
             "ebuio_userMode": page.dev_user_mode,
@@ -578,7 +582,23 @@ class Pipeline:
         return self.hook.plugit_call_service(page=page, upstream=upstream)
 
     def special_reply(self, page: PageRequest, reply: ServiceReply) -> Response | None:
-        """Everything but ordinary data (5.12, 5.13), or None to go on rendering."""
+        """Everything but ordinary data (5.12, 5.13), or None to go on rendering.
+
+        A streamed reply (a file) is closed here unless the answer streams it on to the browser.
+        """
+        try:
+            response = self._special_reply(page, reply)
+        except BaseException:
+            if reply.close is not None:
+                reply.close()
+            raise
+        if reply.close is not None and (
+            response is None or not getattr(response, "streams_reply", False)
+        ):
+            reply.close()
+        return response
+
+    def _special_reply(self, page: PageRequest, reply: ServiceReply) -> Response | None:
         request = page.request
         self.store_session(page, reply)
         page.forwarded_headers = [
@@ -635,7 +655,8 @@ class Pipeline:
             direct_passthrough=reply.stream is not None,
         )
         if reply.close is not None:
-            response.call_on_close(reply.close)
+            response.call_on_close(reply.close)  # also when the body is never read (HEAD)
+            response.streams_reply = True  # type: ignore[attr-defined]
         disposition = reply.headers.get("Content-Disposition")
         if disposition:
             response.headers["Content-Disposition"] = disposition
@@ -699,7 +720,7 @@ class Pipeline:
         if request.method not in ("GET", "HEAD"):
             return Response(b"", status=405, headers={"Allow": "GET, HEAD"})
         try:
-            reply = client.send(UpstreamRequest("GET", "media/" + path), stream=True)
+            reply = client.send(UpstreamRequest(request.method, "media/" + path), stream=True)
         except ServiceError as error:
             log.warning("media %s/%s: %s", mount.name, path, error.message)
             return self.proxy.error_page(

@@ -151,6 +151,7 @@ class ServiceClient:
         self.breaker = CircuitBreaker(mount.breaker_failures, mount.breaker_reset)
         self.metrics = ServiceMetrics(mount.name)
         self.in_flight = 0
+        self._count_lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(mount.max_concurrency)
         self._base_path = urlsplit(mount.url).path.rstrip("/")
         # Meta: parsed, per action path, for the lifetime the service asked (at most an hour).
@@ -188,7 +189,8 @@ class ServiceClient:
                 self.name, "busy", f"{self.mount.max_concurrency} calls already in progress"
             )
         started = time.monotonic()
-        self.in_flight += 1
+        with self._count_lock:
+            self.in_flight += 1
         try:
             reply = self._send(upstream, stream)
         except ServiceError as error:
@@ -197,7 +199,8 @@ class ServiceClient:
             self.metrics.observe(time.monotonic() - started, error.kind)
             raise
         finally:
-            self.in_flight -= 1
+            with self._count_lock:
+                self.in_flight -= 1
         if reply.status >= 500:
             self.breaker.failure()
             self.metrics.observe(time.monotonic() - started, f"status_{reply.status}")
@@ -236,25 +239,51 @@ class ServiceClient:
                 ) from exc
             if stream or protocol.H_FILE in response.headers:
                 released = True
+                finish = self._finisher(response)
                 return ServiceReply(
                     response.status,
                     response.headers,
-                    stream=self._stream(response),
-                    close=response.release_conn,
+                    stream=self._stream(response, finish),
+                    close=lambda: finish(complete=False),
                 )
             return ServiceReply(response.status, response.headers, self._read(response))
         finally:
             if not released:
                 self._slots.release()
 
-    def _stream(self, response: urllib3.BaseHTTPResponse) -> Iterator[bytes]:
+    def _finisher(self, response: urllib3.BaseHTTPResponse) -> Callable[..., None]:
+        """Ends a streamed reply exactly once, however it ends: read to the end, closed unread
+        (an error status, HEAD, a client gone), or both.  The connection is reused only when its
+        body was read to the end, and the concurrency slot is given back."""
+        lock = threading.Lock()
+        done = False
+
+        def finish(*, complete: bool) -> None:
+            nonlocal done
+            with lock:
+                if done:
+                    return
+                done = True
+            try:
+                if not complete:
+                    response.close()
+                response.release_conn()
+            finally:
+                self._slots.release()
+
+        return finish
+
+    def _stream(
+        self, response: urllib3.BaseHTTPResponse, finish: Callable[..., None]
+    ) -> Iterator[bytes]:
+        complete = False
         try:
             yield from response.stream(64 * 1024)
+            complete = True
         except urllib3.exceptions.HTTPError as exc:
             log.warning("%s: file transfer interrupted: %s", self.name, _short(exc))
         finally:
-            response.release_conn()
-            self._slots.release()
+            finish(complete=complete)
 
     def _read(self, response: urllib3.BaseHTTPResponse) -> bytes:
         limit = self.mount.max_response_size
@@ -285,7 +314,9 @@ class ServiceClient:
 
     def _prepare(self, upstream: UpstreamRequest) -> tuple[str, str, bytes | None, dict[str, str]]:
         """(method, URL path with query, body, headers) of the request, signed if need be."""
-        path = quote(f"{self._base_path}/{upstream.path}", safe="/:@!$&'()*+,;=-._~")
+        # One slash between the base and the path: a service's server would fold a run of
+        # leading slashes, and the signed path would no longer match.
+        path = quote(f"{self._base_path}/{upstream.path.lstrip('/')}", safe="/:@!$&'()*+,;=-._~")
         query = urlencode(upstream.params) if upstream.params else ""
         headers = {**self._headers, **upstream.headers}
         body: bytes | None = None

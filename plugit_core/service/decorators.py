@@ -80,8 +80,9 @@ class ActionSpec:
         meta: dict[str, Any] = {"template_tag": template_tag, **self.meta}
         if "cache_time" in meta and meta.get("cache_by_user") is None:
             # Weakness W5: the original emitted null, which its proxy read as "shared" even for
-            # restricted actions.  State the safe default explicitly, so any proxy gets it right.
-            meta["cache_by_user"] = any(
+            # restricted actions.  State the safe default explicitly, so any proxy gets it right:
+            # per user when the action is restricted or receives user data.
+            meta["cache_by_user"] = bool(meta.get("user_info")) or any(
                 meta.get(key)
                 for key in (
                     "only_logged_user",

@@ -28,6 +28,7 @@ import requests
 from itsdangerous import BadSignature, SignatureExpired, TimestampSigner, URLSafeTimedSerializer
 from werkzeug.wrappers import Response
 
+from plugit_backends import pg
 from plugit_backends.mail_smtp import (
     MailBackend,
     ReplyTokens,
@@ -120,6 +121,37 @@ def smtp() -> Iterator[SMTPServer]:
         yield server
 
 
+PG_DSN = os.environ.get("PLUGIT_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture
+def pg_schema() -> Iterator[str]:
+    """A fresh schema on the PostgreSQL test server, dropped afterwards (see test_mail_queue)."""
+    problem = None
+    if pg.PG_MISSING is not None:
+        problem = f"psycopg is not installed ({pg.PG_MISSING})"
+    else:
+        try:
+            pg.connect(PG_DSN, connect_timeout=3).close()
+        except pg.psycopg.Error as exc:
+            problem = f"PostgreSQL at {pg.redact_dsn(PG_DSN)} is not reachable: {exc}".strip()
+    if problem is not None:
+        if REQUIRED:
+            pytest.fail(problem)
+        pytest.skip(problem)
+    name = f"plugit_test_{os.urandom(6).hex()}"
+    yield name
+    with pg.connect(PG_DSN) as conn:
+        conn.execute(pg.sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(pg.sql.Identifier(name)))
+
+
+def _queue_settings(queue: str, schema: str | None, path: Path) -> dict[str, Any]:
+    """The ``[mail_smtp]`` keys of a queue: the SQLite file ``path`` or the schema ``schema``."""
+    if queue == "postgres":
+        return {"queue": "postgres", "queue_dsn": PG_DSN, "queue_schema": schema}
+    return {"queue_path": str(path)}
+
+
 # -- services and proxy ----------------------------------------------------------------------------
 
 
@@ -199,6 +231,8 @@ def make_site(tmp_path: Path) -> Iterator[Callable[..., Site]]:
                     incoming_username=mailbox.user,
                     incoming_password=mailbox.password,
                 )
+            if settings.get("queue") == "postgres":
+                del mail["queue_path"]
             mail.update(settings)
             config = {
                 "secret_key": STRONG_KEY,
@@ -617,17 +651,23 @@ def test_background_sender_retries_until_the_server_is_back(
     assert site.mail._threads == []
 
 
-def test_two_processes_sharing_the_queue_never_send_twice(tmp_path: Path, smtp: SMTPServer) -> None:
+@pytest.mark.parametrize("queue", ["sqlite", "postgres"])
+def test_two_processes_sharing_the_queue_never_send_twice(
+    tmp_path: Path, smtp: SMTPServer, request: pytest.FixtureRequest, queue: str
+) -> None:
+    schema = request.getfixturevalue("pg_schema") if queue == "postgres" else None
     section = {
         "host": "127.0.0.1",
         "port": smtp.port,
         "helo_name": "localhost",
         "sender": SENDER,
-        "queue_path": str(tmp_path / "shared.sqlite3"),
         "send_in_background": False,
+        **_queue_settings(queue, schema, tmp_path / "shared.sqlite3"),
     }
     settings = read_settings(_config(), section)
     first, second = MailBackend(settings, STRONG_KEY), MailBackend(settings, STRONG_KEY)
+    request.addfinalizer(first.close)
+    request.addfinalizer(second.close)
     for n in range(30):
         first.store.enqueue(
             service="one",
@@ -652,6 +692,38 @@ def test_two_processes_sharing_the_queue_never_send_twice(tmp_path: Path, smtp: 
     assert sum(counts) == 30
     subjects = [received.message["Subject"] for received in smtp.wait_for(30)]
     assert sorted(subjects) == sorted(f"mail {n}" for n in range(30))
+
+
+def test_a_proxy_queues_in_postgres_and_delivers(
+    make_site: Callable[..., Site], smtp: SMTPServer, pg_schema: str
+) -> None:
+    """End to end with ``queue = "postgres"``: the API queues in the database (quota included),
+    the sender thread delivers to the SMTP server, a second proxy sees the same queue."""
+    from plugit_backends.mail_postgres import PostgresMailQueue
+
+    queue = {"queue": "postgres", "queue_dsn": PG_DSN, "queue_schema": pg_schema}
+    site = make_site(smtp=smtp, max_per_hour=2, **queue)
+    assert isinstance(site.mail.store, PostgresMailQueue)
+    first = send(site, response_id="poll-7")
+    second = send(site, subject="Second", recipients=[STAFF])
+    refused = site.post("one", {"subject": "Third", "message": "x", "dests": MEMBER})
+    assert refused.status_code == 429 and refused.json()["error"] == "rate_limited"
+    other = make_site(smtp=smtp, send_in_background=True, **queue)  # another proxy process
+    received = smtp.wait_for(2, timeout=10)
+    assert sorted(r.message["Subject"] for r in received) == ["Second", "Your vote"]
+    (vote,) = [r for r in received if r.message["Subject"] == "Your vote"]
+    assert vote.rcpt_tos == [MEMBER] and str(vote.message["Reply-To"]).startswith("replies+")
+    deadline = time.monotonic() + 10
+    while site.mail.status()["outbox"] != {"sent": 2}:
+        assert time.monotonic() < deadline, site.mail.store.outbox()
+        time.sleep(0.05)
+    rows = site.mail.store.outbox()
+    assert [(r["id"], r["attempts"]) for r in rows] == [(first, 1), (second, 1)]
+    assert site.mail.flush(retry_now=True) == 0 and len(smtp.messages) == 2
+    send(other, "two", subject="From the other proxy", recipients=[STAFF])
+    assert smtp.wait_for(3, timeout=10)[2].message["Subject"] == "From the other proxy"
+    other.proxy.close()
+    assert other.mail._threads == []
 
 
 def test_permanent_refusals_are_not_retried(make_site: Callable[..., Site]) -> None:

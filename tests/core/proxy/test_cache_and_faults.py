@@ -224,3 +224,24 @@ def test_hanging_service_cannot_take_every_thread(service_url):
         assert requests.get(base + "/good/", timeout=10).status_code == 200
         release.set()
         assert all(f.result().status_code == 200 for f in stuck)
+
+
+def test_a_shared_cached_page_never_shows_its_first_visitors_identity(browser):
+    browser.as_user("adm")
+    first = browser.get("/svc/cached")
+    assert '<p id="user">None|None</p>' in first.text  # rendered for nobody: everyone gets it
+    browser.as_user("ano")
+    assert "Admin" not in browser.get("/svc/cached").text.split('id="plugit-content"')[1]
+
+
+def test_streamed_replies_give_their_slot_back(make_browser, service_url):
+    """Media misses, HEAD on files and media: none may keep a concurrency slot."""
+    browser = make_browser(proxy_config(service_url, mount_options={"max_concurrency": 3}))
+    for _ in range(4):
+        assert browser.get("/svc/media/missing.css").status_code == 404
+        assert browser.head("/svc/file").status_code == 200
+        assert browser.head("/svc/media/site.css").status_code == 200
+    assert browser.get("/svc/").status_code == 200
+    client = browser.proxy.clients["svc"]
+    assert client.in_flight == 0
+    assert client._slots._value == 3  # every slot is free again

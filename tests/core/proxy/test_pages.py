@@ -342,3 +342,18 @@ def test_django_dialect(make_browser, service_url):
     assert "<i>1a</i><i>2b</i>" in html
     assert 'name="csrfmiddlewaretoken" value="' in html
     assert "zzcommentzz" not in html
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        pytest.param("/\t/evil.example/", id="tab"),
+        pytest.param("/\x0b/evil.example/", id="vertical-tab"),
+        pytest.param("/ /evil.example/", id="space"),
+        pytest.param("/\x7f/evil.example/", id="del"),
+    ],
+)
+def test_no_prefix_redirects_refuse_control_characters(browser, target):
+    response = browser.get("/svc/redirect", params={"to": target, "np": "1"})
+    assert response.status_code == 502
+    assert "Location" not in response.headers
