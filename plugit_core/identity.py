@@ -16,6 +16,7 @@ The login pages themselves, and the hook that turns a session into a user, are t
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -28,12 +29,16 @@ if TYPE_CHECKING:
     from .proxy.routes import Route
 
 __all__ = [
+    "MAX_USERNAME",
     "SESSION_BACKEND_KEY",
     "SESSION_USER_KEY",
     "AuthError",
     "PasswordBackend",
     "RedirectBackend",
     "UserStore",
+    "check_role",
+    "check_username",
+    "gravatar_url",
     "log_in",
     "log_out",
 ]
@@ -41,6 +46,35 @@ __all__ = [
 SESSION_USER_KEY = "uid"
 SESSION_BACKEND_KEY = "auth"
 ROLES = ("member", "admin")
+
+
+MAX_USERNAME = 150
+
+
+def check_username(username: Any) -> str:
+    """A user name as every store keeps it (stripped), or ValueError saying what is wrong."""
+    if not isinstance(username, str):
+        raise ValueError("a user name must be a string")
+    username = username.strip()
+    if not username:
+        raise ValueError("a user needs a user name")
+    if len(username) > MAX_USERNAME:
+        raise ValueError(f"a user name has at most {MAX_USERNAME} characters")
+    if any(ord(c) < 32 or ord(c) == 127 for c in username):
+        raise ValueError("a user name cannot contain control characters")
+    return username
+
+
+def check_role(role: str) -> None:
+    """ValueError unless ``role`` is ``member`` or ``admin``."""
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {', '.join(ROLES)}, not {role!r}")
+
+
+def gravatar_url(email: str) -> str:
+    """The Gravatar image of an e-mail address (the ``gravatar`` user property)."""
+    digest = hashlib.md5(email.strip().lower().encode("utf-8"), usedforsecurity=False)
+    return f"https://www.gravatar.com/avatar/{digest.hexdigest()}?d=retro"
 
 
 class AuthError(Exception):

@@ -32,7 +32,6 @@ The tables live in their own schema, with a ``schema_version`` row per component
 
 from __future__ import annotations
 
-import hashlib
 import re
 import time
 import uuid
@@ -53,7 +52,7 @@ from plugit_backends.pg import (
 )
 from plugit_core.config import ProxyConfig
 from plugit_core.hookspecs import hookimpl
-from plugit_core.identity import ROLES
+from plugit_core.identity import check_role, check_username, gravatar_url
 from plugit_core.users import ALL, Orga, PlugItUser
 
 if PG_MISSING is None:
@@ -64,7 +63,6 @@ __all__ = ["COMPONENT", "FAILURE_RETENTION", "SCHEMA_VERSION", "STEPS", "Postgre
 COMPONENT = "users"
 LOCAL = "local"
 FAILURE_RETENTION = 86400.0  # failed logins older than this are forgotten (seconds)
-MAX_USERNAME = 150
 _BIGINT = 2**63
 
 # Each step takes the tables from one version to the next; only ever append.
@@ -164,29 +162,6 @@ def _int_pk(pk: Any) -> int | None:
     return number if -_BIGINT <= number < _BIGINT else None
 
 
-def _gravatar(email: str) -> str:
-    digest = hashlib.md5(email.strip().lower().encode("utf-8"), usedforsecurity=False)
-    return f"https://www.gravatar.com/avatar/{digest.hexdigest()}?d=retro"
-
-
-def _check_role(role: str) -> None:
-    if role not in ROLES:
-        raise ValueError(f"role must be one of {', '.join(ROLES)}, not {role!r}")
-
-
-def _check_username(username: Any) -> str:
-    if not isinstance(username, str):
-        raise ValueError("a user name must be a string")
-    username = username.strip()
-    if not username:
-        raise ValueError("a user needs a user name")
-    if len(username) > MAX_USERNAME:
-        raise ValueError(f"a user name has at most {MAX_USERNAME} characters")
-    if any(ord(c) < 32 or ord(c) == 127 for c in username):
-        raise ValueError("a user name cannot contain control characters")
-    return username
-
-
 def _text(value: Any) -> str:
     """Text PostgreSQL accepts: NUL characters cannot be stored in a text column."""
     return str(value).replace("\x00", "")
@@ -210,7 +185,7 @@ def _user(row: Mapping[str, Any]) -> PlugItUser:
         extra={
             "uuid": row["uuid"],
             "source": row["source"],
-            "gravatar": _gravatar(row["email"]),
+            "gravatar": gravatar_url(row["email"]),
         },
         backend=row["source"],
     )
@@ -373,7 +348,7 @@ class PostgresUserStore:
         external_id: str | None = None,
         is_superuser: bool = False,
     ) -> PlugItUser:
-        username = _text(_check_username(username))
+        username = _text(check_username(username))
         if not source:
             raise ValueError("a user needs a source")
         with self._conn() as conn:
@@ -420,7 +395,7 @@ class PostgresUserStore:
         services = {_text(k): v for k, v in dict(fields.get("services") or {}).items()}
         orgas = {_text(k): v for k, v in dict(fields.get("orgas") or {}).items()}
         for role in (*services.values(), *orgas.values()):
-            _check_role(role)
+            check_role(role)
         profile = {
             key: _text(fields[key])
             for key in ("email", "first_name", "last_name")
@@ -494,7 +469,7 @@ class PostgresUserStore:
     ) -> tuple[int, bool]:
         """Insert the user: ``(id, True)``; or ``(id, False)`` when a concurrent sync of the same
         user got there first (its row is then locked)."""
-        wanted = _text(_check_username(str(fields.get("username") or external_id)))
+        wanted = _text(check_username(str(fields.get("username") or external_id)))
         username = wanted
         n = 1
         while True:
@@ -573,7 +548,7 @@ class PostgresUserStore:
     # -- memberships ------------------------------------------------------------------------------
 
     def grant(self, pk: Any, service: str, role: str) -> None:
-        _check_role(role)
+        check_role(role)
         if not service:
             raise ValueError("a grant needs a service name (or * for every service)")
         match = self._match(pk)

@@ -21,7 +21,6 @@ own source.
 
 from __future__ import annotations
 
-import hashlib
 import re
 import sqlite3
 import threading
@@ -34,7 +33,7 @@ from typing import Any
 
 from plugit_core.config import ProxyConfig
 from plugit_core.hookspecs import hookimpl
-from plugit_core.identity import ROLES
+from plugit_core.identity import check_role, check_username, gravatar_url
 from plugit_core.users import ALL, Orga, PlugItUser
 
 __all__ = ["FAILURE_RETENTION", "SCHEMA_VERSION", "SQLiteUserStore"]
@@ -42,7 +41,6 @@ __all__ = ["FAILURE_RETENTION", "SCHEMA_VERSION", "SQLiteUserStore"]
 SCHEMA_VERSION = 1
 LOCAL = "local"
 FAILURE_RETENTION = 86400.0  # failed logins older than this are forgotten (seconds)
-MAX_USERNAME = 150
 _CHUNK = 500  # ids per IN (...) query
 
 SCHEMA = """
@@ -104,29 +102,6 @@ def _int_pk(pk: Any) -> int | None:
     if isinstance(pk, str) and _DIGITS.fullmatch(pk.strip()):
         return int(pk)
     return None
-
-
-def _gravatar(email: str) -> str:
-    digest = hashlib.md5(email.strip().lower().encode("utf-8"), usedforsecurity=False)
-    return f"https://www.gravatar.com/avatar/{digest.hexdigest()}?d=retro"
-
-
-def _check_role(role: str) -> None:
-    if role not in ROLES:
-        raise ValueError(f"role must be one of {', '.join(ROLES)}, not {role!r}")
-
-
-def _check_username(username: Any) -> str:
-    if not isinstance(username, str):
-        raise ValueError("a user name must be a string")
-    username = username.strip()
-    if not username:
-        raise ValueError("a user needs a user name")
-    if len(username) > MAX_USERNAME:
-        raise ValueError(f"a user name has at most {MAX_USERNAME} characters")
-    if any(ord(c) < 32 or ord(c) == 127 for c in username):
-        raise ValueError("a user name cannot contain control characters")
-    return username
 
 
 class SQLiteUserStore:
@@ -288,7 +263,7 @@ class SQLiteUserStore:
                     extra={
                         "uuid": row["uuid"],
                         "source": row["source"],
-                        "gravatar": _gravatar(row["email"]),
+                        "gravatar": gravatar_url(row["email"]),
                     },
                     backend=row["source"],
                 )
@@ -351,7 +326,7 @@ class SQLiteUserStore:
         external_id: str | None = None,
         is_superuser: bool = False,
     ) -> PlugItUser:
-        username = _check_username(username)
+        username = check_username(username)
         if not source:
             raise ValueError("a user needs a source")
         try:
@@ -393,7 +368,7 @@ class SQLiteUserStore:
         services = dict(fields.get("services") or {})
         orgas = dict(fields.get("orgas") or {})
         for role in (*services.values(), *orgas.values()):
-            _check_role(role)
+            check_role(role)
         profile = {
             key: str(fields[key])
             for key in ("email", "first_name", "last_name")
@@ -452,7 +427,7 @@ class SQLiteUserStore:
         fields: Mapping[str, Any],
         profile: Mapping[str, str],
     ) -> int:
-        wanted = _check_username(str(fields.get("username") or external_id))
+        wanted = check_username(str(fields.get("username") or external_id))
         username = wanted
         n = 1
         # Never take over another account's name: alice from LDAP beside a local alice is
@@ -494,7 +469,7 @@ class SQLiteUserStore:
     # -- memberships ------------------------------------------------------------------------------
 
     def grant(self, pk: Any, service: str, role: str) -> None:
-        _check_role(role)
+        check_role(role)
         if not service:
             raise ValueError("a grant needs a service name (or * for every service)")
         with self._write() as db:
