@@ -64,14 +64,22 @@ def apply_matrix(data: dict[str, Any]) -> dict[str, Any]:
         cookie = dict(data.pop("session_cookie", {}) or {})
         data["session"] = "redis"
         data["session_redis"] = {"url": REDIS_URL, "prefix": f"{own}:session:", **cookie}
-    if MATRIX["store"] == "postgres" and (data.get("auth") or data.get("users")):
-        if data.get("users", "sqlite") == "sqlite":
+    if MATRIX["store"] == "postgres":
+        schema = f"{RUN}_{secrets.token_hex(4)}"
+        if (data.get("auth") or data.get("users")) and data.get("users", "sqlite") == "sqlite":
             data.pop("users_sqlite", None)
             data["users"] = "postgres"
-            data["users_postgres"] = {
-                "dsn": POSTGRES_DSN,
-                "schema": f"{RUN}_{secrets.token_hex(4)}",
-            }
+            data["users_postgres"] = {"dsn": POSTGRES_DSN, "schema": schema}
+        if data.get("billing") == "sqlite":
+            data.pop("billing_sqlite", None)
+            data["billing"] = "postgres"
+            data["billing_postgres"] = {"dsn": POSTGRES_DSN, "schema": schema}
+        mail = data.get("mail_smtp")
+        if data.get("mail") == "smtp" and isinstance(mail, dict):
+            if mail.get("queue", "sqlite") == "sqlite":
+                mail = {k: v for k, v in mail.items() if k != "queue_path"}
+                mail.update(queue="postgres", queue_dsn=POSTGRES_DSN, queue_schema=schema)
+                data["mail_smtp"] = mail
     return data
 
 

@@ -601,6 +601,7 @@ def test_sent_mail_carries_a_signed_reply_address(
     assert site.mail.flush() == 0 and len(smtp.messages) == 2
 
 
+@pytest.mark.embedded_backends  # reads the SQLite queue the config names
 def test_smtp_outage_loses_nothing_and_sends_once(make_site: Callable[..., Site]) -> None:
     port = free_port()  # nothing listens there yet: the SMTP server is down
     site = make_site(port=port, retry_interval=600)
@@ -1085,6 +1086,7 @@ def test_background_poller_delivers_replies(
 # -- the command line ------------------------------------------------------------------------------
 
 
+@pytest.mark.embedded_backends  # reads the SQLite queue the config names
 def test_command_line(
     tmp_path: Path,
     smtp: SMTPServer,
