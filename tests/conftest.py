@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import secrets
 from collections.abc import Callable, Iterator
@@ -53,10 +54,16 @@ POSTGRES_DSN = os.environ.get(
 RUN = f"plugit_matrix_{secrets.token_hex(4)}"
 
 
-def apply_matrix(data: dict[str, Any]) -> dict[str, Any]:
-    """``data`` with the matrix's backends in place of the embedded defaults."""
+def apply_matrix(data: dict[str, Any], source: str | None = None) -> dict[str, Any]:
+    """``data`` with the matrix's backends in place of the embedded defaults.
+
+    Each configuration gets a namespace of its own, as the embedded defaults would (a fresh
+    memory cache, a fresh SQLite file); the same file read twice (by a command, then by a
+    proxy) gets the same one.
+    """
     data = dict(data)
-    own = f"{RUN}:{secrets.token_hex(4)}"  # one proxy, one namespace, as the embedded defaults
+    token = hashlib.sha256(source.encode()).hexdigest()[:8] if source else secrets.token_hex(4)
+    own = f"{RUN}:{token}"
     if MATRIX["cache"] == "redis" and data.get("cache", "memory") == "memory":
         data["cache"] = "redis"
         data["cache_redis"] = {"url": REDIS_URL, "prefix": f"{own}:cache:"}
@@ -65,7 +72,7 @@ def apply_matrix(data: dict[str, Any]) -> dict[str, Any]:
         data["session"] = "redis"
         data["session_redis"] = {"url": REDIS_URL, "prefix": f"{own}:session:", **cookie}
     if MATRIX["store"] == "postgres":
-        schema = f"{RUN}_{secrets.token_hex(4)}"
+        schema = f"{RUN}_{token}"
         if (data.get("auth") or data.get("users")) and data.get("users", "sqlite") == "sqlite":
             data.pop("users_sqlite", None)
             data["users"] = "postgres"
@@ -96,7 +103,7 @@ def _backend_matrix(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequ
     def from_mapping(
         cls: type[ProxyConfig], data: Any, source: str | None = None, **kw: Any
     ) -> Any:
-        return original(cls, apply_matrix(dict(data)), source, **kw)
+        return original(cls, apply_matrix(dict(data), source), source, **kw)
 
     monkeypatch.setattr(ProxyConfig, "from_mapping", classmethod(from_mapping))
 

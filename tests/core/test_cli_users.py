@@ -11,6 +11,10 @@ from werkzeug.security import check_password_hash
 from plugit_backends.users_sqlite import SQLiteUserStore
 from plugit_core.cli import main
 
+# The commands are checked against the SQLite directory file the configuration names.
+pytestmark = pytest.mark.embedded_backends
+
+
 STRONG_KEY = "k3y-for-tests-9f8e7d6c5b4a39281706f5e4d3c2b1a0"
 PASSWORD = "a long enough password"
 
