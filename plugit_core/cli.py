@@ -17,13 +17,14 @@ import argparse
 import getpass
 import importlib
 import importlib.util
-import ipaddress
 import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from .networks import is_loopback_host
 
 if TYPE_CHECKING:
     from .backends import Backends
@@ -83,15 +84,6 @@ def run_server(
             return factory()
 
     _Server().run()
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 # -- plugit service --------------------------------------------------------------------------------
@@ -198,7 +190,7 @@ def _proxy(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     if config.dev_mode:
-        if not _is_loopback(args.host):
+        if not is_loopback_host(args.host):
             if not args.force:
                 raise CommandError(
                     f"dev mode lets anyone switch to any simulated user: refusing to listen on "

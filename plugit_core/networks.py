@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable, Sequence
 
-__all__ = ["Network", "NetworkList", "address_in_networks", "parse_networks"]
+__all__ = ["Network", "NetworkList", "address_in_networks", "is_loopback_host", "parse_networks"]
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -55,6 +55,18 @@ def address_in_networks(address: str | None, networks: Sequence[Network]) -> boo
     if parsed is None:
         return False
     return any(parsed.version == net.version and parsed in net for net in networks)
+
+
+def is_loopback_host(host: str | None) -> bool:
+    """True for ``localhost`` and loopback addresses (``127.0.0.1``, ``::1``, ``[::1]``)."""
+    if not host:
+        return False
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 class NetworkList:

@@ -40,7 +40,6 @@ Configuration (see ``docs/auth-ldap.md``)::
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import logging
 import math
 import os
@@ -57,6 +56,7 @@ from urllib.parse import urlsplit
 from plugit_core.config import ConfigError, ProxyConfig, SectionReader
 from plugit_core.hookspecs import hookimpl
 from plugit_core.identity import ROLES, AuthError
+from plugit_core.networks import is_loopback_host
 from plugit_core.users import ALL, PlugItUser
 
 # ldap3 is the `ldap` extra: without it this plugin still loads (so it can be a built-in), and
@@ -223,15 +223,6 @@ def _balanced(value: str) -> bool:
     return depth == 0
 
 
-def _is_loopback(host: str) -> bool:
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def _grants(reader: _Reader, value: Any, service_names: set[str]) -> dict[Any, GroupGrant]:
     if not isinstance(value, Mapping):
         raise reader.error("groups", "expected a table of group DN = { services = {...}, ... }")
@@ -308,7 +299,7 @@ def settings_from_config(config: ProxyConfig, section: Mapping[str, Any]) -> LDA
     if validate not in ("required", "none"):
         raise reader.error("validate", f'must be "required" or "none", got {validate!r}')
     allow_plaintext = reader.bool("allow_plaintext", False)
-    if not tls and not allow_plaintext and not _is_loopback(host):
+    if not tls and not allow_plaintext and not is_loopback_host(host):
         raise reader.error(
             "server",
             "passwords would cross the network in clear: use ldaps://, start_tls = true, "

@@ -46,7 +46,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import ipaddress
 import json
 import logging
 import math
@@ -65,6 +64,7 @@ from plugit_backends.login import LOGIN_PATH
 from plugit_core.config import ConfigError, ProxyConfig, SectionReader
 from plugit_core.hookspecs import hookimpl
 from plugit_core.identity import ROLES, AuthError, log_in
+from plugit_core.networks import is_loopback_host
 from plugit_core.proxy.routes import Route
 from plugit_core.users import ALL, PlugItUser
 
@@ -199,15 +199,6 @@ class _Reader(SectionReader):
         return value
 
 
-def _is_loopback(host: str) -> bool:
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def _http_url(reader: _Reader, key: str, value: str, allow_http: bool) -> str:
     """Check an absolute URL of the provider or of this site."""
     split = urlsplit(value)
@@ -219,7 +210,7 @@ def _http_url(reader: _Reader, key: str, value: str, allow_http: bool) -> str:
         raise reader.error(key, f"expected an https:// URL, got {value!r}")
     if split.fragment or split.username or split.password:
         raise reader.error(key, "no fragment, user or password in the URL")
-    if split.scheme == "http" and not allow_http and not _is_loopback(split.hostname):
+    if split.scheme == "http" and not allow_http and not is_loopback_host(split.hostname):
         raise reader.error(
             key,
             "tokens would cross the network in clear: use https://, or set allow_http = true "
@@ -492,7 +483,7 @@ class OIDCAuth:
         if (
             split.scheme == "http"
             and not self.settings.allow_http
-            and not _is_loopback(split.hostname)
+            and not is_loopback_host(split.hostname)
         ):
             raise ValueError(f"{key} is not https: {value!r}")
 

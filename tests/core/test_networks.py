@@ -83,3 +83,25 @@ def test_several_networks_any_matches() -> None:
     assert "2001:db8::5" in allowed
     assert "10.0.0.1" not in allowed
     assert repr(allowed) == "NetworkList(['192.168.0.0/16', '2001:db8::/32'])"
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        pytest.param("localhost", True, id="localhost"),
+        pytest.param("LOCALHOST", True, id="localhost-upper"),
+        pytest.param("127.0.0.1", True, id="v4"),
+        pytest.param("127.8.9.10", True, id="v4-range"),
+        pytest.param("::1", True, id="v6"),
+        pytest.param("[::1]", True, id="v6-brackets"),
+        pytest.param("0.0.0.0", False, id="any"),
+        pytest.param("10.0.0.1", False, id="private"),
+        pytest.param("example.org", False, id="name"),
+        pytest.param("", False, id="empty"),
+        pytest.param(None, False, id="none"),
+    ],
+)
+def test_is_loopback_host(host, loopback):
+    from plugit_core.networks import is_loopback_host
+
+    assert is_loopback_host(host) is loopback
