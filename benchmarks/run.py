@@ -22,7 +22,6 @@ import os
 import re
 import secrets
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -34,16 +33,10 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
-from plugit_core.testing import wait_for_port  # noqa: E402
+from plugit_core.testing import free_port, wait_for_port  # noqa: E402
 
 THREADS = 8
 CONNECTIONS = 8
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @contextlib.contextmanager

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -18,15 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from plugit_core.cli import run_server
-from plugit_core.testing import wait_for_port
+from plugit_core.testing import free_port, wait_for_port
 
 __all__ = ["demo_config", "run_demo"]
-
-
-def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
 
 
 def demo_config(service_url: str, secret: str) -> dict[str, Any]:
@@ -57,7 +50,7 @@ def run_demo(*, port: int = 8000, host: str = "127.0.0.1", data_dir: str | None 
     database = folder / "voting.sqlite3"
     if not database.exists():
         db.seed(str(database))
-    service_port = _free_port("127.0.0.1")
+    service_port = free_port("127.0.0.1")
     secret = secrets.token_urlsafe(32)
     env = dict(os.environ, PLUGIT_DATABASE=str(database), PLUGIT_SERVICE_SECRET=secret)
     service = subprocess.Popen(  # noqa: S603 (our own interpreter and module)

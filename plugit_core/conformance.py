@@ -34,7 +34,6 @@ import contextlib
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -47,7 +46,7 @@ from werkzeug.test import EnvironBuilder
 from werkzeug.wrappers import Request, Response
 
 from .backends import CacheBackend, Session
-from .testing import wait_for_port
+from .testing import free_port, wait_for_port
 
 __all__ = [
     "CacheBackendConformance",
@@ -483,13 +482,6 @@ class SessionBackendConformance:
 
 
 # -- Redis for tests ---------------------------------------------------------------------------
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

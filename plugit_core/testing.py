@@ -35,6 +35,7 @@ __all__ = [
     "CHECK_NAMES",
     "CheckResult",
     "ServiceConformance",
+    "free_port",
     "run_checks",
     "serve",
     "wait_for_port",
@@ -57,6 +58,13 @@ def serve(app: Callable[..., Any], host: str = "127.0.0.1", port: int = 0) -> It
         server.shutdown()
         server.server_close()
         thread.join(5)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on right now on ``host`` (IPv4 or IPv6)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
 
 
 def wait_for_port(host: str, port: int, timeout: float = 30.0) -> None:

@@ -53,7 +53,7 @@ from plugit_core.service import (
     only_orga_member_user,
     user_info,
 )
-from plugit_core.testing import serve
+from plugit_core.testing import free_port, serve
 from plugit_core.users import PlugItUser
 
 REQUIRED = os.environ.get("PLUGIT_REQUIRE_SERVERS") == "1"
@@ -83,12 +83,6 @@ def _unavailable(message: str) -> None:
     if REQUIRED:
         pytest.fail(message)
     pytest.skip(message)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass
@@ -127,7 +121,7 @@ def run_provider(
     )
     if install.returncode != 0:
         _unavailable(f"scripts/install-oidc-provider.sh failed: {install.stderr.strip()}")
-    port = _free_port()
+    port = free_port()
     issuer = f"http://127.0.0.1:{port}"
     env = {
         **os.environ,
@@ -843,7 +837,7 @@ def test_an_unknown_key_id_reads_the_keys_again(site: Site, real_tokens: dict[st
 def test_an_unreachable_provider_gives_a_clear_page_and_local_logins_still_work(
     service_url: str, client_secret_env: None, tmp_path: Path
 ) -> None:
-    closed = f"http://127.0.0.1:{_free_port()}"
+    closed = f"http://127.0.0.1:{free_port()}"
     with serve_proxy() as (base, deferred):
         build_proxy(deferred, service_url, tmp_path, oidc_section(closed, timeout=2))
         with Browser(base) as browser:

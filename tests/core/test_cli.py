@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from plugit_core.cli import main
+from plugit_core.testing import free_port
 
 
 @pytest.fixture
@@ -40,14 +41,6 @@ def test_service_needs_a_module_or_check(capsys):
 def test_service_module_that_does_not_import(capsys):
     assert main(["service", "no_such_module_anywhere"]) == 2
     assert "cannot import no_such_module_anywhere" in capsys.readouterr().err
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ import requests
 
 from plugit_core.cli import main
 from plugit_core.service import PlugItService, action, cache, json_only, user_info
-from plugit_core.testing import serve, wait_for_port
+from plugit_core.testing import free_port, serve, wait_for_port
 
 REDIS_URL = os.environ.get("PLUGIT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 POSTGRES_DSN = os.environ.get(
@@ -62,12 +62,6 @@ def servers_available() -> str | None:
     except ImportError as exc:
         return f"{exc.name} is not installed (pip install 'plugit[redis,postgres]')"
     return None
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

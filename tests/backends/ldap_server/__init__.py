@@ -37,6 +37,8 @@ from pathlib import Path
 from string import Template
 from typing import Any
 
+from plugit_core.testing import free_port
+
 __all__ = [
     "ADMIN_DN",
     "ADMIN_PASSWORD",
@@ -86,12 +88,6 @@ def ssha(password: str) -> str:
     salt = secrets.token_bytes(8)
     digest = hashlib.sha1(password.encode("utf-8") + salt).digest()
     return "{SSHA}" + base64.b64encode(digest + salt).decode("ascii")
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child, before exec
@@ -311,8 +307,8 @@ class Slapd:
             self.prepare()
         slapd = self._tool("slapd")
         for _attempt in range(3):  # a free port may be taken between the probe and slapd's bind
-            self.port = _free_port()
-            self.ldaps_port = _free_port() if self.tls else 0
+            self.port = free_port()
+            self.ldaps_port = free_port() if self.tls else 0
             urls = [f"ldap://127.0.0.1:{self.port}/"]
             if self.tls:
                 urls.append(f"ldaps://127.0.0.1:{self.ldaps_port}/")

@@ -52,6 +52,8 @@ from email.parser import BytesParser
 from pathlib import Path
 from typing import Any
 
+from plugit_core.testing import free_port
+
 __all__ = [
     "Dovecot",
     "Received",
@@ -63,13 +65,6 @@ __all__ = [
 ]
 
 TOOL_DIRS = ("/usr/sbin", "/usr/local/sbin", "/usr/bin", "/usr/local/bin")
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_for_port(port: int, timeout: float = 20.0, *, alive: Any = None) -> None:

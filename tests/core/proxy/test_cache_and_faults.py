@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import re
-import socket
 import threading
 import time
 
@@ -15,7 +14,7 @@ from werkzeug.wrappers import Request, Response
 
 from plugit_core.proxy.app import ProxyApp
 from plugit_core.service import PlugItService, action, json_only
-from plugit_core.testing import serve
+from plugit_core.testing import free_port, serve
 
 
 def count_of(html: str) -> int:
@@ -110,12 +109,6 @@ def test_burst_of_cold_requests_fetches_meta_and_template_once():
     assert statuses == [200] * 200
     assert counting.meta == 1
     assert counting.template == 1
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def garbage_app(environ, start_response):

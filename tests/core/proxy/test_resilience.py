@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import re
-import socket
 import time
 
 import proxy_service
@@ -14,13 +13,7 @@ from conftest import SECRET, proxy_config
 
 from plugit_core.proxy.app import ProxyApp
 from plugit_core.proxy.health import CircuitBreaker
-from plugit_core.testing import serve
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from plugit_core.testing import free_port, serve
 
 
 class FakeClock:

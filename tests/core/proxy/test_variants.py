@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import socket
 import subprocess
 import sys
 import time
@@ -14,7 +13,7 @@ from conftest import proxy_config
 
 from plugit_core.config import ConfigError, ProxyConfig
 from plugit_core.proxy.app import ProxyApp
-from plugit_core.testing import serve, wait_for_port
+from plugit_core.testing import free_port, serve, wait_for_port
 
 SERVICE = """
 import os
@@ -46,12 +45,6 @@ def page(request):
 def calls(request):
     return CALLS
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
