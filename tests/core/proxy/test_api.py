@@ -6,7 +6,7 @@ import contextlib
 
 import pytest
 import requests
-from conftest import SECRET, STRONG_KEY, proxy_config
+from proxy_helpers import SECRET, STRONG_KEY, proxy_config
 
 from plugit_core.hookspecs import hookimpl
 from plugit_core.proxy.api import ApiError

@@ -9,7 +9,7 @@ import time
 
 import pytest
 import requests
-from conftest import SECRET, proxy_config
+from proxy_helpers import SECRET, proxy_config
 from werkzeug.wrappers import Request, Response
 
 from plugit_core.proxy.app import ProxyApp

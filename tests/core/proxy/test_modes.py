@@ -6,7 +6,7 @@ import contextlib
 
 import pytest
 import requests
-from conftest import SECRET, STRONG_KEY, proxy_config
+from proxy_helpers import SECRET, STRONG_KEY, proxy_config
 from werkzeug.wrappers import Request, Response
 
 from plugit_core.hookspecs import hookimpl

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import SECRET
+from proxy_helpers import SECRET
 
 MODES = ("ano", "log", "mem", "adm")
 
@@ -40,7 +40,7 @@ def test_csrf_placeholder_replaced_by_the_users_token(browser):
     ],
 )
 def test_access_matrix_of_simulated_users(make_browser, service_url, path, allowed):
-    from conftest import proxy_config
+    from proxy_helpers import proxy_config
 
     browser = make_browser(proxy_config(service_url, mount_options={"orga_mode": True}))
     for mode in MODES:
@@ -53,7 +53,7 @@ def test_access_matrix_of_simulated_users(make_browser, service_url, path, allow
 
 
 def test_403_reason_hidden_outside_dev_mode(make_browser, service_url):
-    from conftest import STRONG_KEY, proxy_config
+    from proxy_helpers import STRONG_KEY, proxy_config
 
     browser = make_browser(
         proxy_config(
@@ -188,7 +188,7 @@ def test_information_headers(browser):
 
 
 def test_service_session_values_round_trip_and_stay_private(make_browser, service_url):
-    from conftest import proxy_config
+    from proxy_helpers import proxy_config
 
     services = [
         {"name": "one", "url": service_url, "mount": "/one/", "secret": SECRET},
@@ -271,7 +271,7 @@ def test_redirect_is_prefixed(browser):
     ],
 )
 def test_no_prefix_redirects_are_checked(make_browser, service_url, target, status):
-    from conftest import proxy_config
+    from proxy_helpers import proxy_config
 
     browser = make_browser(proxy_config(service_url, allowed_redirect_hosts=["trusted.example"]))
     response = browser.get("/svc/redirect", params={"to": target, "np": "1"})
@@ -331,7 +331,7 @@ def test_include_and_get_user(browser):
 
 
 def test_django_dialect(make_browser, service_url):
-    from conftest import proxy_config
+    from proxy_helpers import proxy_config
 
     browser = make_browser(proxy_config(service_url, mount_options={"template_dialect": "django"}))
     response = browser.get("/svc/django")

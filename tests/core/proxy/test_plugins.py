@@ -55,7 +55,7 @@ def test_every_hook_is_documented_with_when_and_returns():
 
 
 def test_a_plugin_adds_routes_identifies_users_and_changes_responses(service_url):
-    from conftest import proxy_config
+    from proxy_helpers import proxy_config
 
     class Plugin:
         @hookimpl
@@ -120,7 +120,7 @@ def test_a_plugin_adds_routes_identifies_users_and_changes_responses(service_url
 
 
 def test_handle_error_hook_gives_a_fallback(service_url):
-    from conftest import proxy_config
+    from proxy_helpers import proxy_config
 
     class Fallback:
         @hookimpl

@@ -9,7 +9,7 @@ import time
 import proxy_service
 import pytest
 import requests
-from conftest import SECRET, proxy_config
+from proxy_helpers import SECRET, proxy_config
 
 from plugit_core.proxy.app import ProxyApp
 from plugit_core.proxy.health import CircuitBreaker

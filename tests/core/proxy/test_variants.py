@@ -9,7 +9,7 @@ import time
 
 import pytest
 import requests
-from conftest import proxy_config
+from proxy_helpers import proxy_config
 
 from plugit_core.config import ConfigError, ProxyConfig
 from plugit_core.proxy.app import ProxyApp
