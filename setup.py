@@ -9,6 +9,8 @@ HERE = Path(__file__).parent
 EXTRAS = {
     # A production WSGI server for `plugit service`, `plugit proxy` and `plugit demo`.
     "server": ["gunicorn>=22"],
+    # A C HTTP parser for the proxy's calls to services (http_client = "auto" takes it).
+    "speedups": ["httptools>=0.6"],
     "redis": ["redis>=5"],
     "postgres": ["psycopg[binary]>=3.1", "psycopg_pool>=3.2"],
     "ldap": ["ldap3>=2.9"],

@@ -10,6 +10,7 @@ Backends read their own table, named after them (``[cache_memory]``, ``[session_
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 import re
@@ -269,6 +270,7 @@ class ProxyConfig:
     allowed_redirect_hosts: tuple[str, ...] = ()
     trusted_proxies: tuple[str, ...] = ()
     max_upload_size: int = 16 * 1024 * 1024
+    http_client: str = "auto"
     source: str | None = None
     sections: Mapping[str, Mapping[str, Any]] = field(default_factory=dict, repr=False)
 
@@ -317,6 +319,9 @@ class ProxyConfig:
         auth = top.str_list("auth", ())
         # Logins need a directory: the embedded SQLite one unless another is named.
         users = top.str("users", "sqlite" if auth else None)
+        http_client = top.choice("http_client", "auto", ("auto", "httptools", "urllib3"))
+        if http_client == "httptools":
+            _check_httptools(top, services)
         user_data = top.str_list("user_data", DEFAULT_USER_DATA)
         if "pk" not in user_data:
             raise top.error("user_data", "must contain 'pk'")
@@ -340,6 +345,7 @@ class ProxyConfig:
             max_upload_size=top.number(
                 "max_upload_size", 16 * 1024 * 1024, minimum=0, integer=True
             ),
+            http_client=http_client,
             source=source,
             sections={
                 k: v for k, v in data.items() if isinstance(v, Mapping) and k not in top.seen
@@ -357,6 +363,20 @@ def _check_strong(secret: str, reader: SectionReader, key: str) -> None:
             "is too weak: use at least 32 random characters "
             "(python -c 'import secrets; print(secrets.token_urlsafe(48))')",
         )
+
+
+def _check_httptools(reader: SectionReader, services: tuple[ServiceMount, ...]) -> None:
+    if importlib.util.find_spec("httptools") is None:
+        raise reader.error("http_client", "'httptools' needs: pip install 'plugit[speedups]'")
+    for mount in services:
+        urls = [mount.url, *(v.url for v in mount.variants), mount.shadow_url]
+        for url in filter(None, urls):
+            if not url.startswith("http://"):
+                raise reader.error(
+                    "http_client",
+                    f"'httptools' speaks plain http; service {mount.name!r} is at {url} "
+                    "(use 'auto' or 'urllib3')",
+                )
 
 
 def _service(data: Any, index: int, source: str | None) -> ServiceMount:

@@ -198,7 +198,7 @@ class ProxyApp:
         # Every client, by name: "<service>", "<service>:<variant>", "<service>:shadow".
         self.clients: dict[str, ServiceClient] = {}
         for mount in config.services:
-            self.clients[mount.name] = ServiceClient(mount)
+            self.clients[mount.name] = ServiceClient(mount, http_client=config.http_client)
             for variant in mount.variants:
                 derived = replace(
                     mount,
@@ -206,7 +206,7 @@ class ProxyApp:
                     url=variant.url,
                     secret=variant.secret or mount.secret,
                 )
-                self.clients[derived.name] = ServiceClient(derived)
+                self.clients[derived.name] = ServiceClient(derived, http_client=config.http_client)
             if mount.shadow_url:
                 derived = replace(
                     mount,
@@ -215,7 +215,7 @@ class ProxyApp:
                     secret=mount.shadow_secret or mount.secret,
                     max_concurrency=4,
                 )
-                self.clients[derived.name] = ServiceClient(derived)
+                self.clients[derived.name] = ServiceClient(derived, http_client=config.http_client)
         self._shadow_pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=2, thread_name_prefix="plugit-shadow"
         )

@@ -1,8 +1,8 @@
 """HTTP calls from the proxy to one service: pooled, time-limited, signed, never redirected.
 
-One :class:`ServiceClient` per mounted service, each with its own urllib3 pool of keep-alive
-connections, its own timeouts and its own cap on concurrent calls, so a slow service
-only ever ties up its own share of the proxy's threads.
+One :class:`ServiceClient` per mounted service, each with its own pool of keep-alive
+connections (:mod:`.transport`), its own timeouts and its own cap on concurrent calls, so a
+slow service only ever ties up its own share of the proxy's threads.
 """
 
 from __future__ import annotations
@@ -23,38 +23,12 @@ from .. import protocol
 from ..config import ServiceMount
 from ..signing import sign_request
 from .health import CircuitBreaker, ServiceMetrics
+from .transport import Exchange, ServiceError, make_transport
 
 __all__ = ["ServiceClient", "ServiceError", "ServiceReply", "SingleFlight", "UpstreamRequest"]
 
 log = logging.getLogger("plugit.proxy.upstream")
 T = TypeVar("T")
-
-
-class ServiceError(Exception):
-    """A service could not give a usable answer.
-
-    ``kind``: ``unreachable``, ``timeout``, ``busy`` (its concurrency cap is reached),
-    ``circuit_open``, ``bad_reply`` (garbage), ``incompatible`` (wrong protocol), ``error``
-    (it answered 5xx).  ``status`` is the HTTP status the browser gets (502, 503 or 504).
-    The message is for logs and dev mode; users see a generic text naming the service.
-    """
-
-    STATUS = {
-        "unreachable": 502,
-        "bad_reply": 502,
-        "incompatible": 502,
-        "error": 502,
-        "timeout": 504,
-        "busy": 503,
-        "circuit_open": 503,
-    }
-
-    def __init__(self, service: str, kind: str, message: str, status: int | None = None) -> None:
-        super().__init__(f"{service}: {message}")
-        self.service = service
-        self.kind = kind
-        self.message = message
-        self.status = status or self.STATUS.get(kind, 502)
 
 
 @dataclass
@@ -135,17 +109,18 @@ class ServiceClient:
 
     META_DEFAULT_TTL = 300.0
 
-    def __init__(self, mount: ServiceMount, *, user_agent: str = "PlugIt-proxy") -> None:
+    def __init__(
+        self, mount: ServiceMount, *, user_agent: str = "PlugIt-proxy", http_client: str = "auto"
+    ) -> None:
         self.mount = mount
         self.name = mount.name
-        # urllib3's pool is what a requests.Session pools with; used directly, it costs a
-        # third of the CPU per call (benchmarks/README.md), and this is the proxy's hot path.
-        self.pool = urllib3.connection_from_url(
+        self.transport = make_transport(
+            http_client,
+            mount.name,
             mount.url,
-            maxsize=mount.max_concurrency,
-            block=False,
-            retries=False,
-            timeout=urllib3.Timeout(connect=mount.connect_timeout, read=mount.timeout),
+            connect_timeout=mount.connect_timeout,
+            timeout=mount.timeout,
+            max_connections=mount.max_concurrency,
         )
         self._headers = {"User-Agent": user_agent, "Accept-Encoding": "identity"}
         self.breaker = CircuitBreaker(mount.breaker_failures, mount.breaker_reset)
@@ -214,44 +189,29 @@ class ServiceClient:
         when a streamed reply is closed)."""
         released = False
         try:
-            method, url, body, headers = self._prepare(upstream)
-            try:
-                response = self.pool.urlopen(
-                    method,
-                    url,
-                    body=body,
-                    headers=headers,
-                    redirect=False,
-                    preload_content=False,
-                    assert_same_host=False,
-                )
-            except urllib3.exceptions.NewConnectionError as exc:  # (a ConnectTimeoutError too)
-                raise ServiceError(
-                    self.name, "unreachable", f"connection failed: {_short(exc)}"
-                ) from exc
-            except urllib3.exceptions.TimeoutError as exc:
-                raise ServiceError(
-                    self.name, "timeout", f"no answer within {self.mount.timeout}s"
-                ) from exc
-            except urllib3.exceptions.HTTPError as exc:
-                raise ServiceError(
-                    self.name, "unreachable", f"{type(exc).__name__}: {_short(exc)}"
-                ) from exc
-            if stream or protocol.H_FILE in response.headers:
+            method, target, body, headers = self._prepare(upstream)
+            exchange = self.transport.send(method, target, headers, body)
+            if stream or protocol.H_FILE in exchange.headers:
                 released = True
-                finish = self._finisher(response)
+                finish = self._finisher(exchange)
                 return ServiceReply(
-                    response.status,
-                    response.headers,
-                    stream=self._stream(response, finish),
+                    exchange.status,
+                    exchange.headers,
+                    stream=self._stream(exchange, finish),
                     close=lambda: finish(complete=False),
                 )
-            return ServiceReply(response.status, response.headers, self._read(response))
+            complete = False
+            try:
+                body = exchange.read(self.mount.max_response_size)
+                complete = True
+            finally:
+                exchange.close(complete=complete)
+            return ServiceReply(exchange.status, exchange.headers, body)
         finally:
             if not released:
                 self._slots.release()
 
-    def _finisher(self, response: urllib3.BaseHTTPResponse) -> Callable[..., None]:
+    def _finisher(self, exchange: Exchange) -> Callable[..., None]:
         """Ends a streamed reply exactly once, however it ends: read to the end, closed unread
         (an error status, HEAD, a client gone), or both.  The connection is reused only when its
         body was read to the end, and the concurrency slot is given back."""
@@ -265,52 +225,21 @@ class ServiceClient:
                     return
                 done = True
             try:
-                if not complete:
-                    response.close()
-                response.release_conn()
+                exchange.close(complete=complete)
             finally:
                 self._slots.release()
 
         return finish
 
-    def _stream(
-        self, response: urllib3.BaseHTTPResponse, finish: Callable[..., None]
-    ) -> Iterator[bytes]:
+    def _stream(self, exchange: Exchange, finish: Callable[..., None]) -> Iterator[bytes]:
         complete = False
         try:
-            yield from response.stream(64 * 1024)
+            yield from exchange.stream(64 * 1024)
             complete = True
-        except urllib3.exceptions.HTTPError as exc:
-            log.warning("%s: file transfer interrupted: %s", self.name, _short(exc))
+        except ServiceError as exc:
+            log.warning("%s: %s", self.name, exc.message)
         finally:
             finish(complete=complete)
-
-    def _read(self, response: urllib3.BaseHTTPResponse) -> bytes:
-        limit = self.mount.max_response_size
-        length = response.headers.get("Content-Length")
-        complete = False
-        try:
-            if length and length.isdigit() and int(length) > limit:
-                raise ServiceError(
-                    self.name, "bad_reply", f"reply of {length} bytes is over the {limit} limit"
-                )
-            body = response.read(limit + 1)
-            if len(body) > limit:
-                raise ServiceError(self.name, "bad_reply", f"reply is over the {limit} bytes limit")
-            complete = True
-            return body
-        except urllib3.exceptions.TimeoutError as exc:
-            raise ServiceError(
-                self.name, "timeout", f"reply not finished within {self.mount.timeout}s"
-            ) from exc
-        except urllib3.exceptions.HTTPError as exc:
-            raise ServiceError(
-                self.name, "unreachable", f"reply interrupted: {_short(exc)}"
-            ) from exc
-        finally:
-            if not complete:  # never reuse a connection with unread bytes on it
-                response.close()
-            response.release_conn()
 
     def _prepare(self, upstream: UpstreamRequest) -> tuple[str, str, bytes | None, dict[str, str]]:
         """(method, URL path with query, body, headers) of the request, signed if need be."""
@@ -432,7 +361,7 @@ class ServiceClient:
             ) from None
 
     def close(self) -> None:
-        self.pool.close()
+        self.transport.close()
 
 
 def _meta_ttl(headers: Any, default: float) -> float:
@@ -451,8 +380,3 @@ def _meta_ttl(headers: Any, default: float) -> float:
             return 0.0
         return min(when.timestamp() - time.time(), 3600.0)
     return default
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc)
-    return text if len(text) < 200 else text[:200] + "..."
