@@ -7,6 +7,8 @@ threads), loaded by wrk over loopback.  Scenarios:
 * ``cache-hit``  a page through the proxy, served from the page cache;
 * ``uncached``   a page through the proxy, the action called and its template rendered each time;
 * ``signed``     the same uncached page with request signing on (service secret set);
+* ``forward``    the JSON action forwarded through the proxy's transport, nothing else (the
+                 floor of any proxy calling the service per request);
 * ``werkzeug``   the JSON action through werkzeug's ProxyMiddleware (forwards bytes only).
 
 Rounds are interleaved (every scenario once per round) and the median round is reported, so a
@@ -33,6 +35,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
+from plugit_core.proxy.transport import httptools_available  # noqa: E402
 from plugit_core.testing import free_port, wait_for_port  # noqa: E402
 
 THREADS = 8
@@ -110,7 +113,7 @@ def main() -> int:
         print("wrk is needed: apt-get install wrk", file=sys.stderr)
         return 2
     secret = secrets.token_urlsafe(32)
-    ports = {name: free_port() for name in ("service", "signed", "proxy", "werkzeug")}
+    ports = {name: free_port() for name in ("service", "signed", "proxy", "forward", "werkzeug")}
     service_url = f"http://127.0.0.1:{ports['service']}"
     signed_url = f"http://127.0.0.1:{ports['signed']}"
     service_app = str(HERE / "bench_service.py") + ":create_app"
@@ -137,16 +140,18 @@ def main() -> int:
             str(THREADS),
         ]
         stack.enter_context(process(plugit("proxy", *proxy_args), ports["proxy"]))
-        stack.enter_context(
-            process(gunicorn("proxy_middleware_app:app", ports["werkzeug"]), ports["werkzeug"],
-                    env={"BENCH_SERVICE_URL": service_url}, cwd=HERE)
-        )  # fmt: skip
+        for name, app in (("forward", "forward_app:app"), ("werkzeug", "proxy_middleware_app:app")):
+            stack.enter_context(
+                process(gunicorn(app, ports[name]), ports[name],
+                        env={"BENCH_SERVICE_URL": service_url, "PYTHONPATH": str(ROOT)}, cwd=HERE)
+            )  # fmt: skip
         proxy = f"http://127.0.0.1:{ports['proxy']}"
         scenarios = {
             "direct": f"{service_url}/action/data",
             "cache-hit": f"{proxy}/bench/cached",
             "uncached": f"{proxy}/bench/page",
             "signed": f"{proxy}/signed/page",
+            "forward": f"http://127.0.0.1:{ports['forward']}/action/data",
             "werkzeug": f"http://127.0.0.1:{ports['werkzeug']}/action/data",
         }
         for url in scenarios.values():  # warm up: pools, caches, compiled templates
@@ -165,7 +170,8 @@ def main() -> int:
     print(
         f"\ngunicorn 1 worker gthread {THREADS} threads per server; "
         f"wrk 1 thread {CONNECTIONS} connections; {args.rounds} rounds of {args.duration}s, "
-        f"median shown; {os.cpu_count()} cores shared by all."
+        f"median shown; {os.cpu_count()} cores shared by all; proxy http_client "
+        f"{'httptools' if httptools_available() else 'urllib3'} (auto)."
     )
     return 0
 

@@ -139,6 +139,11 @@ def _short(exc: BaseException) -> str:
     return text if len(text) < 200 else text[:200] + "..."
 
 
+def _bodiless(method: str, status: int) -> bool:
+    """A reply that has no body whatever its Content-Length says (RFC 9110 section 6.4.1)."""
+    return method == "HEAD" or status in (204, 304) or status < 200
+
+
 def _too_large(name: str, length: str | None, limit: int) -> ServiceError | None:
     if length and length.isdigit() and int(length) > limit:
         return ServiceError(name, "bad_reply", f"reply of {length} bytes is over the {limit} limit")
@@ -181,7 +186,7 @@ class Urllib3Transport:
                 preload_content=False,
                 assert_same_host=False,
             )
-        except urllib3.exceptions.NewConnectionError as exc:  # (a ConnectTimeoutError too)
+        except urllib3.exceptions.ConnectTimeoutError as exc:  # (NewConnectionError too)
             raise ServiceError(
                 self.name, "unreachable", f"connection failed: {_short(exc)}"
             ) from exc
@@ -191,36 +196,44 @@ class Urllib3Transport:
             raise ServiceError(
                 self.name, "unreachable", f"{type(exc).__name__}: {_short(exc)}"
             ) from exc
-        return _Urllib3Exchange(self, response)
+        return _Urllib3Exchange(self, response, method)
 
     def close(self) -> None:
         self.pool.close()
 
 
 class _Urllib3Exchange:
-    def __init__(self, transport: Urllib3Transport, response: urllib3.BaseHTTPResponse) -> None:
+    def __init__(
+        self, transport: Urllib3Transport, response: urllib3.BaseHTTPResponse, method: str
+    ) -> None:
         self._transport = transport
         self._response = response
+        self._bodiless = _bodiless(method, response.status)
+        self._read_all = False
         self.status = response.status
         self.headers = response.headers
 
     def read(self, limit: int) -> bytes:
         name = self._transport.name
-        error = _too_large(name, self.headers.get("Content-Length"), limit)
+        error = (
+            None if self._bodiless else _too_large(name, self.headers.get("Content-Length"), limit)
+        )
         if error:
             raise error
         with _urllib3_errors(self._transport, "reply"):
             body = self._response.read(limit + 1)
         if len(body) > limit:
             raise _over_limit(name, limit)
+        self._read_all = True
         return body
 
     def stream(self, size: int) -> Iterator[bytes]:
         with _urllib3_errors(self._transport, "file transfer"):
             yield from self._response.stream(size)
+        self._read_all = True
 
     def close(self, *, complete: bool) -> None:
-        if not complete:  # never reuse a connection with unread bytes on it
+        if not (complete and self._read_all):  # never reuse a connection with unread bytes
             self._response.close()
         self._response.release_conn()
 
@@ -314,13 +327,20 @@ class HttptoolsTransport:
             return exchange
 
     def _head(self, method: str, target: str, headers: dict[str, str], body: bytes | None) -> bytes:
-        lines = [f"{method} {target} HTTP/1.1", f"Host: {self._host}"]
+        """The request line and headers: Host ours unless given, Content-Length always ours."""
+        lines = [f"{method} {target} HTTP/1.1", ""]
+        host = self._host
         for name, value in headers.items():
             value = str(value)
             if any(c in name or c in value for c in _FORBIDDEN_IN_HEADERS) or ":" in name:
                 raise ValueError(f"invalid header for {self.name}: {name!r}")
-            lines.append(f"{name}: {value}")
-        if body is not None and "Content-Length" not in headers:
+            lower = name.lower()
+            if lower == "host":
+                host = value
+            elif lower != "content-length":
+                lines.append(f"{name}: {value}")
+        lines[1] = f"Host: {host}"
+        if body is not None:
             lines.append(f"Content-Length: {len(body)}")
         lines.append("\r\n")
         return "\r\n".join(lines).encode("latin-1")
@@ -377,6 +397,7 @@ class _HttptoolsExchange:
         self._transport = transport
         self._sock: socket.socket | None = sock
         self._parser = transport.parser_class(self)
+        self._method = method
         self._head_only = method == "HEAD"
         self._raw: list[tuple[bytes, bytes]] = []
         self._chunks: list[bytes] = []
@@ -470,7 +491,8 @@ class _HttptoolsExchange:
 
     def read(self, limit: int) -> bytes:
         name = self._transport.name
-        error = _too_large(name, self.headers.get("Content-Length"), limit)
+        bodiless = _bodiless(self._method, self.status)
+        error = None if bodiless else _too_large(name, self.headers.get("Content-Length"), limit)
         if error:
             raise error
         with _socket_errors(self._transport, "reply"):
