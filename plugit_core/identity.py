@@ -17,14 +17,16 @@ The login pages themselves, and the hook that turns a session into a user, are t
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from .users import Orga, PlugItUser
+from .users import ALL, Orga, PlugItUser
 
 if TYPE_CHECKING:
     from werkzeug.wrappers import Response
 
+    from .config import SectionReader
     from .proxy.app import ProxyApp, ProxyRequest
     from .proxy.routes import Route
 
@@ -33,14 +35,17 @@ __all__ = [
     "SESSION_BACKEND_KEY",
     "SESSION_USER_KEY",
     "AuthError",
+    "GroupGrant",
     "PasswordBackend",
     "RedirectBackend",
     "UserStore",
     "check_role",
     "check_username",
+    "grant_memberships",
     "gravatar_url",
     "log_in",
     "log_out",
+    "parse_group_grants",
 ]
 
 SESSION_USER_KEY = "uid"
@@ -75,6 +80,91 @@ def gravatar_url(email: str) -> str:
     """The Gravatar image of an e-mail address (the ``gravatar`` user property)."""
     digest = hashlib.md5(email.strip().lower().encode("utf-8"), usedforsecurity=False)
     return f"https://www.gravatar.com/avatar/{digest.hexdigest()}?d=retro"
+
+
+@dataclass(frozen=True)
+class GroupGrant:
+    """What membership of one external group (a directory's, a provider's) gives."""
+
+    services: Mapping[str, str] = field(default_factory=dict)
+    orgas: Mapping[str, str] = field(default_factory=dict)
+
+
+def parse_group_grants(
+    reader: SectionReader,
+    value: Any,
+    service_names: set[str],
+    *,
+    group_key: Callable[[str, Any], Hashable],
+    described: str,
+) -> dict[Hashable, GroupGrant]:
+    """Validate a ``groups`` table: ``group = { services = {name = role}, orgas = {...} }``.
+
+    ``group_key(where, group)`` checks one group name and returns the key it is matched by
+    (raising the reader's error); ``described`` says what a group is named by in messages.
+    Service names must be mounted services or ``"*"``; roles ``member`` or ``admin``.
+    """
+    if not isinstance(value, Mapping):
+        raise reader.error(
+            "groups", f"expected a table of {described} = {{ services = {{...}}, ... }}"
+        )
+    grants: dict[Hashable, GroupGrant] = {}
+    for group, grant in value.items():
+        where = f'groups."{group}"'
+        key = group_key(where, group)
+        if not isinstance(grant, Mapping):
+            raise reader.error(where, "expected a table: { services = {...}, orgas = {...} }")
+        unknown = set(grant) - {"services", "orgas"}
+        if unknown:
+            raise reader.error(f"{where}.{sorted(unknown)[0]}", "unknown setting")
+        tables: dict[str, dict[str, str]] = {}
+        for kind in ("services", "orgas"):
+            table = grant.get(kind, {})
+            if not isinstance(table, Mapping):
+                raise reader.error(f"{where}.{kind}", 'expected a table of name = "member"/"admin"')
+            for name, role in table.items():
+                if not isinstance(name, str) or not name.strip():
+                    raise reader.error(f"{where}.{kind}", "names must not be empty")
+                if role not in ROLES:
+                    raise reader.error(
+                        f"{where}.{kind}.{name}", f"must be one of {', '.join(ROLES)}, not {role!r}"
+                    )
+                if kind == "services" and name != ALL and name not in service_names:
+                    known = ", ".join(sorted(service_names)) or "none"
+                    raise reader.error(
+                        f"{where}.{kind}.{name}",
+                        f'no service of that name (known: {known}; "*" means every service)',
+                    )
+            tables[kind] = dict(table)
+        if key in grants:
+            raise reader.error(where, "the same group appears twice")
+        grants[key] = GroupGrant(tables["services"], tables["orgas"])
+    return grants
+
+
+def grant_memberships(
+    grants: Mapping[Hashable, GroupGrant],
+    groups: Iterable[Hashable],
+    superuser_groups: Iterable[Hashable] = (),
+) -> tuple[dict[str, str], dict[str, str]]:
+    """(service roles, organisation roles) given by a user's groups: the strongest role wins,
+    and a superuser group makes its members administrators of every service."""
+    services: dict[str, str] = {}
+    orgas: dict[str, str] = {}
+    superusers = set(superuser_groups)
+    superuser = False
+    for group in groups:
+        superuser = superuser or group in superusers
+        grant = grants.get(group)
+        if grant is None:
+            continue
+        for target, table in ((services, grant.services), (orgas, grant.orgas)):
+            for name, role in table.items():
+                if target.get(name) != "admin":
+                    target[name] = role
+    if superuser:
+        services[ALL] = "admin"
+    return services, orgas
 
 
 class AuthError(Exception):

@@ -55,9 +55,9 @@ from urllib.parse import urlsplit
 
 from plugit_core.config import ConfigError, ProxyConfig, SectionReader
 from plugit_core.hookspecs import hookimpl
-from plugit_core.identity import ROLES, AuthError
+from plugit_core.identity import AuthError, GroupGrant, grant_memberships, parse_group_grants
 from plugit_core.networks import is_loopback_host
-from plugit_core.users import ALL, PlugItUser
+from plugit_core.users import PlugItUser
 
 # ldap3 is the `ldap` extra: without it this plugin still loads (so it can be a built-in), and
 # only a configuration that uses it fails, with a message saying what to install.
@@ -119,14 +119,6 @@ DISABLED = "This account is disabled."
 
 
 # -- settings -------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class GroupGrant:
-    """What membership of one directory group gives."""
-
-    services: Mapping[str, str] = field(default_factory=dict)
-    orgas: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -221,42 +213,6 @@ def _balanced(value: str) -> bool:
             if depth < 0:
                 return False
     return depth == 0
-
-
-def _grants(reader: _Reader, value: Any, service_names: set[str]) -> dict[Any, GroupGrant]:
-    if not isinstance(value, Mapping):
-        raise reader.error("groups", "expected a table of group DN = { services = {...}, ... }")
-    grants: dict[Any, GroupGrant] = {}
-    for dn, grant in value.items():
-        where = f'groups."{dn}"'
-        key = reader.dn(where, dn)
-        if not isinstance(grant, Mapping):
-            raise reader.error(where, "expected a table: { services = {...}, orgas = {...} }")
-        unknown = set(grant) - {"services", "orgas"}
-        if unknown:
-            raise reader.error(f"{where}.{sorted(unknown)[0]}", "unknown setting")
-        services = grant.get("services", {})
-        orgas = grant.get("orgas", {})
-        for kind, table in (("services", services), ("orgas", orgas)):
-            if not isinstance(table, Mapping):
-                raise reader.error(f"{where}.{kind}", 'expected a table of name = "member"/"admin"')
-            for name, role in table.items():
-                if role not in ROLES:
-                    raise reader.error(
-                        f"{where}.{kind}.{name}", f"must be one of {', '.join(ROLES)}, not {role!r}"
-                    )
-                if not isinstance(name, str) or not name.strip():
-                    raise reader.error(f"{where}.{kind}", "names must not be empty")
-                if kind == "services" and name != ALL and name not in service_names:
-                    known = ", ".join(sorted(service_names)) or "none"
-                    raise reader.error(
-                        f"{where}.{kind}.{name}",
-                        f'no service of that name (known: {known}; "*" means every service)',
-                    )
-        if key in grants:
-            raise reader.error(where, "the same group appears twice")
-        grants[key] = GroupGrant(dict(services), dict(orgas))
-    return grants
 
 
 def settings_from_config(config: ProxyConfig, section: Mapping[str, Any]) -> LDAPSettings:
@@ -354,7 +310,13 @@ def settings_from_config(config: ProxyConfig, section: Mapping[str, Any]) -> LDA
         member_of_attribute=reader.attribute("member_of_attribute", "memberOf"),
         group_search_base=group_search_base,
         group_filter=reader.search_filter("group_filter", DEFAULT_GROUP_FILTER, ("dn", "username")),
-        groups=_grants(reader, section.get("groups", {}), services),
+        groups=parse_group_grants(
+            reader,
+            section.get("groups", {}),
+            services,
+            group_key=reader.dn,
+            described="group DN",
+        ),
         superuser_groups=frozenset(
             reader.dn(f"superuser_groups[{i}]", dn) for i, dn in enumerate(superusers)
         ),
@@ -755,24 +717,8 @@ class LDAPAuth:
         username = next(
             (n for n in names if n.lower() == typed.lower()), names[0] if names else typed
         )
-        services: dict[str, str] = {}
-        orgas: dict[str, str] = {}
-        superuser = False
-        for group in groups:
-            key = _safe_dn_key(group)
-            if key is None:
-                continue
-            if key in s.superuser_groups:
-                superuser = True
-            grant = s.groups.get(key)
-            if grant is None:
-                continue
-            for target, table in ((services, grant.services), (orgas, grant.orgas)):
-                for name, role in table.items():
-                    if target.get(name) != "admin":
-                        target[name] = role
-        if superuser:
-            services[ALL] = "admin"
+        keys = [key for key in map(_safe_dn_key, groups) if key is not None]
+        services, orgas = grant_memberships(s.groups, keys, s.superuser_groups)
         return {
             "username": username,
             "email": _first(attributes, s.email_attribute),

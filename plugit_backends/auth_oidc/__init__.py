@@ -63,10 +63,16 @@ from werkzeug.wrappers import Response
 from plugit_backends.login import LOGIN_PATH
 from plugit_core.config import ConfigError, ProxyConfig, SectionReader
 from plugit_core.hookspecs import hookimpl
-from plugit_core.identity import ROLES, AuthError, log_in
+from plugit_core.identity import (
+    AuthError,
+    GroupGrant,
+    grant_memberships,
+    log_in,
+    parse_group_grants,
+)
 from plugit_core.networks import is_loopback_host
 from plugit_core.proxy.routes import Route
-from plugit_core.users import ALL, PlugItUser
+from plugit_core.users import PlugItUser
 
 # joserfc is the `oidc` extra (and a dependency of Authlib 1.6 and later, which imports it for its
 # OAuth clients): without it this plugin still loads (so it can be a built-in), and only a
@@ -143,14 +149,6 @@ BROKEN = "The login failed because of an error on our side. Please try again lat
 
 
 @dataclass(frozen=True)
-class GroupGrant:
-    """What membership of one provider group gives."""
-
-    services: Mapping[str, str] = field(default_factory=dict)
-    orgas: Mapping[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
 class OIDCSettings:
     """The validated ``[auth_oidc]`` table."""
 
@@ -219,40 +217,13 @@ def _http_url(reader: _Reader, key: str, value: str, allow_http: bool) -> str:
     return value
 
 
-def _grants(reader: _Reader, value: Any, service_names: set[str]) -> dict[str, GroupGrant]:
-    if not isinstance(value, Mapping):
-        raise reader.error("groups", 'expected a table of "group" = { services = {...}, ... }')
-    grants: dict[str, GroupGrant] = {}
-    for group, grant in value.items():
-        where = f'groups."{group}"'
+def _group_name(reader: _Reader) -> Callable[[str, Any], str]:
+    def check(where: str, group: Any) -> str:
         if not isinstance(group, str) or not group:
             raise reader.error("groups", "group names must not be empty")
-        if not isinstance(grant, Mapping):
-            raise reader.error(where, "expected a table: { services = {...}, orgas = {...} }")
-        unknown = set(grant) - {"services", "orgas"}
-        if unknown:
-            raise reader.error(f"{where}.{sorted(unknown)[0]}", "unknown setting")
-        tables: dict[str, dict[str, str]] = {}
-        for kind in ("services", "orgas"):
-            table = grant.get(kind, {})
-            if not isinstance(table, Mapping):
-                raise reader.error(f"{where}.{kind}", 'expected a table of name = "member"/"admin"')
-            for name, role in table.items():
-                if not isinstance(name, str) or not name.strip():
-                    raise reader.error(f"{where}.{kind}", "names must not be empty")
-                if role not in ROLES:
-                    raise reader.error(
-                        f"{where}.{kind}.{name}", f"must be one of {', '.join(ROLES)}, not {role!r}"
-                    )
-                if kind == "services" and name != ALL and name not in service_names:
-                    known = ", ".join(sorted(service_names)) or "none"
-                    raise reader.error(
-                        f"{where}.{kind}.{name}",
-                        f'no service of that name (known: {known}; "*" means every service)',
-                    )
-            tables[kind] = dict(table)
-        grants[group] = GroupGrant(tables["services"], tables["orgas"])
-    return grants
+        return group
+
+    return check
 
 
 def settings_from_config(config: ProxyConfig, section: Mapping[str, Any]) -> OIDCSettings:
@@ -332,7 +303,13 @@ def settings_from_config(config: ProxyConfig, section: Mapping[str, Any]) -> OID
         first_name_claim=reader.claim("first_name_claim", "given_name"),
         last_name_claim=reader.claim("last_name_claim", "family_name"),
         groups_claim=reader.claim("groups_claim", "groups"),
-        groups=_grants(reader, section.get("groups", {}), services),
+        groups=parse_group_grants(
+            reader,
+            section.get("groups", {}),
+            services,
+            group_key=_group_name(reader),
+            described='"group"',
+        ),
         superuser_groups=frozenset(superusers),
     )
 
@@ -662,20 +639,7 @@ class OIDCAuth:
     def fields_from_claims(self, claims: Mapping[str, Any]) -> dict[str, Any]:
         """What ``sync_external_user`` receives: profile fields and the mapped memberships."""
         s = self.settings
-        services: dict[str, str] = {}
-        orgas: dict[str, str] = {}
-        superuser = False
-        for group in self.groups_of(claims):
-            superuser = superuser or group in s.superuser_groups
-            grant = s.groups.get(group)
-            if grant is None:
-                continue
-            for target, table in ((services, grant.services), (orgas, grant.orgas)):
-                for name, role in table.items():
-                    if target.get(name) != "admin":
-                        target[name] = role
-        if superuser:
-            services[ALL] = "admin"
+        services, orgas = grant_memberships(s.groups, self.groups_of(claims), s.superuser_groups)
         fields: dict[str, Any] = {"services": services, "orgas": orgas}
         email = _text(claim_value(claims, s.email_claim))
         username = _text(claim_value(claims, s.username_claim)) or email
