@@ -21,10 +21,9 @@ import json
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.wrappers import Response
 
-from plugit_core.proxy.api import MAX_API_BODY, ApiError
+from plugit_core.proxy.api import ApiError
 
 from .store import BillingError, ConflictError, NotFoundError, Subscription, parse_datetime
 
@@ -67,15 +66,7 @@ def _refused(exc: Exception) -> ApiError:
 def _body(call: ApiCall, allowed: frozenset[str]) -> dict[str, Any]:
     """The request's fields, from a JSON object or a form (each field once); 4xx otherwise."""
     request = call.request
-    # A chunked body has no length to check first: werkzeug stops reading it at
-    # max_content_length, silently, so read one byte more than allowed to see it was cut.
-    request.max_content_length = MAX_API_BODY + 1
-    try:
-        raw = request.get_data(cache=True)
-    except RequestEntityTooLarge:
-        raw = b"x" * (MAX_API_BODY + 1)
-    if len(raw) > MAX_API_BODY:
-        raise ApiError(413, "too_large", f"API requests are limited to {MAX_API_BODY} bytes")
+    raw = request.get_data(cache=True)  # read, and checked against the limit, by the API
     data: dict[str, Any] = {}
     if request.mimetype in ("application/x-www-form-urlencoded", "multipart/form-data"):
         if request.files:  # parsed from the body read above

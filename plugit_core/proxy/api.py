@@ -86,6 +86,23 @@ class ApiCall:
         return data
 
 
+def _body_within_limit(request: ProxyRequest) -> bool:
+    """Read the request's body now (endpoints then parse it from memory); False when it is
+    larger than :data:`MAX_API_BODY`.
+
+    A declared length is checked first.  A chunked body has none, and werkzeug stops reading
+    one at ``max_content_length`` without saying so, so one byte more than allowed is read to
+    see whether it was cut: no endpoint ever gets a silently truncated body.
+    """
+    if request.content_length is not None and request.content_length > MAX_API_BODY:
+        return False
+    request.max_content_length = MAX_API_BODY + 1
+    try:
+        return len(request.get_data(cache=True)) <= MAX_API_BODY
+    except RequestEntityTooLarge:
+        return False
+
+
 def _json(data: Any, status: int = 200) -> Response:
     response = Response(
         json.dumps(data, ensure_ascii=False), status=status, mimetype="application/json"
@@ -140,7 +157,7 @@ class CallbackAPI:
             return _error(
                 403, "forbidden", "this API needs the service's key: Authorization: Bearer <key>"
             )
-        if request.content_length and request.content_length > MAX_API_BODY:
+        if not _body_within_limit(request):
             return _error(413, "too_large", f"API requests are limited to {MAX_API_BODY} bytes")
         call = ApiCall(request, self.proxy, mount)
         try:

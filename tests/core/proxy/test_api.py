@@ -9,7 +9,7 @@ import requests
 from proxy_helpers import SECRET, STRONG_KEY, proxy_config
 
 from plugit_core.hookspecs import hookimpl
-from plugit_core.proxy.api import ApiError
+from plugit_core.proxy.api import MAX_API_BODY, ApiError
 from plugit_core.proxy.app import ProxyApp
 from plugit_core.service import PlugItAPI, PlugItAPIAuthError, PlugItAPIError
 from plugit_core.testing import serve
@@ -56,6 +56,7 @@ class KarmaPlugin:
             return {"service": call.service, "user": user.username, "karma": 42}
 
         register("karma/<pk>", karma)
+        register("echo", lambda call: {"size": len(call.request.form["text"])}, ("POST",))
 
 
 @pytest.fixture
@@ -158,6 +159,27 @@ def test_a_plugin_adds_an_api_endpoint(site):
         timeout=10,
     )
     assert scoped.status_code == 404
+
+
+def test_no_endpoint_gets_a_cut_body(site):
+    base, _ = site
+    headers = {
+        "Authorization": f"Bearer {KEY_ONE}",
+        "Content-Type": "application/x-www-form-urlencoded",
+    }
+
+    def chunks(size):  # no Content-Length: sent chunked
+        yield b"text="
+        for _ in range(size // 65536):
+            yield b"x" * 65536
+
+    url = f"{base}/one/ebuio_api/echo"
+    small = requests.post(url, data=chunks(MAX_API_BODY // 2), headers=headers, timeout=10)
+    assert small.json() == {"size": MAX_API_BODY // 2}
+    big = requests.post(url, data=chunks(MAX_API_BODY + 65536), headers=headers, timeout=10)
+    assert big.status_code == 413 and big.json()["error"] == "too_large", big.text
+    declared = requests.post(url, data=b"text=" + b"x" * MAX_API_BODY, headers=headers, timeout=10)
+    assert declared.status_code == 413
 
 
 def test_registering_an_endpoint_twice_is_refused(service_url):
