@@ -5,18 +5,24 @@ Wrap the site's WSGI application (in its ``wsgi.py``)::
     from django.core.wsgi import get_wsgi_application
     from plugit_contrib.django import wrap_django_wsgi
 
-    application = wrap_django_wsgi(get_wsgi_application(), "plugit.toml", login_url="/login/")
+    application = wrap_django_wsgi(
+        get_wsgi_application(), "plugit.toml", login_url="/login/", logout_url="/logout/"
+    )
 
 Requests below a service's mount and ``/_plugit/...`` go to the PlugIt proxy, everything else to
 Django.  The proxy knows the visitor from Django's session cookie
 (:func:`plugit_identity_from_django`): a logged-in Django user is a logged-in PlugIt user, staff
 users are members of every service and superusers administrators of every service (the
 original PlugIt's standalone mode with real users).  Give ``map_user`` to decide otherwise.
+
+With ``logout_url``, the layout's "Log out" button posts to the site's logout view (Django's
+``LogoutView`` or the site's own, behind ``CsrfViewMiddleware``) with the visitor's Django CSRF
+token (:func:`plugit_logout_fields_from_django`), never the proxy's.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from importlib import import_module
 from pathlib import Path
 from typing import Any
@@ -42,11 +48,13 @@ __all__ = [
     "PlugItDjangoMiddleware",
     "django_session_user",
     "plugit_identity_from_django",
+    "plugit_logout_fields_from_django",
     "plugit_user_from_django",
     "wrap_django_wsgi",
 ]
 
 Identify = Callable[[dict[str, Any]], "PlugItUser | None"]
+LogoutFields = Callable[[dict[str, Any]], "Mapping[str, str] | None"]
 
 
 def plugit_user_from_django(user: Any) -> PlugItUser:
@@ -134,12 +142,48 @@ def plugit_identity_from_django(
     return identify
 
 
+def plugit_logout_fields_from_django() -> LogoutFields:
+    """A ``logout_fields(environ)`` for :class:`~plugit_core.proxy.app.PlugItMiddleware`:
+    ``{"csrfmiddlewaretoken": <token>}``, a Django CSRF token for the visitor's CSRF secret, so
+    the layout's logout form passes Django's ``CsrfViewMiddleware``.
+
+    The secret is read as the middleware reads it (the ``CSRF_COOKIE_NAME`` cookie, or the
+    session with ``CSRF_USE_SESSIONS``); Django gives every user one when they log in.  A visitor
+    without one gets no field (Django would refuse the form: no token can be made for them
+    without setting a cookie).
+    """
+
+    def logout_fields(environ: dict[str, Any]) -> Mapping[str, str] | None:
+        from django.core.handlers.wsgi import WSGIRequest
+        from django.middleware.csrf import CsrfViewMiddleware, get_token
+
+        request = WSGIRequest(environ)  # the body is not read
+        close_old_connections()
+        try:
+            if settings.CSRF_USE_SESSIONS:
+                engine = import_module(settings.SESSION_ENGINE)
+                request.session = engine.SessionStore(
+                    request.COOKIES.get(settings.SESSION_COOKIE_NAME)
+                )
+            CsrfViewMiddleware(lambda request: None).process_request(request)  # type: ignore[arg-type, return-value]
+            if "CSRF_COOKIE" not in request.META:
+                return None
+            return {"csrfmiddlewaretoken": get_token(request)}
+        finally:
+            close_old_connections()
+
+    return logout_fields
+
+
 class PlugItDjangoMiddleware(PlugItMiddleware):
     """:class:`~plugit_core.proxy.app.PlugItMiddleware` knowing Django's users.
 
     ``identify`` defaults to :func:`plugit_identity_from_django`; ``login_url`` (for instance
-    the site's ``settings.LOGIN_URL``) is where the proxy's "Log in" links lead.  Other
-    ``options`` go to the proxy (``plugins``, ``check_services``, ...).
+    the site's ``settings.LOGIN_URL``) is where the proxy's "Log in" links lead; with
+    ``logout_url`` (the site's logout view, POST-only as Django's ``LogoutView``), the layout's
+    "Log out" button posts there with the visitor's Django CSRF token (``logout_fields``,
+    default :func:`plugit_logout_fields_from_django`).  Other ``options`` go to the proxy
+    (``plugins``, ``check_services``, ...).
     """
 
     def __init__(
@@ -149,11 +193,19 @@ class PlugItDjangoMiddleware(PlugItMiddleware):
         *,
         identify: Identify | None = None,
         login_url: str | None = None,
+        logout_url: str | None = None,
+        logout_fields: LogoutFields | None = None,
         **options: Any,
     ) -> None:
-        super().__init__(app, config, identify=identify or plugit_identity_from_django(), **options)
-        if login_url:
-            self.proxy.login_url = login_url
+        super().__init__(
+            app,
+            config,
+            identify=identify or plugit_identity_from_django(),
+            login_url=login_url,
+            logout_url=logout_url,
+            logout_fields=logout_fields or plugit_logout_fields_from_django(),
+            **options,
+        )
 
 
 def wrap_django_wsgi(
@@ -163,6 +215,7 @@ def wrap_django_wsgi(
 ) -> PlugItDjangoMiddleware:
     """Serve PlugIt (configured by ``config``) in front of Django's WSGI application.
 
-    ``options`` are :class:`PlugItDjangoMiddleware`'s (``login_url``, ``identify``, ...).
+    ``options`` are :class:`PlugItDjangoMiddleware`'s (``login_url``, ``logout_url``,
+    ``identify``, ...).
     """
     return PlugItDjangoMiddleware(django_wsgi_app, config, **options)

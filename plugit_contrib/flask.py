@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import sys
 import types
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -47,9 +47,15 @@ from werkzeug.exceptions import NotFound
 from plugit_core.service import PlugItService, ServiceRequest
 from plugit_core.users import PlugItUser
 
-__all__ = ["FlaskService", "make_flask_service", "plugit_identity_from_flask"]
+__all__ = [
+    "FlaskService",
+    "make_flask_service",
+    "plugit_identity_from_flask",
+    "plugit_logout_fields_from_flask",
+]
 
 Identify = Callable[[dict[str, Any]], "PlugItUser | None"]
+LogoutFields = Callable[[dict[str, Any]], "Mapping[str, str] | None"]
 
 
 # -- host side ------------------------------------------------------------------------------------
@@ -67,15 +73,44 @@ def plugit_identity_from_flask(
     """
 
     def identify(environ: dict[str, Any]) -> PlugItUser | None:
-        # populate_request=False: leave the proxy's own request object in the environ.
-        request = flask_app.request_class(environ, populate_request=False)
-        with flask_app.app_context():
-            session = flask_app.session_interface.open_session(flask_app, request)
-            if session is None:  # no secret_key: Flask has no session at all
-                return None
-            return load_user(session)
+        return _with_session(flask_app, environ, load_user)
 
     return identify
+
+
+def plugit_logout_fields_from_flask(
+    flask_app: flask.Flask, fields: Callable[[SessionMixin], Mapping[str, str] | None]
+) -> LogoutFields:
+    """A ``logout_fields(environ)`` for :class:`~plugit_core.proxy.app.PlugItMiddleware`: the
+    hidden fields the layout's logout form posts to the site's own logout view.
+
+    ``fields(session)`` gets the Flask session (opened as :func:`plugit_identity_from_flask`
+    does, read-only) and returns them, typically the site's CSRF token for the visitor::
+
+        logout_fields=plugit_logout_fields_from_flask(
+            app, lambda session: {"csrf_token": session.get("csrf", "")}
+        )
+
+    The session is never saved: the token must already be in it (create it at login).
+    """
+
+    def logout_fields(environ: dict[str, Any]) -> Mapping[str, str] | None:
+        return _with_session(flask_app, environ, fields)
+
+    return logout_fields
+
+
+def _with_session(
+    flask_app: flask.Flask, environ: dict[str, Any], use: Callable[[SessionMixin], Any]
+) -> Any:
+    """``use(session)`` with the request's Flask session (None when Flask has no session)."""
+    # populate_request=False: leave the proxy's own request object in the environ.
+    request = flask_app.request_class(environ, populate_request=False)
+    with flask_app.app_context():
+        session = flask_app.session_interface.open_session(flask_app, request)
+        if session is None:  # no secret_key: Flask has no session at all
+            return None
+        return use(session)
 
 
 # -- service side ---------------------------------------------------------------------------------

@@ -190,11 +190,14 @@ def page_cache_key(
     user_key: str | None,
     orga_key: str | None,
     variant: str = "",
+    script_root: str = "",
 ) -> str:
     """The page-cache key (5.8, plus the method and the service: weakness W6).
 
     ``user_key`` is None for pages shared between users; ``orga_key`` is None outside orga mode.
-    The parts are hashed so the key has a fixed length and only safe characters whatever the path.
+    ``script_root`` is where the proxy is on the site (``SCRIPT_NAME``): a cached page holds
+    URLs below it.  The parts are hashed so the key has a fixed length and only safe characters
+    whatever the path.
     """
     parts = [
         service,
@@ -206,5 +209,7 @@ def page_cache_key(
         orga_key or "",
         variant,
     ]
+    if script_root:  # keys of a proxy at the site's root are unchanged
+        parts.append(script_root)
     digest = hashlib.sha256("\x00".join(parts).encode("utf-8", "surrogatepass")).hexdigest()
     return f"page:{service}:{digest}"

@@ -719,7 +719,7 @@ class OIDCAuth:
         except AuthError as exc:
             return self._page(request, 503, exc.message, next_path)
         redirect_uri = self.settings.redirect_uri or (
-            f"{request.scheme}://{request.host}{CALLBACK_PATH}"
+            f"{request.scheme}://{request.host}{request.proxy.site_url(request, CALLBACK_PATH)}"
         )
         state = secrets.token_urlsafe(32)
         nonce = secrets.token_urlsafe(32)

@@ -87,21 +87,26 @@ def _settings(config: ProxyConfig, section: Mapping[str, Any]) -> LoginSettings:
     return LoginSettings(max_failures, float(window), max_address_failures)
 
 
-def _safe_next(value: str | None) -> str:
-    """A local path to go back to after login (never another site)."""
+def _safe_next(value: str | None, base: str = "") -> str:
+    """A local path to go back to after login (never another site).
+
+    ``value`` is the browser's path (below the proxy's ``SCRIPT_NAME``, ``base``); so is the
+    answer, the site's home (``base + "/"``) when ``value`` will not do.
+    """
+    home = base + "/"
     if not value:
-        return "/"
+        return home
     split = urlsplit(value)
     if split.scheme or split.netloc:
-        return "/"
+        return home
     if (
         not value.startswith("/")
         or value.startswith(("//", "/\\"))
         or any(c in value for c in "\r\n\\\x00")
     ):
-        return "/"
-    if value.startswith((LOGIN_PATH, LOGOUT_PATH)):
-        return "/"
+        return home
+    if value.startswith((base + LOGIN_PATH, base + LOGOUT_PATH)):
+        return home
     return value
 
 
@@ -141,7 +146,7 @@ def _login_page(
         status=status,
         password_backends=password,
         redirect_backends=redirect,
-        login_action=LOGIN_PATH,
+        login_action=proxy.site_url(request, LOGIN_PATH),
         next=next_path,
         username=username,
         error=error,
@@ -159,10 +164,11 @@ def login_view(request: Any) -> Response:
         referrer = request.headers.get("Referer", "")
         own = f"{request.scheme}://{request.host}"
         fallback = referrer[len(own) :] if referrer.startswith(own + "/") else None
-        return _login_page(request, next_path=_safe_next(request.args.get("next") or fallback))
+        next_path = _safe_next(request.args.get("next") or fallback, proxy.base_path(request))
+        return _login_page(request, next_path=next_path)
     username = request.form.get("username", "").strip()
     password = request.form.get("password", "")
-    next_path = _safe_next(request.form.get("next"))
+    next_path = _safe_next(request.form.get("next"), proxy.base_path(request))
 
     def refuse(status: int, code: str, **extra: Any) -> Response:
         return _login_page(
@@ -242,7 +248,8 @@ def logout_view(request: Any) -> Response:
                 log.exception("auth backend %s failed to give its logout redirect", backend_name)
             break
     log_out(request)
-    return redirect or Response(b"", status=303, headers={"Location": "/"})
+    home = proxy.site_url(request, "/")
+    return redirect or Response(b"", status=303, headers={"Location": home})
 
 
 @hookimpl(trylast=True)

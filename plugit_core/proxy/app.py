@@ -24,7 +24,7 @@ from dataclasses import replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from cachetools import LRUCache
 from markupsafe import Markup, escape
@@ -54,11 +54,15 @@ from .routes import Route
 from .templating import CSRF_PLACEHOLDER, ServiceTemplates, site_environment
 from .upstream import ServiceClient, ServiceError
 
-__all__ = ["PlugItMiddleware", "ProxyApp", "ProxyRequest"]
+__all__ = ["LogoutFields", "PlugItMiddleware", "ProxyApp", "ProxyRequest", "script_root"]
 
 log = logging.getLogger("plugit.proxy")
 
 STATIC_PREFIX = "/_plugit/static/"
+# What stays unquoted of SCRIPT_NAME in the URLs we emit: RFC 3986 path characters ("%" is not,
+# since SCRIPT_NAME arrives percent-decoded).
+_PATH_SAFE = "/!$&'()*+,;=:@-._~"
+LogoutFields = Callable[[dict[str, Any]], "Mapping[str, str] | None"]
 _STATUS_TITLES = {
     400: ("Bad request", "The request could not be understood."),
     401: ("Login required", "Please log in to see this page."),
@@ -82,6 +86,29 @@ def strip_plugit_headers(environ: dict[str, Any]) -> None:
     """Remove every client-supplied ``X-Plugit*`` header (all spellings fold to these keys)."""
     for key in [k for k in environ if k.startswith("HTTP_X_PLUGIT")]:
         del environ[key]
+
+
+def script_root(request: Request) -> str:
+    """The external base of ``request``: where the app is mounted on the site (WSGI
+    ``SCRIPT_NAME``, as werkzeug's ``Request.script_root``), URL-quoted, without a trailing slash;
+    ``""`` for an app served at the site's root.
+
+    Mounts and the proxy's own routes are matched on ``PATH_INFO``; every URL the proxy gives the
+    browser is this base followed by the path in the app.  Leading slashes are folded into one, so
+    an odd ``SCRIPT_NAME`` (``//host``) can never make a protocol-relative URL.
+    """
+    root = request.script_root
+    if not root:
+        return ""
+    return "/" + quote(root.strip("/"), safe=_PATH_SAFE)
+
+
+def _prefixed(base: str, path: str) -> str:
+    """``path`` as the browser must ask for it: ``base`` in front of a local path (``/x``);
+    absolute and protocol-relative URLs, and anything else, unchanged."""
+    if not base or not path.startswith("/") or path.startswith("//"):
+        return path
+    return base + path
 
 
 def _variant_matches(variant: Any, mount: ServiceMount, request: Request, user: PlugItUser) -> bool:
@@ -188,8 +215,15 @@ class ProxyApp:
             self.backends.build("billing", config.billing, config) if config.billing else None
         )
         self.mail: Any = self.backends.build("mail", config.mail, config) if config.mail else None
+        # Where the layout's "Log in" and "Log out" controls lead: paths of this app (the
+        # request's SCRIPT_NAME is put in front) or absolute URLs.  The logout control is a POST
+        # form carrying the proxy's CSRF token (the proxy's own logout), or, when
+        # ``logout_fields`` is set, the hidden fields it gives for the request (a host app's
+        # own CSRF token); ``logout_method = "get"`` makes it a plain link.
         self.login_url: str | None = None
         self.logout_url: str | None = None
+        self.logout_method: str = "post"
+        self.logout_fields: LogoutFields | None = None
         self.static_prefix = STATIC_PREFIX
         self._trusted = NetworkList(config.trusted_proxies, setting="trusted_proxies")
         self.site_env = site_environment(self.theme)
@@ -230,7 +264,7 @@ class ProxyApp:
         self._skeletons: LRUCache[tuple[Any, ...], str] = LRUCache(maxsize=1024)
         self._skeleton_lock = threading.Lock()
         self._marks = tuple(
-            f"\x00plugit-{name}-{secrets.token_hex(8)}\x00" for name in ("c", "m", "p")
+            f"\x00plugit-{name}-{secrets.token_hex(8)}\x00" for name in ("c", "m", "p", "l")
         )
         self.pipeline = Pipeline(self)
         self.api = CallbackAPI(self)
@@ -360,7 +394,8 @@ class ProxyApp:
         if found is not None:
             mount, path = found
             if request.path + "/" == mount.mount:
-                return Response(b"", status=308, headers={"Location": mount.mount})
+                location = self.site_url(request, mount.mount)
+                return Response(b"", status=308, headers={"Location": location})
             return self.pipeline.handle(request, mount, path)
         adapter = self.url_map.bind_to_environ(request.environ)
         try:
@@ -496,10 +531,44 @@ class ProxyApp:
         return bool(sent) and hmac.compare_digest(str(sent).encode(), expected.encode())
 
     def with_csrf(self, request: ProxyRequest, html: str) -> str:
-        """Put the user's CSRF token where the page has the placeholder."""
+        """Put the user's CSRF token where the page has the placeholder, and the host app's
+        logout fields (``logout_fields``) where the layout has their marker.
+
+        Both are filled in per request, after every cache: a cached page or layout never holds
+        anyone's token.
+        """
+        if self.logout_fields is not None and self._marks[3] in html:
+            html = html.replace(self._marks[3], self._logout_fields_html(request))
         if CSRF_PLACEHOLDER not in html:
             return html
         return html.replace(CSRF_PLACEHOLDER, self.csrf_token(request))
+
+    def _logout_fields_html(self, request: ProxyRequest) -> str:
+        """The hidden inputs of the host app's logout form (``logout_fields``) for this request."""
+        assert self.logout_fields is not None
+        try:
+            fields = self.logout_fields(request.environ) or {}
+        except Exception:
+            log.exception("logout_fields failed: the logout form goes without them")
+            fields = {}
+        return "".join(
+            f'<input type="hidden" name="{escape(name)}" value="{escape(value)}">'
+            for name, value in fields.items()
+        )
+
+    # -- URLs -------------------------------------------------------------------------------------
+
+    def base_path(self, request: Request) -> str:
+        """Where this app is on the site for ``request`` (its ``SCRIPT_NAME``, see
+        :func:`script_root`); ``""`` at the site's root."""
+        return script_root(request)
+
+    def site_url(self, request: Request, path: str) -> str:
+        """The URL the browser must use for ``path``, a path of this app (``/polls/``,
+        ``/_plugit/static/x.css``): the request's :meth:`base_path` in front.  Absolute URLs are
+        returned unchanged.  Every URL the proxy emits (links, redirects, ``ebuio_baseUrl``,
+        ``MEDIA_URL``, ``X-Plugit-Base-Url``) goes through here."""
+        return _prefixed(self.base_path(request), path)
 
     # -- redirects --------------------------------------------------------------------------------
 
@@ -544,8 +613,10 @@ class ProxyApp:
 
     # -- site pages -------------------------------------------------------------------------------
 
-    def static_url(self, path: str) -> str:
-        return STATIC_PREFIX + path.lstrip("/")
+    def static_url(self, path: str, request: Request | None = None) -> str:
+        """The URL of the theme's file ``path``, below ``request``'s base when one is given."""
+        url = STATIC_PREFIX + path.lstrip("/")
+        return url if request is None else self.site_url(request, url)
 
     def static(self, request: Request, path: str) -> Response:
         target = safe_join(str(self.theme.static), path)
@@ -560,14 +631,30 @@ class ProxyApp:
     ) -> dict[str, Any]:
         user = user if user is not None else self.identify(request)
         path = request.full_path if request.query_string else request.path
+        base = self.base_path(request)
+
+        def site_url(target: str) -> str:
+            return _prefixed(base, target)
+
+        def static_url(target: str) -> str:
+            return _prefixed(base, STATIC_PREFIX + target.lstrip("/"))
+
         return {
             "site_name": self.config.site_name,
             "service": mount,
             "services": list(self.config.services),
             "user": user,
             "csrf_token": CSRF_PLACEHOLDER,
-            "login_url": self.login_url,
-            "logout_url": self.logout_url,
+            # URLs: the values are the browser's (below SCRIPT_NAME); paths of the app (a
+            # service's .mount) go through site_url() in the templates.
+            "script_root": base,
+            "site_url": site_url,
+            "static_url": static_url,
+            "home_url": base + "/",
+            "login_url": None if self.login_url is None else site_url(self.login_url),
+            "logout_url": None if self.logout_url is None else site_url(self.logout_url),
+            "logout_method": "get" if self.logout_method.lower() == "get" else "post",
+            "logout_fields": None if self.logout_fields is None else Markup(self._marks[3]),  # noqa: S704 (random constant)
             "dev_mode": self.config.dev_mode,
             "dev_user_mode": request.session.get("dev_user_mode", "ano")
             if self.config.dev_mode
@@ -575,7 +662,7 @@ class ProxyApp:
             "dev_orgas": list(SIMULATED_ORGAS)
             if self.config.dev_mode and mount is not None and mount.orga_mode
             else [],
-            "request_path": path,
+            "request_path": base + path,
             "orga": None,
             "orgas": [],
             "page_title": mount.title if mount else self.config.site_name,
@@ -596,11 +683,13 @@ class ProxyApp:
         """A service page inside the theme's layout.
 
         The layout is rendered once per kind of visitor (user, dev mode, organisation, with or
-        without menu) with markers where the content, the menu and the request path go; each
-        page then only fills the markers in.  The markers are random per process, so no service
-        can guess and plant them.
+        without menu) and script root (``SCRIPT_NAME``) with markers where the content, the menu
+        and the request path go; each page then only fills the markers in.  The markers are
+        random per process, so no service can guess and plant them.
         """
+        base = self.base_path(request)
         key = (
+            base,  # every URL of the layout starts with it
             mount.name,
             user.cache_key,
             user.display_name,
@@ -628,7 +717,7 @@ class ProxyApp:
                 self._skeletons[key] = skeleton
         path = request.full_path if request.query_string else request.path
         return (
-            skeleton.replace(self._marks[2], str(escape(path)))
+            skeleton.replace(self._marks[2], str(escape(base + path)))
             .replace(self._marks[1], menu)
             .replace(self._marks[0], content)
         )
@@ -730,6 +819,18 @@ class PlugItMiddleware:
     say who the user is (return a :class:`~plugit_core.users.PlugItUser` or None)::
 
         app.wsgi_app = PlugItMiddleware(app.wsgi_app, "plugit.toml", identify=current_user)
+
+    Mounts are matched on ``PATH_INFO``; when the host app is below a path prefix
+    (``SCRIPT_NAME``), every URL the proxy emits carries it.
+
+    ``login_url`` and ``logout_url`` are the host app's own login and logout URLs (paths of the
+    app, like the mounts), for the layout's "Log in" link and "Log out" control.  The logout
+    control is a plain link (a GET: the host's page should ask for confirmation with its own
+    form) unless ``logout_fields(environ)`` is given: it is then a POST form carrying the hidden
+    fields that function returns for the request, typically the host's own CSRF token (see
+    :func:`plugit_contrib.flask.plugit_logout_fields_from_flask` and
+    :func:`plugit_contrib.django.plugit_logout_fields_from_django`).  The proxy's CSRF token is
+    never sent to the host.
     """
 
     def __init__(
@@ -738,12 +839,21 @@ class PlugItMiddleware:
         config: ProxyConfig | Mapping[str, Any] | str | Path,
         *,
         identify: Callable[[dict[str, Any]], PlugItUser | None] | None = None,
+        login_url: str | None = None,
+        logout_url: str | None = None,
+        logout_fields: LogoutFields | None = None,
         plugins: Iterable[Any] = (),
         **options: Any,
     ) -> None:
         self.app = app
         extra = [_HostIdentity(identify)] if identify is not None else []
         self.proxy = ProxyApp(config, plugins=[*extra, *plugins], **options)
+        if login_url:
+            self.proxy.login_url = login_url
+        if logout_url:
+            self.proxy.logout_url = logout_url
+            self.proxy.logout_method = "post" if logout_fields is not None else "get"
+            self.proxy.logout_fields = logout_fields
 
     def __call__(
         self, environ: dict[str, Any], start_response: Callable[..., Any]

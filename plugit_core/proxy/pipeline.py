@@ -286,6 +286,7 @@ class Pipeline:
                 user_key=page.user.cache_key if meta.per_user_cache else None,
                 orga_key=None if page.orga is None else str(page.orga.pk),
                 variant=page.variant,
+                script_root=self.proxy.base_path(request),
             )
             wrapped = None if page.menu_only else self._wrapped.get(self._variant(page))
             if wrapped is not None:
@@ -398,7 +399,7 @@ class Pipeline:
             "ebuio_u": service_user.properties(self.config.user_data)
             if service_user.is_authenticated and not shared
             else {prop: None for prop in self.config.user_data},
-            "ebuio_baseUrl": mount.mount,
+            "ebuio_baseUrl": self.proxy.site_url(page.request, mount.mount),
             "ebuio_userMode": page.dev_user_mode,
             "ebuio_realUsers": not self.config.dev_mode,
             "ebuio_orgamode": mount.orga_mode,
@@ -406,8 +407,8 @@ class Pipeline:
             "ebuio_orgas": [o.as_dict() for o in page.orgas],
             "csrf_token": CSRF_PLACEHOLDER,
             "csrf_field": CSRF_FIELD,
-            "MEDIA_URL": mount.media_url,
-            "STATIC_URL": self.proxy.static_prefix,
+            "MEDIA_URL": self.proxy.site_url(page.request, mount.media_url),
+            "STATIC_URL": self.proxy.site_url(page.request, self.proxy.static_prefix),
         }
         context.update(own)
         context["plugit_include"] = _Include(self, page, context)
@@ -561,7 +562,7 @@ class Pipeline:
                 headers["X-Plugit-Orga-Pk"] = str(page.orga.pk)
                 headers["X-Plugit-Orga-Name"] = _header_text(page.orga.name)
                 headers["X-Plugit-Orga-Codops"] = _header_text(page.orga.codops)
-            headers["X-Plugit-Base-Url"] = page.mount.mount
+            headers["X-Plugit-Base-Url"] = self.proxy.site_url(request, page.mount.mount)
         values = self.service_session(page)
         if values:
             for key, value in values.items():
@@ -638,9 +639,11 @@ class Pipeline:
                 page.mount.name, "bad_reply", "redirect target contains control characters"
             )
         if not no_prefix:
-            return _redirect(page.mount.mount + target.lstrip("/"), 302)
+            return _redirect(
+                self.proxy.site_url(page.request, page.mount.mount) + target.lstrip("/"), 302
+            )
         if self.proxy.is_local_path(target) or self.proxy.redirect_allowed(page.request, target):
-            return _redirect(target, 302)
+            return _redirect(self.proxy.site_url(page.request, target), 302)
         raise ServiceError(
             page.mount.name,
             "bad_reply",

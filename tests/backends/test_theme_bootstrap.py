@@ -54,6 +54,10 @@ CONTEXT_NAMES = {
     "orga",
     "orgas",
     "home_url",  # optional, defaults to "/"
+    "script_root",  # SCRIPT_NAME ("" at the site's root)
+    "site_url",  # a path of the app (a service's mount) as the browser must ask for it
+    "logout_method",  # "post" (a form) or "get" (a link)
+    "logout_fields",  # the host app's hidden logout fields, or None (the proxy's CSRF field)
     # error.html only
     "status",
     "title",
@@ -171,6 +175,10 @@ def site_context(**overrides):
         "csrf_token": "csrf-123",
         "login_url": "/login/",
         "logout_url": "/logout/",
+        "logout_method": "post",
+        "logout_fields": None,
+        "script_root": "",
+        "site_url": lambda path: path,
         "dev_mode": False,
         "dev_user_mode": "ano",
         "dev_orgas": [],

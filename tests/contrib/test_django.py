@@ -16,6 +16,7 @@ import requests
 from django.conf import settings
 from django.core.management import call_command
 from django.db import connections
+from layout_controls import logout_control
 
 from plugit_contrib.django import PlugItDjangoMiddleware, plugit_identity_from_django
 from plugit_contrib.examples.django_host import settings as example_settings
@@ -311,3 +312,33 @@ def test_identify_maps_the_user_and_closes_its_connections(browser: Browser) -> 
     assert identify({}) is None
     assert identify({"HTTP_COOKIE": f"{settings.SESSION_COOKIE_NAME}=nope"}) is None
     assert connections["default"].connection is None
+
+
+def test_logout_with_the_layouts_control_on_a_service_page(browser: Browser) -> None:
+    assert browser.log_in("staffer").status_code == 303
+    page = browser.get("/polls/")
+    assert 'data-authenticated="true"' in page.text
+    method, action_url, fields = logout_control(page.text)
+    assert (method, action_url) == ("POST", "/logout/")  # Django's own logout view
+    assert set(fields) == {"csrfmiddlewaretoken"}  # a Django token for this visitor
+    assert fields["csrfmiddlewaretoken"] != browser.cookies["csrftoken"]  # masked, as Django's
+
+    # Django's CSRF check still guards the logout
+    refused = browser.post(action_url, data={"csrfmiddlewaretoken": "x" * 64})
+    assert refused.status_code == 403
+    assert browser.get("/polls/logged").status_code == 200
+
+    response = browser.post(action_url, data=fields)  # what the browser sends
+    assert response.status_code == 303, response.text
+    assert browser.get("/polls/logged").status_code == 403
+    assert 'data-authenticated="false"' in browser.get("/polls/").text
+    assert "Hello, visitor." in browser.get("/").text
+
+
+def test_no_logout_fields_without_a_csrf_cookie(browser: Browser) -> None:
+    assert browser.log_in("plain").status_code == 303
+    for cookie in [c for c in browser.cookies if c.name == "csrftoken"]:
+        browser.cookies.clear(cookie.domain, cookie.path, cookie.name)
+    page = browser.get("/polls/")
+    method, action_url, fields = logout_control(page.text)
+    assert (method, action_url, fields) == ("POST", "/logout/", {})

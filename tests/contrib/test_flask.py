@@ -13,6 +13,8 @@ from typing import Any
 import flask
 import pytest
 import requests
+from layout_controls import logout_control
+from werkzeug.test import Client
 
 from plugit_contrib.examples.flask_host import app as flask_host
 from plugit_contrib.flask import make_flask_service
@@ -253,6 +255,89 @@ def test_open_redirects_after_login_are_refused(host: Browser) -> None:
     )
     assert response.status_code == 303
     assert response.headers["Location"] == "/"
+
+
+def test_logout_with_the_layouts_control_on_a_service_page(host: Browser) -> None:
+    assert log_in(host, "alice", "alice-password").status_code == 303
+    page = host.get("/polls/")
+    assert 'data-authenticated="true"' in page.text
+    method, action_url, fields = logout_control(page.text)
+    assert (method, action_url) == ("POST", "/logout")  # the site's own logout view
+    assert set(fields) == {"csrf_token"}  # the site's CSRF token, not the proxy's
+    assert "csrfmiddlewaretoken" not in fields
+
+    # the site's CSRF check still guards its logout
+    assert host.post(action_url, data={}).status_code == 400
+    assert host.post(action_url, data={"csrf_token": "forged"}).status_code == 400
+    assert host.get("/polls/whoami").json()["username"] == "alice"
+
+    response = host.post(action_url, data=fields)  # what the browser sends
+    assert response.status_code == 303
+    assert response.headers["Location"] == "/"
+    assert host.get("/polls/whoami").json()["username"] in (None, "")
+    assert 'data-authenticated="false"' in host.get("/polls/").text
+    assert "Hello, visitor." in host.get("/").text
+
+
+def test_logout_control_is_a_link_without_logout_fields(service_url: str) -> None:
+    app = flask_host.create_app(proxy_config(service_url), logout_fields=None)
+    try:
+        client = Client(app)
+        form = client.get("/login").get_data(as_text=True)
+        response = client.post(
+            "/login",
+            data={
+                "csrf_token": field(form, "csrf_token"),
+                "username": "alice",
+                "password": "alice-password",
+            },
+        )
+        assert response.status_code == 303
+        page = client.get("/polls/").get_data(as_text=True)
+        assert logout_control(page) == ("GET", "/logout", {})
+        assert "csrfmiddlewaretoken" not in page  # prod mode: no form carries the proxy's token
+    finally:
+        app.extensions["plugit"].proxy.close()
+
+
+def test_host_below_a_prefix_login_pages_and_logout(service_url: str) -> None:
+    """The Flask site served at /portal (SCRIPT_NAME): links, redirects and the logout form."""
+    portal = "http://localhost/portal"
+    app = flask_host.create_app(proxy_config(service_url))
+    try:
+        client = Client(app)
+        home_page = client.get("/", base_url=portal).get_data(as_text=True)
+        assert 'id="polls-link" href="/portal/polls/"' in home_page
+        polls = client.get("/polls/", base_url=portal).get_data(as_text=True)
+        assert 'id="plugit-login" class="btn btn-sm btn-light" href="/portal/login"' in polls
+        assert 'href="/portal/polls/" data-plugit-service="polls"' in polls
+        assert "/portal/_plugit/static/plugit.css" in polls
+
+        form = client.get("/login", base_url=portal).get_data(as_text=True)
+        assert 'action="/portal/login"' in form
+        response = client.post(
+            "/login",
+            base_url=portal,
+            data={
+                "csrf_token": field(form, "csrf_token"),
+                "next": "/portal/polls/",
+                "username": "alice",
+                "password": "alice-password",
+            },
+        )
+        assert response.headers["Location"] == "/portal/polls/"
+        page = client.get("/polls/", base_url=portal).get_data(as_text=True)
+        assert '<p id="user">alice</p>' in page
+        method, action_url, fields = logout_control(page)
+        assert (method, action_url) == ("POST", "/portal/logout")
+        assert action_url.startswith("/portal/")
+        response = client.post(action_url[len("/portal") :], base_url=portal, data=fields)
+        assert response.status_code == 303
+        assert response.headers["Location"] == "/portal/"
+        whoami = client.get("/polls/whoami", base_url=portal).get_json()
+        assert whoami["username"] in (None, "")
+    finally:
+        app.extensions["plugit"].proxy.close()
 
 
 # -- a PlugIt service written with Flask ----------------------------------------------------------

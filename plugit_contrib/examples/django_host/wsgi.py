@@ -28,10 +28,13 @@ def create_application(
     """Django's WSGI application behind the PlugIt proxy (``settings.PLUGIT`` by default)."""
     from django.conf import settings
     from django.core.wsgi import get_wsgi_application
+    from django.urls import reverse
 
     django_app = get_wsgi_application()  # sets Django up first
     config = settings.PLUGIT if plugit_config is None else plugit_config
     options.setdefault("login_url", settings.LOGIN_URL)
+    # The layout's "Log out" posts there with the visitor's Django CSRF token.
+    options.setdefault("logout_url", reverse("logout"))
     return wrap_django_wsgi(django_app, config, **options)
 
 

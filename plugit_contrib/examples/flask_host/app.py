@@ -38,7 +38,7 @@ import flask
 from flask.sessions import SessionMixin
 from werkzeug.security import check_password_hash, generate_password_hash
 
-from plugit_contrib.flask import plugit_identity_from_flask
+from plugit_contrib.flask import plugit_identity_from_flask, plugit_logout_fields_from_flask
 from plugit_core.config import ProxyConfig
 from plugit_core.proxy.app import PlugItMiddleware
 from plugit_core.users import PlugItUser
@@ -98,24 +98,25 @@ def load_user(session: SessionMixin) -> PlugItUser | None:
 
 _PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{{ title }}</title>
-<link rel="stylesheet" href="/_plugit/static/plugit.css"></head>
+<link rel="stylesheet" href="{{ request.script_root }}/_plugit/static/plugit.css"></head>
 <body><main>
 <h1>{{ title }}</h1>
 {% if error %}<p id="error" role="alert">{{ error }}</p>{% endif %}
 {% if user %}
 <p id="hello">Hello, {{ user.first_name }} ({{ user.username }}).</p>
-<form method="post" action="/logout"><input type="hidden" name="csrf_token" value="{{ csrf }}">
+<form method="post" action="{{ url_for('logout') }}">
+<input type="hidden" name="csrf_token" value="{{ csrf }}">
 <button type="submit">Log out</button></form>
 {% elif login_form %}
-<form method="post" action="/login">
+<form method="post" action="{{ url_for('login') }}">
 <input type="hidden" name="csrf_token" value="{{ csrf }}">
 <input type="hidden" name="next" value="{{ next }}">
 <label>User name <input name="username" autocomplete="username" required></label>
 <label>Password <input name="password" type="password" autocomplete="current-password" required>
 </label>
 <button type="submit">Log in</button></form>
-{% else %}<p id="hello">Hello, visitor. <a href="/login">Log in</a></p>{% endif %}
-<p><a id="polls-link" href="{{ mount }}">Polls</a> (a PlugIt service)</p>
+{% else %}<p id="hello">Hello, visitor. <a href="{{ url_for('login') }}">Log in</a></p>{% endif %}
+<p><a id="polls-link" href="{{ request.script_root }}{{ mount }}">Polls</a> (a PlugIt service)</p>
 </main></body></html>
 """
 
@@ -135,15 +136,21 @@ def _check_csrf() -> None:
         flask.abort(400, "The form has expired: reload the page and try again.")
 
 
+def _logout_fields(session: SessionMixin) -> dict[str, str] | None:
+    """The hidden fields of the PlugIt layout's logout form: the session's CSRF token."""
+    token = session.get("csrf")
+    return {"csrf_token": token} if isinstance(token, str) else None
+
+
 def _local_path(target: str | None) -> str:
-    """``target`` when it is a path of this site, else ``/`` (no open redirects)."""
+    """``target`` when it is a path of this site, else the home page (no open redirects)."""
     if (
         not target
         or not target.startswith("/")
         or target.startswith(("//", "/\\"))
         or any(c in target for c in "\r\n\\")
     ):
-        return "/"
+        return flask.url_for("home")
     return target
 
 
@@ -179,7 +186,8 @@ def create_app(
     @app.route("/login", methods=["GET", "POST"])
     def login() -> Any:
         if flask.request.method == "GET":
-            return _render("Log in", login_form=True, next=flask.request.args.get("next", "/"))
+            next_path = _local_path(flask.request.args.get("next"))
+            return _render("Log in", login_form=True, next=next_path)
         _check_csrf()
         username = flask.request.form.get("username", "")
         password = flask.request.form.get("password", "")
@@ -189,20 +197,25 @@ def create_app(
             return _render(
                 "Log in", 401, login_form=True, next=next_path, error="Wrong user name or password."
             )
-        flask.session.clear()  # a new session (and CSRF token) for the logged-in user
+        flask.session.clear()  # a new session for the logged-in user...
         flask.session["user_id"] = user.pk
+        _csrf_token()  # ...with a new CSRF token, there for the PlugIt layout's logout form
         return flask.redirect(next_path, code=303)
 
     @app.post("/logout")
     def logout() -> Any:
         _check_csrf()
         flask.session.clear()
-        return flask.redirect("/", code=303)
+        return flask.redirect(flask.url_for("home"), code=303)
 
     identify = plugit_identity_from_flask(app, load_user)
     config = dict(plugit_config) if isinstance(plugit_config, Mapping) else plugit_config
+    # The layout's "Log in" leads to the site's login; its "Log out" button posts to the site's
+    # logout with the site's own CSRF token (the proxy's would be refused).
+    proxy_options.setdefault("login_url", "/login")
+    proxy_options.setdefault("logout_url", "/logout")
+    proxy_options.setdefault("logout_fields", plugit_logout_fields_from_flask(app, _logout_fields))
     middleware = PlugItMiddleware(app.wsgi_app, config, identify=identify, **proxy_options)
-    middleware.proxy.login_url = "/login"  # the proxy's "Log in" links lead to the site's login
     app.extensions["plugit"] = middleware
     app.wsgi_app = middleware  # type: ignore[method-assign]
     return app
