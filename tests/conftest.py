@@ -37,6 +37,7 @@ def served() -> Iterator[Callable[..., str]]:
 
 
 # -- the backend matrix (tox.ini): PLUGIT_TEST_CACHE, PLUGIT_TEST_SESSION, PLUGIT_TEST_STORE ------
+# (and PLUGIT_TEST_HTTP_CLIENT: the proxy's transport to services, "auto" by default)
 #
 # Every proxy configuration built in a test goes through ProxyConfig.from_mapping; in a matrix
 # environment the embedded defaults it names are swapped for the shared backends, with a key prefix
@@ -46,6 +47,7 @@ MATRIX = {
     "cache": os.environ.get("PLUGIT_TEST_CACHE", "memory"),
     "session": os.environ.get("PLUGIT_TEST_SESSION", "cookie"),
     "store": os.environ.get("PLUGIT_TEST_STORE", "sqlite"),
+    "http_client": os.environ.get("PLUGIT_TEST_HTTP_CLIENT", "auto"),
 }
 REDIS_URL = os.environ.get("PLUGIT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 POSTGRES_DSN = os.environ.get(
@@ -64,6 +66,8 @@ def apply_matrix(data: dict[str, Any], source: str | None = None) -> dict[str, A
     data = dict(data)
     token = hashlib.sha256(source.encode()).hexdigest()[:8] if source else secrets.token_hex(4)
     own = f"{RUN}:{token}"
+    if MATRIX["http_client"] != "auto":
+        data.setdefault("http_client", MATRIX["http_client"])
     if MATRIX["cache"] == "redis" and data.get("cache", "memory") == "memory":
         data["cache"] = "redis"
         data["cache_redis"] = {"url": REDIS_URL, "prefix": f"{own}:cache:"}
@@ -92,7 +96,7 @@ def apply_matrix(data: dict[str, Any], source: str | None = None) -> dict[str, A
 
 @pytest.fixture(autouse=True)
 def _backend_matrix(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> None:
-    if MATRIX == {"cache": "memory", "session": "cookie", "store": "sqlite"}:
+    if MATRIX == {"cache": "memory", "session": "cookie", "store": "sqlite", "http_client": "auto"}:
         return
     if request.node.get_closest_marker("embedded_backends"):
         return  # the test is about the embedded defaults themselves
