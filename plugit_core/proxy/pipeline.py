@@ -43,7 +43,7 @@ from ..protocol import ActionMeta
 from ..users import SIMULATED_MODES, SIMULATED_ORGAS, Orga, PlugItUser, ServiceUser
 from .api import API_PREFIX
 from .templating import CSRF_FIELD, CSRF_PLACEHOLDER
-from .upstream import ServiceClient, ServiceError, ServiceReply, UpstreamRequest
+from .upstream import ServiceClient, ServiceError, ServiceReply, SingleFlight, UpstreamRequest
 
 if TYPE_CHECKING:
     from .app import ProxyApp, ProxyRequest
@@ -110,6 +110,7 @@ class Pipeline:
         self.config = proxy.config
         self.hook = proxy.pm.hook
         self._wrapped = _ExpiringLRU(maxsize=2048)
+        self._template_flight: SingleFlight[jinja2.Template | None] = SingleFlight()
 
     # -- entry ------------------------------------------------------------------------------------
 
@@ -353,10 +354,25 @@ class Pipeline:
         return self.layout(page, content)
 
     def template(self, page: PageRequest, path: str, tag: str) -> jinja2.Template | None:
-        """The compiled template of the action at ``path``, fetched once per template tag."""
+        """The compiled template of the action at ``path``, fetched once per template tag.
+
+        Fetching and compiling are one flight: a request that comes while another compiles
+        waits for it instead of fetching the template again.
+        """
         templates = self.proxy.templates[page.mount.name]
         key = tag if re.fullmatch(r"[0-9a-fA-F]{16,128}", tag) else f"{path}\x00{tag}"
         compiled = templates.get(key)
+        if compiled is not None:
+            return compiled
+        return self._template_flight.do(
+            (page.mount.name, key), lambda: self._load_template(page, key, path, tag)
+        )
+
+    def _load_template(
+        self, page: PageRequest, key: str, path: str, tag: str
+    ) -> jinja2.Template | None:
+        templates = self.proxy.templates[page.mount.name]
+        compiled = templates.get(key)  # compiled by the flight that ended just before this one
         if compiled is not None:
             return compiled
         source = page.client.template(path, tag)
