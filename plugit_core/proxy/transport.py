@@ -43,6 +43,8 @@ CLIENTS = ("auto", "httptools", "urllib3")
 # out to have been closed by the service before it read anything.
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 _FORBIDDEN_IN_HEADERS = ("\r", "\n", "\0")
+MAX_HEAD_BYTES = 64 * 1024  # a reply's status line and headers (give or take one read)
+MAX_HEADERS = 100
 
 
 class ServiceError(Exception):
@@ -145,7 +147,7 @@ def _bodiless(method: str, status: int) -> bool:
 
 
 def _too_large(name: str, length: str | None, limit: int) -> ServiceError | None:
-    if length and length.isdigit() and int(length) > limit:
+    if length and length.isascii() and length.isdigit() and int(length) > limit:
         return ServiceError(name, "bad_reply", f"reply of {length} bytes is over the {limit} limit")
     return None
 
@@ -196,6 +198,10 @@ class Urllib3Transport:
             raise ServiceError(
                 self.name, "unreachable", f"{type(exc).__name__}: {_short(exc)}"
             ) from exc
+        if not 200 <= response.status <= 599:  # 101 Switching Protocols, or no real status
+            response.close()
+            response.release_conn()
+            raise ServiceError(self.name, "bad_reply", f"status {response.status}")
         return _Urllib3Exchange(self, response, method)
 
     def close(self) -> None:
@@ -275,7 +281,8 @@ class HttptoolsTransport:
             ) from None
 
         self.parser_class = httptools.HttpResponseParser
-        self.parser_error = httptools.HttpParserError
+        # HttpParserUpgrade (a 101 with Upgrade) is not an HttpParserError.
+        self.parser_error = (httptools.HttpParserError, httptools.HttpParserUpgrade)
         parts = urlsplit(url)
         if parts.scheme != "http":
             raise ValueError(f"http_client 'httptools' speaks plain http, not {parts.scheme}")
@@ -293,9 +300,30 @@ class HttptoolsTransport:
         self, method: str, target: str, headers: dict[str, str], body: bytes | None
     ) -> _HttptoolsExchange:
         head = self._head(method, target, headers, body)
-        while True:
-            sock, reused = self._connection()
-            exchange = _HttptoolsExchange(self, sock, method)
+        # A kept-alive connection the service closed before answering anything: an idempotent
+        # request is sent again, once, on a new connection (RFC 9112 section 9.3.1.1).
+        sock, reused = self._connection()
+        try:
+            return self._exchange(sock, method, head, body)
+        except _RetryableError:
+            if not (reused and method in _IDEMPOTENT):
+                raise ServiceError(
+                    self.name, "unreachable", "connection closed before any reply"
+                ) from None
+        sock, _ = self._connection(fresh=True)
+        try:
+            return self._exchange(sock, method, head, body)
+        except _RetryableError:
+            raise ServiceError(
+                self.name, "unreachable", "connection closed before any reply"
+            ) from None
+
+    def _exchange(
+        self, sock: socket.socket, method: str, head: bytes, body: bytes | None
+    ) -> _HttptoolsExchange:
+        """Send on ``sock`` and wait for the head of the reply; ``sock`` is closed on failure."""
+        exchange = _HttptoolsExchange(self, sock, method)
+        try:
             try:
                 if body and len(body) < 64 * 1024:
                     sock.sendall(head + body)
@@ -303,28 +331,28 @@ class HttptoolsTransport:
                     sock.sendall(head)
                     if body:
                         sock.sendall(body)
-                exchange.receive_head()
-            except _NoReplyError as exc:
-                sock.close()
-                if reused and method in _IDEMPOTENT:
-                    continue
-                raise ServiceError(self.name, "unreachable", str(exc)) from None
-            except TimeoutError:
-                sock.close()
-                raise ServiceError(
-                    self.name, "timeout", f"no answer within {self.timeout}s"
-                ) from None
-            except OSError as exc:
-                sock.close()
-                if reused and method in _IDEMPOTENT and not exchange.received:
-                    continue
-                raise ServiceError(
-                    self.name, "unreachable", f"connection lost: {_short(exc)}"
-                ) from None
-            except ServiceError:
-                sock.close()
-                raise
+            except (BrokenPipeError, ConnectionResetError):
+                # The service may have answered before reading the whole body (a 413) and
+                # closed: its reply, if any, is read below; none at all means no reply.
+                pass
+            exchange.receive_head()
             return exchange
+        except _NoReplyError:
+            sock.close()
+            raise _RetryableError from None
+        except TimeoutError:
+            sock.close()
+            raise ServiceError(self.name, "timeout", f"no answer within {self.timeout}s") from None
+        except OSError as exc:
+            sock.close()
+            if not exchange.received:
+                raise _RetryableError from None
+            raise ServiceError(
+                self.name, "unreachable", f"connection lost: {_short(exc)}"
+            ) from None
+        except BaseException:
+            sock.close()
+            raise
 
     def _head(self, method: str, target: str, headers: dict[str, str], body: bytes | None) -> bytes:
         """The request line and headers: Host ours unless given, Content-Length always ours."""
@@ -345,8 +373,9 @@ class HttptoolsTransport:
         lines.append("\r\n")
         return "\r\n".join(lines).encode("latin-1")
 
-    def _connection(self) -> tuple[socket.socket, bool]:
-        while True:
+    def _connection(self, *, fresh: bool = False) -> tuple[socket.socket, bool]:
+        """An idle connection from the pool (unless ``fresh``) or a new one; True when reused."""
+        while not fresh:
             try:
                 sock = self._idle.pop()
             except IndexError:
@@ -390,6 +419,10 @@ class _NoReplyError(Exception):
     pass
 
 
+class _RetryableError(Exception):
+    """Nothing at all came back: the request may be sent again if it is idempotent."""
+
+
 class _HttptoolsExchange:
     """One reply, parsed as its bytes arrive; the parser calls the ``on_*`` methods."""
 
@@ -402,6 +435,8 @@ class _HttptoolsExchange:
         self._raw: list[tuple[bytes, bytes]] = []
         self._chunks: list[bytes] = []
         self._size = 0
+        self._head_bytes = 0
+        self._head_status = 0
         self._in_head = True
         self._complete = False
         self._reusable = True
@@ -416,12 +451,15 @@ class _HttptoolsExchange:
             self._reusable = False
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if self._in_head:
+        if self._in_head and not self._complete:
             self._raw.append((name, value))
 
     def on_headers_complete(self) -> None:
+        if self._complete:  # a second message: on_message_begin made the connection unusable
+            return
         self._in_head = False
         # Asked now: once the message is complete the parser has moved on to the next one.
+        self._head_status = self._parser.get_status_code()
         if not self._parser.should_keep_alive():
             self._reusable = False
 
@@ -431,9 +469,9 @@ class _HttptoolsExchange:
             self._size += len(body)
 
     def on_message_complete(self) -> None:
-        if (
-            self._parser.get_status_code() < 200
-        ):  # an interim reply (100, 103): the real one follows
+        if self._complete:  # a second message: the connection is not clean
+            self._reusable = False
+        elif 100 <= self._head_status < 200:  # interim (100, 103): the real reply follows
             self._raw = []
             self._in_head = True
         else:
@@ -444,9 +482,9 @@ class _HttptoolsExchange:
     def receive_head(self) -> None:
         while self._in_head:
             self._receive()
-        self.status = self._parser.get_status_code()
-        if self.status == 101:
-            raise ServiceError(self._transport.name, "bad_reply", "the service switched protocols")
+        self.status = self._head_status
+        if not 200 <= self.status <= 599:
+            raise ServiceError(self._transport.name, "bad_reply", f"status {self.status}")
         headers = self.headers
         for name, value in self._raw:
             headers.add(name.decode("latin-1"), value.decode("latin-1"))
@@ -461,6 +499,8 @@ class _HttptoolsExchange:
             self._end_of_stream()
             return
         self.received = True
+        if self._in_head:
+            self._head_bytes += len(data)
         try:
             self._parser.feed_data(data)
         except self._transport.parser_error as exc:
@@ -470,6 +510,13 @@ class _HttptoolsExchange:
             raise ServiceError(
                 self._transport.name, "bad_reply", f"not an HTTP reply ({_short(exc)})"
             ) from None
+        # The head may end in the read that passes the limit: it is at most one read longer.
+        if len(self._raw) > MAX_HEADERS or (self._in_head and self._head_bytes > MAX_HEAD_BYTES):
+            raise ServiceError(
+                self._transport.name,
+                "bad_reply",
+                f"reply head over {MAX_HEAD_BYTES} bytes or {MAX_HEADERS} headers",
+            )
 
     def _end_of_stream(self) -> None:
         self._reusable = False

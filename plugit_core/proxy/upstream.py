@@ -237,7 +237,9 @@ class ServiceClient:
             yield from exchange.stream(64 * 1024)
             complete = True
         except ServiceError as exc:
+            # Raised on, so the browser's transfer fails too instead of ending as if whole.
             log.warning("%s: %s", self.name, exc.message)
+            raise
         finally:
             finish(complete=complete)
 

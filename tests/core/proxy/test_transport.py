@@ -369,6 +369,20 @@ def test_get_is_sent_again_when_a_kept_connection_closes_without_reply(serve, co
     assert server.connections == 2
 
 
+def test_a_request_is_sent_again_once_at_most(serve, connect, kind):
+    # Three kept-alive connections, then a service that drops every connection it is asked on:
+    # the GET goes out once more on a new connection (httptools), never once per pooled one.
+    server = serve(*[Reply(reply(b"warm")) for _ in range(3)], *[Reply(then="close")] * 5)
+    transport = connect(server.url)
+    exchanges = [transport.send("GET", "/", {}, None) for _ in range(3)]
+    for exchange in exchanges:
+        assert exchange.read(LIMIT) == b"warm"
+        exchange.close(complete=True)
+    assert idle_connections(transport) == 3
+    assert failure(lambda: fetch(transport)).kind == "unreachable"
+    assert len(server.requests) == 3 + {"httptools": 2, "urllib3": 1}[kind]
+
+
 @pytest.mark.parametrize("complete", [False, True], ids=["unread", "unread-said-complete"])
 def test_closing_before_the_body_is_read_drops_the_connection(serve, connect, complete):
     # Only the head: had the connection gone back to the pool, the next request would use it.
@@ -439,6 +453,47 @@ def test_garbage_instead_of_http_is_a_service_error(serve, connect, kind):
     # llhttp refuses the reply as such; http.client raises BadStatusLine, which urllib3 reports
     # as a ProtocolError ("connection aborted"), hence "unreachable" for urllib3.
     assert error.kind == {"httptools": "bad_reply", "urllib3": "unreachable"}[kind]
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+        b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
+    ],
+    ids=["upgrade", "bare-101"],
+)
+def test_switching_protocols_is_a_bad_reply_and_drops_the_connection(serve, connect, data):
+    server = serve(Reply(data))
+    error = failure(lambda: fetch(connect(server.url)))
+    assert error.kind == "bad_reply"
+    wait_until(lambda: server.closed == 1)  # the connection is not kept for another request
+
+
+def test_oversized_reply_head_is_refused(serve, connect, kind):
+    head = reply(b"ok", headers=f"X-Big: {'a' * 300_000}\r\n")
+    error = failure(lambda: fetch(connect(serve(Reply(head)).url)))
+    assert error.kind == {"httptools": "bad_reply", "urllib3": "unreachable"}[kind]
+
+
+def test_too_many_reply_headers_are_refused(serve, connect):
+    head = reply(b"ok", headers="".join(f"X-H{i}: {i}\r\n" for i in range(150)))
+    assert isinstance(failure(lambda: fetch(connect(serve(Reply(head)).url))), ServiceError)
+
+
+def test_stray_interim_reply_after_the_reply_does_not_replace_it(serve, connect):
+    server = serve(Reply(reply(b"ok", headers="X-A: 1\r\n") + b"HTTP/1.1 100 Continue\r\n\r\n"))
+    exchange, data = fetch(connect(server.url))
+    assert (exchange.status, exchange.headers.get("x-a"), data) == (200, "1", b"ok")
+
+
+def test_non_ascii_digits_in_content_length_are_a_service_error(serve, connect):
+    head = "HTTP/1.1 200 OK\r\nContent-Length: \u00b2\r\n\r\nok".encode("latin-1")
+    server = serve(Reply(head, then="close"))
+    try:
+        fetch(connect(server.url))
+    except ServiceError:
+        pass  # refused as not HTTP (httptools), or read to the close (urllib3): never ValueError
 
 
 def test_silent_service_times_out(serve, connect):
@@ -562,5 +617,26 @@ def test_service_client_streams_a_file_and_then_frees_its_slot(serve, kind):
         for _ in range(mount.max_concurrency):
             client._slots.release()
         assert server.requests[0].startswith(b"GET /file HTTP/1.1\r\n")
+    finally:
+        client.close()
+
+
+def test_service_client_raises_when_a_streamed_file_is_cut(serve, kind):
+    file_header = f"{protocol.H_FILE}: True\r\nTransfer-Encoding: chunked\r\n"
+    cut = f"HTTP/1.1 200 OK\r\n{file_header}\r\n5\r\nhello\r\n".encode()
+    server = serve(Reply(cut, then="close"))
+    mount = ServiceMount(
+        name="svc", url=server.url, mount="/x/", title="x", timeout=TIMEOUT, max_concurrency=2
+    )
+    client = ServiceClient(mount, http_client=kind)
+    try:
+        reply = client.send(UpstreamRequest("GET", "file"))
+        assert reply.stream is not None
+        received = []
+        with pytest.raises(ServiceError):  # the browser's transfer must fail too, not end "whole"
+            for piece in reply.stream:
+                received.append(piece)
+        assert b"".join(received) == b"hello"
+        assert client._slots.acquire(blocking=False) and client._slots.acquire(blocking=False)
     finally:
         client.close()
