@@ -543,6 +543,22 @@ def test_callers_own_host_or_length_header_is_sent_once(serve, connect, name, va
     assert [line for line in lines if line.startswith(f"{name}:")] == [f"{name}: {value}"]
 
 
+@pytest.mark.parametrize("kind", ["httptools"])
+def test_content_length_is_always_the_bodys_own(serve, connect):
+    server = serve(Reply(reply(b"ok")))
+    fetch(connect(server.url), "POST", b"hello", headers={"Content-Length": "99"})
+    assert b"\r\nContent-Length: 5\r\n" in server.requests[0]
+    assert b"99" not in server.requests[0]
+
+
+@pytest.mark.parametrize("size", [64 * 1024 - 1, 64 * 1024, 300_000])
+def test_request_bodies_of_any_size_arrive_whole(serve, connect, size):
+    body = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+    server = serve(Reply(reply(b"ok")))
+    assert fetch(connect(server.url), "POST", body)[1] == b"ok"
+    assert server.requests[0].endswith(b"\r\n\r\n" + body)
+
+
 # -- choosing a transport -------------------------------------------------------------------------
 
 
