@@ -40,6 +40,7 @@ KINDS = ("urllib3", "httptools")
 TIMEOUT = 0.5  # every read; a test that waits for one stays well under a second
 LIMIT = 1000  # the body limit passed to read() unless a test says otherwise
 HANG_GUARD = 5.0  # seconds: only there to catch a hang, not to measure speed
+CLOSE = "Connection: close\r\n"
 
 
 # -- a scripted server ----------------------------------------------------------------------------
@@ -541,6 +542,27 @@ def test_callers_own_host_or_length_header_is_sent_once(serve, connect, name, va
     fetch(connect(server.url), "POST", b"hello", headers={name: value})
     lines = server.requests[0].decode("latin-1").lower().split("\r\n")
     assert [line for line in lines if line.startswith(f"{name}:")] == [f"{name}: {value}"]
+
+
+def test_a_reply_sent_while_refusing_an_upload_is_read(connect):
+    # The service reads only the head of a large upload, answers 413 and closes: the rest of the
+    # body meets a reset connection, and the 413 must still reach the proxy.
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+
+        def refuse() -> None:
+            sock, _ = listener.accept()
+            with sock:
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    head += sock.recv(65536)
+                sock.sendall(reply(b"too big", status="413 Payload Too Large", headers=CLOSE))
+
+        thread = threading.Thread(target=refuse, daemon=True)
+        thread.start()
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        exchange, data = fetch(connect(url), "POST", b"x" * (8 * 1024 * 1024))
+        thread.join(HANG_GUARD)
+    assert (exchange.status, data) == (413, b"too big")
 
 
 @pytest.mark.parametrize("kind", ["httptools"])
