@@ -873,8 +873,9 @@ def _wire_values(value: Any) -> list[str]:
 
 
 def _header_text(value: Any) -> str:
-    """A header value: UTF-8 bytes carried as latin-1 text, without line breaks."""
-    text = str(value).replace("\r", " ").replace("\n", " ")
+    """A header value: UTF-8 bytes carried as latin-1 text, without line breaks or NULs (which
+    no transport may send)."""
+    text = str(value).replace("\r", " ").replace("\n", " ").replace("\x00", " ")
     return text.encode("utf-8").decode("latin-1")
 
 

@@ -77,6 +77,16 @@ def test_proxy_mode_wraps_html_and_sends_identity_headers(proxy_mode):
     assert "{~__PLUGIT_CSRF_TOKEN__~}" not in html
 
 
+def test_identity_headers_carry_no_control_characters(proxy_mode):
+    # A simulated organisation's name comes from the query string: line breaks and NULs in it
+    # become spaces in the header, never a broken request or an error page.
+    switched = proxy_mode.get("/pm/ebuio_setOrga", params={"pk": "-9", "name": "A\x00B\r\nX: y"})
+    assert switched.status_code == 200
+    response = proxy_mode.get("/pm/some/page")
+    assert response.status_code == 200
+    assert "<li>X-Plugit-Orga-Name=A B  X: y</li>" in response.text
+
+
 def test_proxy_mode_no_template_and_redirect(proxy_mode):
     raw = proxy_mode.get("/pm/no_template")
     assert raw.text.startswith("<p>raw ")
