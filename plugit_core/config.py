@@ -29,7 +29,16 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["ConfigError", "ProxyConfig", "SectionReader", "ServiceMount", "load_config"]
+__all__ = [
+    "HTTP_CLIENTS",
+    "ConfigError",
+    "ProxyConfig",
+    "SectionReader",
+    "ServiceMount",
+    "load_config",
+]
+
+HTTP_CLIENTS = ("auto", "httptools", "urllib3")  # how the proxy talks to services
 
 _NAME = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 _RESERVED_MOUNTS = ("/_plugit/",)
@@ -319,7 +328,7 @@ class ProxyConfig:
         auth = top.str_list("auth", ())
         # Logins need a directory: the embedded SQLite one unless another is named.
         users = top.str("users", "sqlite" if auth else None)
-        http_client = top.choice("http_client", "auto", ("auto", "httptools", "urllib3"))
+        http_client = top.choice("http_client", "auto", HTTP_CLIENTS)
         if http_client == "httptools":
             _check_httptools(top, services)
         user_data = top.str_list("user_data", DEFAULT_USER_DATA)

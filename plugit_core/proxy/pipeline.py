@@ -375,7 +375,7 @@ class Pipeline:
         compiled = templates.get(key)  # compiled by the flight that ended just before this one
         if compiled is not None:
             return compiled
-        source = page.client.template(path, tag)
+        source = page.client.template(path)
         if source is None:
             return None
         try:

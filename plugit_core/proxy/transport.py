@@ -27,8 +27,9 @@ from urllib.parse import urlsplit
 
 import urllib3
 
+from ..config import HTTP_CLIENTS
+
 __all__ = [
-    "CLIENTS",
     "Exchange",
     "HttptoolsTransport",
     "ServiceError",
@@ -37,7 +38,6 @@ __all__ = [
     "make_transport",
 ]
 
-CLIENTS = ("auto", "httptools", "urllib3")
 
 # RFC 9110 section 9.2.2: a request that may be sent again when a kept-alive connection turns
 # out to have been closed by the service before it read anything.
@@ -111,13 +111,13 @@ def make_transport(
     timeout: float,
     max_connections: int,
 ) -> Transport:
-    """The transport for one service; ``kind`` is one of :data:`CLIENTS`.
+    """The transport for one service; ``kind`` is one of :data:`~plugit_core.config.HTTP_CLIENTS`.
 
     ``auto`` takes ``httptools`` when it is installed and the service speaks plain http
     (``https`` services always go through urllib3, which does TLS).
     """
-    if kind not in CLIENTS:
-        raise ValueError(f"http_client must be one of {', '.join(CLIENTS)}, not {kind!r}")
+    if kind not in HTTP_CLIENTS:
+        raise ValueError(f"http_client must be one of {', '.join(HTTP_CLIENTS)}, not {kind!r}")
     plain = urlsplit(url).scheme == "http"
     if kind == "httptools" or (kind == "auto" and plain and httptools_available()):
         return HttptoolsTransport(
@@ -431,7 +431,6 @@ class _HttptoolsExchange:
         self._sock: socket.socket | None = sock
         self._parser = transport.parser_class(self)
         self._method = method
-        self._head_only = method == "HEAD"
         self._raw: list[tuple[bytes, bytes]] = []
         self._chunks: list[bytes] = []
         self._size = 0
@@ -488,7 +487,7 @@ class _HttptoolsExchange:
         headers = self.headers
         for name, value in self._raw:
             headers.add(name.decode("latin-1"), value.decode("latin-1"))
-        if self._head_only:  # no body follows a HEAD reply, whatever Content-Length says
+        if self._method == "HEAD":  # no body follows a HEAD reply, whatever Content-Length says
             self._complete = True
             self._chunks = []
 

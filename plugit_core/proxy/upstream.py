@@ -345,11 +345,11 @@ class ServiceClient:
         with self._meta_lock:
             self._meta.clear()
 
-    def template(self, path: str, tag: str) -> str | None:
-        """Fetch the template of the action at ``path`` (single-flight per path and tag)."""
-        return self._flight.do(("template", path, tag), lambda: self._fetch_template(path))
+    def template(self, path: str) -> str | None:
+        """Fetch the template of the action at ``path`` (None: no such template).
 
-    def _fetch_template(self, path: str) -> str | None:
+        Concurrent requests are joined by the pipeline, which fetches and compiles in one flight.
+        """
         reply = self.get("template/" + path)
         if reply.status == 404:
             return None
