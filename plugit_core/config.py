@@ -10,7 +10,6 @@ Backends read their own table, named after them (``[cache_memory]``, ``[session_
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import os
 import re
@@ -375,7 +374,9 @@ def _check_strong(secret: str, reader: SectionReader, key: str) -> None:
 
 
 def _check_httptools(reader: SectionReader, services: tuple[ServiceMount, ...]) -> None:
-    if importlib.util.find_spec("httptools") is None:
+    from .proxy.transport import httptools_available  # (the proxy package imports this module)
+
+    if not httptools_available():
         raise reader.error("http_client", "'httptools' needs: pip install 'plugit[speedups]'")
     for mount in services:
         urls = [mount.url, *(v.url for v in mount.variants), mount.shadow_url]
