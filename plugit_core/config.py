@@ -39,6 +39,23 @@ __all__ = [
 
 HTTP_CLIENTS = ("auto", "httptools", "urllib3")  # how the proxy talks to services
 
+# The key a dev-mode proxy signs with when none is given.  Public (it is in this file), so it is
+# refused outside dev mode, with every other key that is printed somewhere (KNOWN_KEYS).
+DEV_SECRET_KEY = "dev-mode-insecure-secret-key-do-not-use-in-production"  # noqa: S105
+# The documentation and the examples show no literal key (they read it from the environment or
+# generate one); a key printed in them later belongs here.
+KNOWN_KEYS = frozenset({DEV_SECRET_KEY})
+# Words that mark a placeholder copied from an example rather than a generated key.
+_PLACEHOLDER_WORDS = (
+    "insecure",
+    "do-not-use",
+    "change-me",
+    "changeme",
+    "replace-me",
+    "your-secret",
+)
+MAKE_A_KEY = "python -c 'import secrets; print(secrets.token_urlsafe(48))'"
+
 _NAME = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 _RESERVED_MOUNTS = ("/_plugit/",)
 
@@ -277,6 +294,7 @@ class ProxyConfig:
     user_data: tuple[str, ...] = DEFAULT_USER_DATA
     allowed_redirect_hosts: tuple[str, ...] = ()
     trusted_proxies: tuple[str, ...] = ()
+    dev_allowed_clients: tuple[str, ...] = ()
     max_upload_size: int = 16 * 1024 * 1024
     http_client: str = "auto"
     source: str | None = None
@@ -310,10 +328,14 @@ class ProxyConfig:
         secret_key = top.str("secret_key")
         if secret_key is None or not secret_key:
             if not dev_mode:
-                raise top.error("secret_key", "is required outside dev mode")
-            secret_key = "dev-mode-insecure-secret-key-do-not-use-in-production"  # noqa: S105
-        elif check_secret and not dev_mode:
-            _check_strong(secret_key, top, "secret_key")
+                raise top.error(
+                    "secret_key", f"is required outside dev mode: make one with {MAKE_A_KEY}"
+                )
+            secret_key = DEV_SECRET_KEY
+        elif not dev_mode:
+            _check_not_known(secret_key, top, "secret_key")
+            if check_secret:
+                _check_strong(secret_key, top, "secret_key")
         services_raw = top.raw("services", [])
         if not isinstance(services_raw, list):
             raise top.error("services", "expected [[services]] tables")
@@ -324,6 +346,11 @@ class ProxyConfig:
             parse_networks(trusted, setting="trusted_proxies")
         except ValueError as exc:
             raise top.error("trusted_proxies", str(exc)) from None
+        dev_allowed = top.str_list("dev_allowed_clients", (), allow_empty=False)
+        try:
+            parse_networks(dev_allowed, setting="dev_allowed_clients")
+        except ValueError as exc:
+            raise top.error("dev_allowed_clients", str(exc)) from None
         auth = top.str_list("auth", ())
         # Logins need a directory: the embedded SQLite one unless another is named.
         users = top.str("users", "sqlite" if auth else None)
@@ -350,6 +377,7 @@ class ProxyConfig:
                 h.lower() for h in top.str_list("allowed_redirect_hosts", ())
             ),
             trusted_proxies=trusted,
+            dev_allowed_clients=dev_allowed,
             max_upload_size=top.number(
                 "max_upload_size", 16 * 1024 * 1024, minimum=0, integer=True
             ),
@@ -364,12 +392,22 @@ class ProxyConfig:
         return config
 
 
+def _check_not_known(secret: str, reader: SectionReader, key: str) -> None:
+    """Refuse the dev-mode key, the keys printed in this repository and obvious placeholders:
+    anyone can read them, so anyone could sign sessions (log in as anyone) with them."""
+    folded = secret.strip().lower()
+    if secret.strip() in KNOWN_KEYS or any(word in folded for word in _PLACEHOLDER_WORDS):
+        raise reader.error(
+            key,
+            "is a published example or dev-mode key, which anyone can use to sign sessions: "
+            f"make your own with {MAKE_A_KEY}",
+        )
+
+
 def _check_strong(secret: str, reader: SectionReader, key: str) -> None:
     if len(secret) < 32 or len(set(secret)) < 10:
         raise reader.error(
-            key,
-            "is too weak: use at least 32 random characters "
-            "(python -c 'import secrets; print(secrets.token_urlsafe(48))')",
+            key, f"is too weak: use at least 32 random characters (make one with {MAKE_A_KEY})"
         )
 
 

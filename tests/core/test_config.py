@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from plugit_core.config import ConfigError, ProxyConfig, load_config
+from plugit_core.config import DEV_SECRET_KEY, ConfigError, ProxyConfig, load_config
 from plugit_core.proxy.app import ProxyApp
 
 STRONG = "s3cret-0123456789-abcdefghijklmnopqrstuvwxyz-ABCDEF"
@@ -123,6 +123,30 @@ def test_secret_from_environment(monkeypatch):
             "not an IP",
             id="cidr",
         ),
+        pytest.param(
+            {"dev_mode": True, "dev_allowed_clients": ["10.1.2.0/33"]},
+            "dev_allowed_clients",
+            "not an IP network",
+            id="dev-allowed-cidr",
+        ),
+        pytest.param(
+            {"dev_mode": True, "dev_allowed_clients": ["everyone"]},
+            "dev_allowed_clients",
+            "'everyone' is not an IP network",
+            id="dev-allowed-word",
+        ),
+        pytest.param(
+            {"dev_mode": True, "dev_allowed_clients": [""]},
+            "dev_allowed_clients",
+            "non-empty strings",
+            id="dev-allowed-empty",
+        ),
+        pytest.param(
+            {"dev_mode": True, "dev_allowed_clients": 10},
+            "dev_allowed_clients",
+            "list of",
+            id="dev-allowed-type",
+        ),
     ],
 )
 def test_invalid_configuration_names_the_key(data, key, words):
@@ -176,3 +200,47 @@ def test_unknown_backend_name():
 def test_dev_mode_needs_no_secret():
     config = ProxyConfig.from_mapping({"dev_mode": True})
     assert config.secret_key
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        pytest.param(DEV_SECRET_KEY, id="dev-key"),
+        pytest.param(f"  {DEV_SECRET_KEY}\n", id="dev-key-padded"),
+        pytest.param("change-me-0123456789-abcdefghijklmnopqrstuvwxyz", id="placeholder"),
+        pytest.param("REPLACE-ME-with-a-long-random-string-0123456789", id="placeholder-caps"),
+    ],
+)
+def test_published_keys_are_refused_outside_dev_mode(key, tmp_path):
+    """Anyone can read these keys, so anyone could sign a session cookie with them."""
+    with pytest.raises(ConfigError) as info:
+        ProxyConfig.from_mapping({"secret_key": key}, "site.toml")
+    assert info.value.key == "secret_key"
+    message = str(info.value)
+    assert "published example or dev-mode key" in message
+    assert "secrets.token_urlsafe(48)" in message  # says how to make one
+    path = tmp_path / "plugit.toml"  # from a file and from the environment alike
+    path.write_text('secret_key = { env = "TEST_PLUGIT_PUBLISHED_KEY" }\n')
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TEST_PLUGIT_PUBLISHED_KEY", key)
+        with pytest.raises(ConfigError, match="published example or dev-mode key"):
+            load_config(path)
+
+
+def test_the_dev_key_is_only_for_dev_mode():
+    assert ProxyConfig.from_mapping({"dev_mode": True}).secret_key == DEV_SECRET_KEY
+    config = ProxyConfig.from_mapping({"dev_mode": True, "secret_key": DEV_SECRET_KEY})
+    assert config.dev_mode is True
+
+
+def test_missing_secret_says_how_to_make_one():
+    with pytest.raises(ConfigError, match=r"make one with python -c .*token_urlsafe"):
+        ProxyConfig.from_mapping({})
+
+
+def test_dev_allowed_clients():
+    assert ProxyConfig.from_mapping({"dev_mode": True}).dev_allowed_clients == ()
+    config = ProxyConfig.from_mapping(
+        {"dev_mode": True, "dev_allowed_clients": ["10.1.2.0/24", "fd00::/8", "192.0.2.7"]}
+    )
+    assert config.dev_allowed_clients == ("10.1.2.0/24", "fd00::/8", "192.0.2.7")
