@@ -48,6 +48,7 @@ from ..users import (
     simulated_user_by_pk,
 )
 from .api import CallbackAPI
+from .dev_guard import dev_guard
 from .health import render_prometheus
 from .pipeline import CSRF_FIELD_NAME, UNSAFE_METHODS, Pipeline
 from .routes import Route
@@ -226,6 +227,7 @@ class ProxyApp:
         self.logout_fields: LogoutFields | None = None
         self.static_prefix = STATIC_PREFIX
         self._trusted = NetworkList(config.trusted_proxies, setting="trusted_proxies")
+        self.dev_guard = dev_guard(config)  # dev mode: loopback and dev_allowed_clients only
         self.site_env = site_environment(self.theme)
         self.site_env.globals.update(static_url=self.static_url, site_name=config.site_name)
         self.mounts = sorted(config.services, key=lambda m: len(m.mount), reverse=True)
@@ -345,6 +347,8 @@ class ProxyApp:
     def __call__(
         self, environ: dict[str, Any], start_response: Callable[..., Any]
     ) -> Iterable[bytes]:
+        if self.dev_guard is not None and not self.dev_guard.allows(environ):
+            return self.dev_guard.refuse(environ, start_response)
         strip_plugit_headers(environ)
         request = self.request_class(environ)
         request.proxy = self
@@ -858,6 +862,9 @@ class PlugItMiddleware:
     def __call__(
         self, environ: dict[str, Any], start_response: Callable[..., Any]
     ) -> Iterable[bytes]:
+        guard = self.proxy.dev_guard  # in dev mode, the host app's pages are refused too
+        if guard is not None and not guard.allows(environ):
+            return guard.refuse(environ, start_response)
         strip_plugit_headers(environ)
         path = environ.get("PATH_INFO", "") or "/"
         if self.proxy.match_mount(path) is not None or path.startswith("/_plugit/"):
