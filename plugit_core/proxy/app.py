@@ -48,6 +48,7 @@ from ..users import (
     simulated_user_by_pk,
 )
 from .api import CallbackAPI
+from .bodies import bound_body, close_body
 from .dev_guard import dev_guard
 from .health import render_prometheus
 from .pipeline import CSRF_FIELD_NAME, UNSAFE_METHODS, Pipeline
@@ -352,9 +353,9 @@ class ProxyApp:
         strip_plugit_headers(environ)
         request = self.request_class(environ)
         request.proxy = self
-        request.max_content_length = self.config.max_upload_size
+        bound_body(request, self.config.max_upload_size)  # 413 past it, chunked bodies too
         response = self.dispatch(request)
-        response.call_on_close(request.close)  # uploaded files are temporary files
+        response.call_on_close(lambda: close_body(request))  # uploads are temporary files
         return response(environ, start_response)
 
     def match_mount(self, path: str) -> tuple[ServiceMount, str] | None:

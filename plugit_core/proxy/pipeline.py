@@ -42,6 +42,7 @@ from ..config import ServiceMount
 from ..protocol import ActionMeta
 from ..users import SIMULATED_MODES, SIMULATED_ORGAS, Orga, PlugItUser, ServiceUser
 from .api import API_PREFIX
+from .bodies import unreadable_framing
 from .templating import CSRF_FIELD, CSRF_PLACEHOLDER
 from .upstream import ServiceClient, ServiceError, ServiceReply, SingleFlight, UpstreamRequest
 
@@ -505,6 +506,12 @@ class Pipeline:
         upstream = UpstreamRequest(request.method, path)
         upstream.params = _client_items(request.args)
         if request.method in UNSAFE_METHODS:
+            # The body is bounded at the entry (bodies.bound_body): reading past the limit raises
+            # RequestEntityTooLarge (a 413 page), chunked or not, so no cut body is forwarded.
+            if unreadable_framing(request):
+                raise _RefusedError(
+                    411, "length_required", "This upload cannot be read: send it with its length."
+                )
             if request.mimetype in ("application/x-www-form-urlencoded", "multipart/form-data"):
                 upstream.form = [
                     (k, v) for k, v in _client_items(request.form) if k != CSRF_FIELD_NAME
