@@ -3,6 +3,7 @@
 ::
 
     plugit service MODULE [--host H] [--port P] [--templates DIR] [--media DIR] [--secret S]
+                   [--base-url PATH] [--allowed-networks CIDR,...] [--debug]
     plugit service --check URL [--secret S] [--action PATH ...]
     plugit proxy --config FILE [--host H] [--port P] [--force]
     plugit users --config FILE add|passwd|grant|revoke|disable|enable|orga-add|orga-join|...
@@ -17,6 +18,7 @@ import argparse
 import getpass
 import importlib
 import importlib.util
+import inspect
 import logging
 import os
 import sys
@@ -89,15 +91,20 @@ def run_server(
 # -- plugit service --------------------------------------------------------------------------------
 
 
-def load_service(target: str, **overrides: Any) -> Any:
-    """A :class:`PlugItService` from ``module``, ``module:attribute`` or a ``.py`` file path.
+# The service settings `plugit service` takes on its command line, with their option names.
+SERVICE_OPTIONS = {
+    "templates": "--templates",
+    "media": "--media",
+    "secret": "--secret",
+    "base_url": "--base-url",
+    "allowed_networks": "--allowed-networks",
+    "debug": "--debug",
+}
 
-    The module may define ``app`` (a service), ``create_app()`` (a factory taking the settings
-    overrides), or just decorated actions with ``PI_*`` settings beside them.
-    """
-    from .service import PlugItService
 
-    module_name, _, attribute = target.partition(":")
+def _import_target(module_name: str) -> tuple[Any, str | None]:
+    """The module named ``module_name`` (a dotted name or a ``.py`` path), and the folder of its
+    file when it was given as a path."""
     if module_name.endswith(".py") or os.sep in module_name:
         path = Path(module_name).resolve()
         if not path.is_file():
@@ -108,28 +115,126 @@ def load_service(target: str, **overrides: Any) -> Any:
         module = importlib.util.module_from_spec(spec)
         sys.modules[path.stem] = module
         spec.loader.exec_module(module)
-        root = str(path.parent)
+        return module, str(path.parent)
+    try:
+        return importlib.import_module(module_name), None
+    except ImportError as exc:
+        raise CommandError(f"cannot import {module_name}: {exc}") from None
+
+
+def _is_factory(value: Any) -> bool:
+    """A callable that can be called without arguments (``create_app``), not a WSGI app (which
+    needs ``environ`` and ``start_response``)."""
+    if not callable(value):
+        return False
+    try:
+        inspect.signature(value).bind()
+    except TypeError:  # required arguments: a WSGI app
+        return False
+    except ValueError:  # no signature to read (a builtin)
+        return False
+    return True
+
+
+def _call_factory(factory: Callable[..., Any], settings: dict[str, Any]) -> tuple[Any, set[str]]:
+    """``factory(**settings)`` with the settings its signature takes; and their names."""
+    parameters = inspect.signature(factory).parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        taken = set(settings)
     else:
+        names = {
+            p.name
+            for p in parameters
+            if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        }
+        taken = set(settings) & names
+    return factory(**{k: v for k, v in settings.items() if k in taken}), taken
+
+
+def _apply_settings(app: Any, settings: dict[str, Any], taken: set[str], what: str) -> Any:
+    """``app`` with ``settings`` applied: a :class:`PlugItService` is re-configured with them
+    (they win over its own); any other app must have taken them all already (``taken``)."""
+    from .service import PlugItService
+
+    if isinstance(app, PlugItService):
         try:
-            module = importlib.import_module(module_name)
-        except ImportError as exc:
-            raise CommandError(f"cannot import {module_name}: {exc}") from None
-        root = None
+            return app.with_settings(**settings)
+        except (TypeError, ValueError) as exc:
+            raise CommandError(f"cannot apply the options to {what}: {exc}") from None
+    left = [SERVICE_OPTIONS.get(name, name) for name in settings if name not in taken]
+    if left:
+        raise CommandError(
+            f"{', '.join(left)} cannot be applied to {what}: it is a {type(app).__name__}, "
+            "not a PlugItService (set them where that app is built)"
+        )
+    return app
+
+
+def load_service(target: str, **overrides: Any) -> Any:
+    """The WSGI app to serve for ``module``, ``module:attribute`` or a ``.py`` file path, with the
+    settings ``overrides`` (``None`` values ignored) applied.
+
+    The module may define ``app`` (a service), ``create_app()`` (a factory, given the overrides
+    its signature takes), or just decorated actions with ``PI_*`` settings beside them.  The
+    overrides win over the module's own settings: a :class:`PlugItService` found in the module or
+    made by a factory is re-configured with them (:meth:`PlugItService.with_settings`).  Any
+    other WSGI app cannot be re-configured: an override it did not take is an error, never
+    silently dropped.
+    """
+    from .service import PlugItService
+
+    module_name, _, attribute = target.partition(":")
+    module, root = _import_target(module_name)
     settings = {k: v for k, v in overrides.items() if v is not None}
     if attribute:
         value = getattr(module, attribute, None)
         if value is None:
             raise CommandError(f"{module_name} has no attribute {attribute!r}")
-        return (
-            value(**settings) if callable(value) and not isinstance(value, PlugItService) else value
-        )
+        what = f"{module_name}:{attribute}"
+        if _is_factory(value) and not isinstance(value, PlugItService):
+            value, taken = _call_factory(value, settings)
+        else:
+            taken = set()
+        return _apply_settings(value, settings, taken, what)
     if isinstance(getattr(module, "app", None), PlugItService):
-        return module.app
+        return _apply_settings(module.app, settings, set(), f"{module_name}:app")
     if callable(getattr(module, "create_app", None)):
-        return module.create_app(**settings)
+        app, taken = _call_factory(module.create_app, settings)
+        return _apply_settings(app, settings, taken, f"{module_name}:create_app()")
     if root is not None:  # templates and media beside the file
         settings.setdefault("root", root)
     return PlugItService.from_module(module, **settings)
+
+
+def _service_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings given on the command line (and PLUGIT_SERVICE_SECRET), each checked on its
+    own so that a bad value is reported with the option's name."""
+    from .service import ServiceConfig
+
+    secret = args.secret
+    from_environment = secret is None and bool(os.environ.get("PLUGIT_SERVICE_SECRET"))
+    if from_environment:
+        secret = os.environ["PLUGIT_SERVICE_SECRET"]
+    overrides: dict[str, Any] = {
+        # Folders given on the command line are the user's, relative to the current directory.
+        "templates": str(Path(args.templates).resolve()) if args.templates else None,
+        "media": str(Path(args.media).resolve()) if args.media else None,
+        "secret": secret,
+        "base_url": args.base_url,
+        "allowed_networks": args.allowed_networks,
+        "debug": True if args.debug else None,
+    }
+    for name, value in overrides.items():
+        if value is None:
+            continue
+        option = SERVICE_OPTIONS[name]
+        if name == "secret" and from_environment:
+            option = "PLUGIT_SERVICE_SECRET"
+        try:
+            ServiceConfig(**{name: value})
+        except (TypeError, ValueError) as exc:
+            raise CommandError(f"{option}: {exc}") from None
+    return {name: value for name, value in overrides.items() if value is not None}
 
 
 def _service(args: argparse.Namespace) -> int:
@@ -137,16 +242,7 @@ def _service(args: argparse.Namespace) -> int:
         return _check(args)
     if not args.module:
         raise CommandError("give a MODULE to serve, or --check URL")
-    secret = args.secret or os.environ.get("PLUGIT_SERVICE_SECRET")
-    overrides = {
-        "templates": args.templates,
-        "media": args.media,
-        "secret": secret,
-        "base_url": args.base_url,
-        "allowed_networks": args.allowed_networks,
-    }
-    if args.debug:
-        overrides["debug"] = True
+    overrides = _service_overrides(args)
     load_service(args.module, **overrides)  # fail now, in the master, with a clear message
     run_server(
         lambda: load_service(args.module, **overrides),

@@ -25,6 +25,7 @@ Bad input gets a JSON answer, never a traceback: 400 for a malformed form, 413 a
 
 from __future__ import annotations
 
+import copy
 import datetime
 import decimal
 import hashlib
@@ -150,13 +151,23 @@ class ServiceConfig:
                 if value is not None and not _is_code(value):
                     values[name] = value
         values.update({k: v for k, v in overrides.items() if v is not None})
-        unknown = set(values) - own
-        if unknown:
-            raise TypeError(f"unknown service settings: {', '.join(sorted(unknown))}")
-        for name in ("debug", "use_proxy_ip"):  # often read from the environment as text
-            if isinstance(values.get(name), str):
-                values[name] = _text_bool(name, values[name])
-        return cls(**values)
+        return cls(**_checked_settings(values))
+
+    def with_settings(self, **settings: Any) -> ServiceConfig:
+        """A copy with ``settings`` (our names, not ``PI_*``) replacing these; ``None`` values
+        are ignored.  Unknown names raise TypeError, bad values ValueError."""
+        values = _checked_settings({k: v for k, v in settings.items() if v is not None})
+        return replace(self, **values) if values else self
+
+
+def _checked_settings(values: dict[str, Any]) -> dict[str, Any]:
+    unknown = set(values) - {f.name for f in fields(ServiceConfig)}
+    if unknown:
+        raise TypeError(f"unknown service settings: {', '.join(sorted(unknown))}")
+    for name in ("debug", "use_proxy_ip"):  # often read from the environment as text
+        if isinstance(values.get(name), str):
+            values[name] = _text_bool(name, values[name])
+    return values
 
 
 def _text_bool(name: str, text: str) -> bool:
@@ -305,7 +316,14 @@ class PlugItService:
         if config is None:
             config = ServiceConfig.from_settings(None, **settings)
         elif settings:
-            config = replace(config, **settings)
+            config = config.with_settings(**settings)
+        self.mail_callback = mail_callback
+        self._configure(config)
+        if actions is not None:
+            self.load_actions(actions)
+
+    def _configure(self, config: ServiceConfig) -> None:
+        """Everything that follows from the settings; the actions are registered afterwards."""
         self.config = config
         root = Path(config.root)
         self.templates_dir = (root / config.templates).resolve()
@@ -314,7 +332,6 @@ class PlugItService:
         self._allowed = NetworkList(config.allowed_networks, setting="allowed_networks")
         self._trusted = NetworkList(config.trusted_proxies, setting="trusted_proxies")
         self._nonces = NonceRegistry(ttl=config.signature_max_age * 2)
-        self.mail_callback = mail_callback
         self.actions: dict[str, _Action] = {}
         self._url_map = Map(strict_slashes=False, merge_slashes=False)
         base = config.base_url
@@ -325,8 +342,22 @@ class PlugItService:
             ("media", "media/<path:path>", ["GET"]),
         ):
             self._url_map.add(Rule(base + path, endpoint=(endpoint, None), methods=methods))
-        if actions is not None:
-            self.load_actions(actions)
+
+    def with_settings(self, **settings: Any) -> PlugItService:
+        """A copy of this service whose settings are its own with ``settings`` replacing them
+        (``PlugItService`` keyword names: ``secret``, ``base_url``, ``allowed_networks``,
+        ``debug``, ``templates``, ``media`` ...; ``None`` values are ignored).
+
+        The copy keeps the actions, the mail callback and the attributes of a subclass (a
+        database handle, say); its routes follow the new ``base_url``.  This service is not
+        changed.  ``plugit service`` applies its command-line options to a module's ``app`` this
+        way.  Unknown names raise TypeError, bad values ValueError.
+        """
+        clone = copy.copy(self)
+        clone._configure(self.config.with_settings(**settings))
+        for act in self.actions.values():
+            clone.add_action(act.fn, name=act.name)
+        return clone
 
     @classmethod
     def from_module(

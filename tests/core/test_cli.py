@@ -131,3 +131,240 @@ def test_proxy_command_serves_the_service(service_process, tmp_path):
     finally:
         process.terminate()
         process.wait(20)
+
+
+# -- `plugit service` options on a module that defines `app` ---------------------------------------
+
+SECRET = "cli-option-secret-0123456789abcdef"
+
+SERVICE_MODULE = """\
+import os
+
+from plugit_core.service import PlugItService, action
+
+
+@action("/", template="home.html")
+def home(request):
+    return {"hello": "hi"}
+
+
+# The pattern docs/writing-a-service.md teaches, with settings the command line must beat:
+# anyone may call it, no secret, endpoints at the root, meta cached.
+app = PlugItService.from_module(
+    __name__,
+    root=os.path.dirname(os.path.abspath(__file__)),
+    allowed_networks=["0.0.0.0/0", "::/0"],
+    debug=False,
+)
+
+
+def wsgi(environ, start_response):  # a WSGI app that is no PlugItService
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"plain"]
+
+
+def make_plain():  # a factory that takes no settings and makes no PlugItService
+    return wsgi
+
+
+def make_service():  # a factory that takes no settings
+    return PlugItService.from_module(__name__, root=os.path.dirname(os.path.abspath(__file__)))
+"""
+
+
+@pytest.fixture
+def app_module(tmp_path):
+    """A one-file service defining ``app``, with two template and two media folders."""
+    for folder, text in (("templates", "module's"), ("other_templates", "command line's")):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "home.html").write_text(f"<p>{text} template</p>")
+    for folder, text in (("media", "module's"), ("other_media", "command line's")):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "site.css").write_text(f"/* {text} media */")
+    path = tmp_path / "optpolls.py"
+    path.write_text(SERVICE_MODULE)
+    return path
+
+
+def _start_service(module, *options, env=None, cwd=None):
+    import os
+    import subprocess
+    import sys
+
+    from plugit_core.testing import wait_for_port
+
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "plugit_core.cli", "service", str(module), "--port", str(port),
+         *options],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, **(env or {})},
+        cwd=cwd,
+    )  # fmt: skip
+    try:
+        wait_for_port("127.0.0.1", port, timeout=60)
+    except TimeoutError:
+        process.kill()
+        process.wait(20)
+        raise
+    return process, port
+
+
+def _stop(process):
+    process.terminate()
+    process.wait(20)
+
+
+def _get(port, path, secret=None, source="127.0.0.1"):
+    """GET ``path`` over a real connection from ``source``, signed when ``secret`` is given."""
+    import http.client
+
+    from plugit_core.signing import sign_request
+
+    headers = {"Connection": "close"}
+    if secret:
+        route, _, query = path.partition("?")
+        headers.update(sign_request(secret, method="GET", path=route, query=query, headers=headers))
+    connection = http.client.HTTPConnection(
+        "127.0.0.1", port, timeout=10, source_address=(source, 0)
+    )
+    try:
+        connection.request("GET", path, headers=headers)
+        response = connection.getresponse()
+        return response.status, dict(response.getheaders()), response.read()
+    finally:
+        connection.close()
+
+
+def test_service_options_apply_to_a_module_app(app_module):
+    """Each option given on the command line beats the module's own ``app`` settings."""
+    process, port = _start_service(
+        app_module,
+        "--secret", SECRET,
+        "--base-url", "/svc/",
+        "--debug",
+        "--templates", "other_templates",
+        "--media", "other_media",
+        cwd=app_module.parent,
+    )  # fmt: skip
+    try:
+        # --secret: a request that is not signed, claiming to be a user, is refused
+        status, _, body = _get(port, "/svc/action/?ebuio_u_pk=1&ebuio_u_username=admin")
+        assert status == 403 and b'"error":"signature"' in body
+        assert _get(port, "/svc/version")[0] == 403
+        status, _, body = _get(port, "/svc/version", SECRET)
+        assert status == 200 and b'"result":"Ok"' in body
+        # --base-url: the endpoints moved below /svc/
+        assert _get(port, "/version", SECRET)[0] == 404
+        assert _get(port, "/svc/ping?data=x", SECRET)[0] == 200
+        # --debug: the proxy may not cache the meta
+        status, headers, _ = _get(port, "/svc/meta/", SECRET)
+        assert status == 200 and headers["Cache-Control"] == "public, max-age=0"
+        # --templates and --media: the command line's folders (relative to the current one)
+        status, _, body = _get(port, "/svc/template/", SECRET)
+        assert status == 200 and body == b"<p>command line's template</p>"
+        status, _, body = _get(port, "/svc/media/site.css", SECRET)
+        assert status == 200 and body == b"/* command line's media */"
+    finally:
+        _stop(process)
+
+
+def test_service_allowed_networks_and_environment_secret_apply_to_a_module_app(app_module):
+    """--allowed-networks replaces the module's allow-everyone list (the loopback peer is
+    refused, 127.0.0.2 let in), and PLUGIT_SERVICE_SECRET is required of those let in."""
+    process, port = _start_service(
+        app_module,
+        "--allowed-networks", "127.0.0.2/32",
+        env={"PLUGIT_SERVICE_SECRET": SECRET},
+    )  # fmt: skip
+    try:
+        assert _get(port, "/version", SECRET)[0] == 404
+        assert _get(port, "/ping", SECRET)[0] == 404
+        assert _get(port, "/version", source="127.0.0.2")[0] == 403
+        status, _, body = _get(port, "/version", SECRET, source="127.0.0.2")
+        assert status == 200 and b'"result":"Ok"' in body
+    finally:
+        _stop(process)
+
+
+@pytest.mark.parametrize(
+    ("options", "env", "message"),
+    [
+        pytest.param(
+            ["--secret", "short"], {},
+            "plugit: error: --secret: secret must be at least 16 characters long",
+            id="short-secret",
+        ),
+        pytest.param(
+            ["--secret", ""], {},
+            "plugit: error: --secret: secret must be at least 16 characters long",
+            id="empty-secret",
+        ),
+        pytest.param(
+            [], {"PLUGIT_SERVICE_SECRET": "short"},
+            "plugit: error: PLUGIT_SERVICE_SECRET: secret must be at least 16 characters long",
+            id="short-environment-secret",
+        ),
+        pytest.param(
+            ["--base-url", "svc"], {},
+            "plugit: error: --base-url: base_url must start and end with '/': 'svc'",
+            id="base-url",
+        ),
+        pytest.param(
+            ["--allowed-networks", "10.0.0.0/8,not-a-network"], {},
+            "plugit: error: --allowed-networks: ",
+            id="allowed-networks",
+        ),
+    ],
+)  # fmt: skip
+def test_service_bad_option_is_one_line(app_module, monkeypatch, capsys, options, env, message):
+    monkeypatch.delenv("PLUGIT_SERVICE_SECRET", raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert main(["service", str(app_module), *options]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(message)
+    assert len(err.strip().splitlines()) == 1
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("attribute", "options", "named"),
+    [
+        pytest.param("wsgi", ["--secret", SECRET], "--secret", id="wsgi-app-secret"),
+        pytest.param(
+            "wsgi", ["--debug", "--base-url", "/x/"], "--base-url, --debug", id="wsgi-app-two"
+        ),
+        pytest.param("make_plain", ["--allowed-networks", "10.0.0.0/8"], "--allowed-networks",
+                     id="factory-of-a-wsgi-app"),
+    ],
+)  # fmt: skip
+def test_service_option_that_cannot_apply_is_an_error(
+    app_module, monkeypatch, capsys, attribute, options, named
+):
+    monkeypatch.delenv("PLUGIT_SERVICE_SECRET", raising=False)
+    assert main(["service", f"{app_module}:{attribute}", *options]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"plugit: error: {named} cannot be applied to ")
+    assert "not a PlugItService" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_load_service_applies_options_to_every_kind_of_module(app_module, served):
+    """``app``, ``module:app``, a factory that takes no settings: the options win each time;
+    a WSGI app given without options is served as it is."""
+    from plugit_core.cli import load_service
+
+    for target in (str(app_module), f"{app_module}:app", f"{app_module}:make_service"):
+        service = load_service(target, secret=SECRET, base_url="/p/", allowed_networks="::1/128")
+        assert service.config.secret == SECRET
+        assert service.config.base_url == "/p/"
+        assert service.config.allowed_networks == ("::1/128",)
+        url = served(service)
+        assert _get(int(url.rsplit(":", 1)[1]), "/p/version", SECRET)[0] == 404  # not ::1
+    module_app = load_service(str(app_module))
+    assert module_app.config.secret is None  # the module's own, untouched without options
+    plain = load_service(f"{app_module}:wsgi")
+    url = served(plain)
+    assert _get(int(url.rsplit(":", 1)[1]), "/")[2] == b"plain"
