@@ -15,6 +15,12 @@ The session remembers a fingerprint of the user's password hash: setting a new p
 every session opened with the old one.  A session opened through an auth backend that is no
 longer configured is anonymous.
 
+Both pages read at most ``MAX_BODY`` bytes of a POST (a login form is a few hundred): a larger
+body, declared or chunked, gets a 413 page before any of it is parsed; a body that cannot be read
+as the form (a repeated field, a user name too long or with control characters, a password
+with a NUL) gets a 400 page, without counting as a failed login.  The CSRF token is checked after
+the body is bounded.
+
 Configuration (all optional)::
 
     [login_default]
@@ -32,15 +38,18 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
+from werkzeug.datastructures import MultiDict
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.wrappers import Response
 
 from plugit_core.config import ProxyConfig
 from plugit_core.hookspecs import hookimpl
 from plugit_core.identity import SESSION_BACKEND_KEY, SESSION_USER_KEY, AuthError, log_in, log_out
+from plugit_core.proxy.bodies import read_body
 from plugit_core.proxy.routes import Route
 from plugit_core.users import PlugItUser
 
-__all__ = ["LOGIN_PATH", "LOGOUT_PATH", "SESSION_PASSWORD_KEY", "LoginSettings"]
+__all__ = ["LOGIN_PATH", "LOGOUT_PATH", "MAX_BODY", "SESSION_PASSWORD_KEY", "LoginSettings"]
 
 log = logging.getLogger("plugit.login")
 
@@ -49,6 +58,9 @@ LOGOUT_PATH = "/_plugit/logout"
 SESSION_PASSWORD_KEY = "pwv"  # noqa: S105 (a session key: the password hash fingerprint)
 MAX_WINDOW = 86400  # stores forget failures after a day
 MAX_USERNAME = 256
+MAX_PASSWORD = 4096  # as local accounts: longer input is refused without being checked
+MAX_BODY = 64 * 1024  # bytes of a login or logout POST
+SINGLE_FIELDS = ("username", "password", "next", "csrfmiddlewaretoken")
 
 MESSAGES = {
     "bad_credentials": "Wrong user name or password.",
@@ -60,7 +72,13 @@ MESSAGES = {
     "unavailable": "The login service is unavailable right now. Please try again later.",
     "throttled": "Too many failed attempts. Wait a few minutes before trying again.",
     "missing": "Enter your user name and password.",
+    "malformed": "This form could not be read. Reload the page and try again.",
+    "too_long": f"A user name has at most {MAX_USERNAME} characters.",
+    "control": "A user name or password cannot contain control characters.",
+    "password_too_long": f"A password has at most {MAX_PASSWORD} characters.",
+    "too_large": "What you sent is far larger than a login form. Reload the page and try again.",
 }
+CSRF_MESSAGE = "The form has expired. Reload the page and try again."
 
 
 class LoginSettings:
@@ -158,17 +176,55 @@ def _login_page(
     return response
 
 
+def _read_form(request: Any) -> MultiDict[str, str] | int:
+    """The POSTed form, read within ``MAX_BODY`` bytes; else the status refusing it (413 too
+    large, 411 unreadable framing, 400 malformed)."""
+    try:
+        read_body(request, MAX_BODY)
+        return request.form
+    except RequestEntityTooLarge:
+        return 413
+    except HTTPException as exc:  # 411: chunked, and the server did not decode it
+        return exc.code or 400
+    except ValueError:  # a form werkzeug cannot parse
+        return 400
+
+
+def _form_problem(form: MultiDict[str, str]) -> str | None:
+    """Why the login form cannot be used (a key of MESSAGES), or None."""
+    if any(len(form.getlist(name)) > 1 for name in SINGLE_FIELDS):
+        return "malformed"  # which one counts would depend on who reads it
+    username = form.get("username", "").strip()
+    password = form.get("password", "")
+    if not username or not password:
+        return "missing"
+    if len(username) > MAX_USERNAME:
+        return "too_long"
+    if any(ord(c) < 32 or ord(c) == 127 for c in username) or "\x00" in password:
+        return "control"
+    if len(password) > MAX_PASSWORD:
+        return "password_too_long"
+    return None
+
+
 def login_view(request: Any) -> Response:
     proxy = request.proxy
+    base = proxy.base_path(request)
     if request.method in ("GET", "HEAD"):
         referrer = request.headers.get("Referer", "")
         own = f"{request.scheme}://{request.host}"
         fallback = referrer[len(own) :] if referrer.startswith(own + "/") else None
-        next_path = _safe_next(request.args.get("next") or fallback, proxy.base_path(request))
+        next_path = _safe_next(request.args.get("next") or fallback, base)
         return _login_page(request, next_path=next_path)
-    username = request.form.get("username", "").strip()
-    password = request.form.get("password", "")
-    next_path = _safe_next(request.form.get("next"), proxy.base_path(request))
+    form = _read_form(request)
+    if isinstance(form, int):
+        code = "too_large" if form == 413 else "malformed"
+        return _login_page(request, status=form, error=MESSAGES[code], next_path=base + "/")
+    if not proxy.csrf_valid(request):
+        return proxy.error_page(request, 403, reason="csrf", message=CSRF_MESSAGE)
+    username = form.get("username", "").strip()
+    password = form.get("password", "")
+    next_path = _safe_next(form.get("next"), base) if len(form.getlist("next")) == 1 else base + "/"
 
     def refuse(status: int, code: str, **extra: Any) -> Response:
         return _login_page(
@@ -180,8 +236,11 @@ def login_view(request: Any) -> Response:
             **extra,
         )
 
-    if not username or not password:
-        return refuse(400, "missing")
+    problem = _form_problem(form)
+    if problem is not None:
+        if problem != "missing":
+            username = ""  # not shown back in the form
+        return refuse(400, problem)
     settings: LoginSettings = proxy.login_settings
     address = proxy.client_address(request)
     account_key = f"login:user:{username.lower()[:MAX_USERNAME]}"
@@ -236,6 +295,11 @@ def login_view(request: Any) -> Response:
 
 def logout_view(request: Any) -> Response:
     proxy = request.proxy
+    form = _read_form(request)
+    if isinstance(form, int):
+        return proxy.error_page(request, form, reason="logout_body")
+    if not proxy.csrf_valid(request):
+        return proxy.error_page(request, 403, reason="csrf", message=CSRF_MESSAGE)
     backend_name = request.session.get(SESSION_BACKEND_KEY)
     redirect = None
     for backend in proxy.auth:
@@ -263,8 +327,9 @@ def plugit_extra_routes(proxy: Any) -> list[Route] | None:
         return None
     proxy.login_settings = proxy.backends.build("login", "default", proxy.config)
     routes = [
-        Route(LOGIN_PATH, login_view, methods=("GET", "POST")),
-        Route(LOGOUT_PATH, logout_view, methods=("POST",)),
+        # The views check the CSRF token themselves, once the body is known to be small.
+        Route(LOGIN_PATH, login_view, methods=("GET", "POST"), csrf=False),
+        Route(LOGOUT_PATH, logout_view, methods=("POST",), csrf=False),
     ]
     for backend in proxy.auth:
         if hasattr(backend, "routes"):

@@ -3,12 +3,13 @@ refusals, throttling of failed logins, safe redirects and the session cookie's f
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 import requests
 import test_auth_session as shared
 from test_auth_session import PASSWORD, STRONG_KEY, FakeBackendPlugin, Site
+from urllib3 import encode_multipart_formdata
 
 from plugit_backends.login import MAX_WINDOW, _settings
 from plugit_core.config import ConfigError, ProxyConfig
@@ -144,6 +145,156 @@ def test_a_backend_that_says_nothing_useful_gets_a_clear_page(
     response = site.browser().login("alice")
     assert response.status_code == 503 and "unavailable right now" in response.text
     assert site.store.count_failures("login:user:alice", 60) == 0  # not the user's fault
+
+
+# -- malformed and oversized bodies ----------------------------------------------------------------
+
+TWENTY_MIB = 20 * 1024 * 1024
+
+
+def _chunked(body: bytes) -> Iterator[bytes]:
+    """The body as a generator: requests sends it chunked, without Content-Length."""
+    for start in range(0, len(body), 256 * 1024):
+        yield body[start : start + 256 * 1024]
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+@pytest.mark.parametrize("path", ["/_plugit/login", "/_plugit/logout"])
+@pytest.mark.parametrize("content_type", ["application/x-www-form-urlencoded", "multipart"])
+def test_a_20_mib_post_gets_413(site: Site, framing: str, path: str, content_type: str) -> None:
+    site.add_user("alice")
+    browser = site.browser()
+    token = browser.csrf()
+    if content_type == "multipart":
+        body, content_type = encode_multipart_formdata(
+            {"csrfmiddlewaretoken": token, "username": "alice", "password": "x" * TWENTY_MIB}
+        )
+    else:
+        body = f"csrfmiddlewaretoken={token}&username=alice&password=".encode() + b"x" * TWENTY_MIB
+    data = body if framing == "content-length" else _chunked(body)
+    response = browser.post(path, data=data, headers={"Content-Type": content_type})
+    assert response.status_code == 413, response.text[:500]
+    assert response.headers["Content-Type"].startswith("text/html")
+    _no_traceback(response)
+    assert site.store.count_failures("login:user:alice", 60) == 0
+    assert browser.login("alice").status_code == 303  # the site still works, for this browser too
+
+
+MALFORMED: dict[str, tuple[bytes | Callable[[str], bytes], str]] = {
+    "invalid-utf8": (
+        lambda t: f"csrfmiddlewaretoken={t}&username=".encode() + b"%ff%fe\xff&password=\xc3(",
+        "application/x-www-form-urlencoded",
+    ),
+    "raw-invalid-utf8": (
+        lambda t: f"csrfmiddlewaretoken={t}&username=".encode() + b"\xff\xfe&password=p",
+        "application/x-www-form-urlencoded; charset=utf-8",
+    ),
+    "unknown-charset": (
+        lambda t: f"csrfmiddlewaretoken={t}&username=alice&password=x".encode(),
+        "application/x-www-form-urlencoded; charset=no-such-charset",
+    ),
+    "json": (b'{"username": "alice", "password": "correct horse battery"}', "application/json"),
+    "text": (b"username=alice&password=correct horse battery", "text/plain"),
+    "no-content-type": (b"username=alice&password=correct horse battery", ""),
+    "repeated-username": (
+        lambda t: f"csrfmiddlewaretoken={t}&username=alice&username=bob&password=p".encode(),
+        "application/x-www-form-urlencoded",
+    ),
+    "repeated-password": (
+        lambda t: f"csrfmiddlewaretoken={t}&username=alice&password=a&password=b".encode(),
+        "application/x-www-form-urlencoded",
+    ),
+    "repeated-token": (
+        lambda t: f"csrfmiddlewaretoken={t}&csrfmiddlewaretoken=x&username=a&password=p".encode(),
+        "application/x-www-form-urlencoded",
+    ),
+    "missing-username": (
+        lambda t: f"csrfmiddlewaretoken={t}&password=p".encode(),
+        "application/x-www-form-urlencoded",
+    ),
+    "missing-password": (
+        lambda t: f"csrfmiddlewaretoken={t}&username=alice".encode(),
+        "application/x-www-form-urlencoded",
+    ),
+    "empty": (b"", "application/x-www-form-urlencoded"),
+    "nul-username": (
+        lambda t: f"csrfmiddlewaretoken={t}&username=ali%00ce&password=p".encode(),
+        "application/x-www-form-urlencoded",
+    ),
+    "nul-password": (
+        lambda t: f"csrfmiddlewaretoken={t}&username=alice&password=p%00q".encode(),
+        "application/x-www-form-urlencoded",
+    ),
+    "control-username": (
+        lambda t: f"csrfmiddlewaretoken={t}&username=ali%0D%0Ace&password=p".encode(),
+        "application/x-www-form-urlencoded",
+    ),
+    "huge-username": (
+        lambda t: f"csrfmiddlewaretoken={t}&password=p&username=".encode() + b"u" * 60000,
+        "application/x-www-form-urlencoded",
+    ),
+    "huge-password": (
+        lambda t: f"csrfmiddlewaretoken={t}&username=alice&password=".encode() + b"p" * 60000,
+        "application/x-www-form-urlencoded",
+    ),
+    "bad-escapes": (
+        lambda t: f"csrfmiddlewaretoken={t}&username=%zz%&password=%".encode(),
+        "application/x-www-form-urlencoded",
+    ),
+    "no-equals": (
+        lambda t: f"csrfmiddlewaretoken={t}&username&password&&&".encode(),
+        "application/x-www-form-urlencoded",
+    ),
+    "multipart-no-boundary": (b"--x\r\nbroken", "multipart/form-data"),
+    "multipart-broken": (
+        b'--b\r\nContent-Disposition: form-data; name="username"\r\n\r\nalice',
+        "multipart/form-data; boundary=b",
+    ),
+    "multipart-garbage-headers": (
+        b"--b\r\n\x00\xff: \xfe\r\n\r\nx\r\n--b--\r\n",
+        "multipart/form-data; boundary=b",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", MALFORMED)
+def test_malformed_login_bodies_get_a_4xx_page(site: Site, case: str) -> None:
+    alice = site.add_user("alice")
+    browser = site.browser()
+    token = browser.csrf()
+    make, content_type = MALFORMED[case]
+    body = make(token) if callable(make) else make
+    headers = {"Content-Type": content_type, "X-CSRFToken": token}
+    response = browser.post("/_plugit/login", data=body, headers=headers)
+    assert 400 <= response.status_code < 500, (response.status_code, response.text[:500])
+    assert response.status_code != 429
+    assert response.headers["Content-Type"].startswith("text/html")
+    _no_traceback(response)
+    assert "\x00" not in response.text
+    assert browser.get("/svc/logged").status_code == 403  # nobody was logged in
+    assert site.store.count_failures("login:user:alice", 60) <= 1
+    assert site.store.get_user(alice.pk) is not None
+    assert browser.login("alice").status_code == 303  # and the form still works afterwards
+
+
+def test_what_each_malformed_form_is_told(site: Site) -> None:
+    browser = site.browser()
+    token = browser.csrf()
+    expectations = {
+        "repeated-username": "This form could not be read.",
+        "huge-username": "A user name has at most 256 characters.",
+        "nul-username": "cannot contain control characters",
+        "nul-password": "cannot contain control characters",
+        "huge-password": "A password has at most 4096 characters.",
+        "missing-password": "Enter your user name and password.",
+    }
+    for case, words in expectations.items():
+        make, content_type = MALFORMED[case]
+        body = make(token)  # type: ignore[operator]
+        response = browser.post("/_plugit/login", data=body, headers={"Content-Type": content_type})
+        assert response.status_code == 400, case
+        assert words in response.text, case
+        assert "u" * 300 not in response.text  # a huge user name is not sent back
 
 
 # -- throttling ------------------------------------------------------------------------------------
