@@ -24,7 +24,7 @@ from dataclasses import replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 from cachetools import LRUCache
 from markupsafe import Markup, escape
@@ -47,6 +47,7 @@ from ..users import (
     simulated_user,
     simulated_user_by_pk,
 )
+from . import redirects
 from .api import CallbackAPI
 from .bodies import bound_body, close_body
 from .dev_guard import dev_guard
@@ -579,27 +580,19 @@ class ProxyApp:
 
     @staticmethod
     def is_local_path(target: str) -> bool:
-        """A path on this site (``/x``), not a protocol-relative or absolute URL.
-
-        Control characters and spaces are refused outright: browsers and servers drop some of
-        them (a tab between two slashes would turn ``/<tab>/evil.example`` into
-        ``//evil.example``).
-        """
-        if not target.startswith("/") or target.startswith(("//", "/\\")):
-            return False
-        if any(ord(c) <= 0x20 or ord(c) == 0x7F or c == "\\" for c in target):
-            return False
-        split = urlsplit(target)
-        return not split.scheme and not split.netloc
+        """A path on this site (``/x``) as browsers read it, and no other reader could take it
+        for another site (:func:`plugit_core.proxy.redirects.is_local_path`)."""
+        return redirects.is_local_path(target)
 
     def redirect_allowed(self, request: Request, target: str) -> bool:
-        """An absolute http(s) URL to this host or one of ``allowed_redirect_hosts``."""
-        split = urlsplit(target)
-        if split.scheme not in ("http", "https") or not split.hostname:
-            return False
-        host = split.hostname.lower()
-        own = (request.host or "").rsplit(":", 1)[0].lower()
-        return host == own or host in self.config.allowed_redirect_hosts
+        """An absolute http(s) URL, as browsers read it, to this host and port or to one of
+        ``allowed_redirect_hosts`` (:func:`plugit_core.proxy.redirects.redirect_allowed`)."""
+        return redirects.redirect_allowed(
+            target,
+            request_scheme=request.scheme,
+            request_host=request.host or "",
+            allowed_hosts=self.config.allowed_redirect_hosts,
+        )
 
     # -- page cache -------------------------------------------------------------------------------
 
