@@ -240,6 +240,15 @@ class UserStore(Protocol):
 
     def is_active(self, pk: Any) -> bool: ...
 
+    def session_generation(self, pk: Any) -> int:
+        """How many times the user's sessions were ended (:meth:`end_sessions`); 0 for a user
+        never logged out, or unknown.  A session remembers it at login and is over once it
+        changed."""
+
+    def end_sessions(self, pk: Any) -> None:
+        """End every session of the user opened so far, on every device and proxy process (a
+        logout): bump :meth:`session_generation`, durably."""
+
     def grant(self, pk: Any, service: str, role: str) -> None:
         """Make the user ``member`` or ``admin`` of a service (``*`` for every service)."""
 

@@ -655,6 +655,33 @@ class UserStoreConformance:
         with self._raises(KeyError):
             store.set_active(987654, False)
 
+    def test_session_generation(self, store: Any) -> None:
+        alice = store.create_user("alice")
+        bob = store.create_user("bob")
+        assert store.session_generation(alice.pk) == 0
+        store.end_sessions(alice.pk)
+        store.end_sessions(alice.extra["uuid"])  # by UUID too
+        assert store.session_generation(alice.pk) == 2
+        assert store.session_generation(str(alice.pk)) == 2
+        assert store.session_generation(alice.extra["uuid"]) == 2
+        assert store.session_generation(bob.pk) == 0  # one user's logout only
+        for unknown in (987654, "no-such-uuid", None, "", "1\x00", 10**30, True):
+            assert store.session_generation(unknown) == 0
+        with self._raises(KeyError):
+            store.end_sessions(987654)
+        store.set_active(alice.pk, False)  # other changes keep it
+        store.set_password_hash(alice.pk, "hash")
+        assert store.session_generation(alice.pk) == 2
+
+    def test_threads_ending_sessions(self, store: Any) -> None:
+        """Concurrent logouts are all counted (the generation only grows)."""
+        alice = store.create_user("alice")
+        import concurrent.futures
+
+        with concurrent.futures.ThreadPoolExecutor(self.threads) as pool:
+            list(pool.map(lambda _: store.end_sessions(alice.pk), range(4 * self.threads)))
+        assert store.session_generation(alice.pk) == 4 * self.threads
+
     # -- services ---------------------------------------------------------------------------------
 
     def test_grant_and_revoke(self, store: Any) -> None:

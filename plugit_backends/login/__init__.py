@@ -12,8 +12,12 @@ A successful login forgets the account's failures, not the address's: one valid 
 reset the count for guesses at others.
 
 The session remembers a fingerprint of the user's password hash: setting a new password ends
-every session opened with the old one.  A session opened through an auth backend that is no
-longer configured is anonymous.
+every session opened with the old one.  It also remembers the user's session generation (kept in
+the directory, shared by every proxy process): a logout bumps it, which ends every session of that
+user opened before, on every device, including copies of the cookie taken before the logout,
+whatever the session backend (a signed cookie cannot be revoked otherwise).  Such a session is
+emptied when it is opened, before anything reads it: it holds no user and no CSRF token.  A
+session opened through an auth backend that is no longer configured is anonymous.
 
 Both pages read at most ``MAX_BODY`` bytes of a POST (a login form is a few hundred): a larger
 body, declared or chunked, gets a 413 page before any of it is parsed; a body that cannot be read
@@ -42,6 +46,7 @@ from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.wrappers import Response
 
+from plugit_core.backends import Session, SessionBackend
 from plugit_core.config import ProxyConfig
 from plugit_core.hookspecs import hookimpl
 from plugit_core.identity import SESSION_BACKEND_KEY, SESSION_USER_KEY, AuthError, log_in, log_out
@@ -49,13 +54,22 @@ from plugit_core.proxy.bodies import read_body
 from plugit_core.proxy.routes import Route
 from plugit_core.users import PlugItUser
 
-__all__ = ["LOGIN_PATH", "LOGOUT_PATH", "MAX_BODY", "SESSION_PASSWORD_KEY", "LoginSettings"]
+__all__ = [
+    "LOGIN_PATH",
+    "LOGOUT_PATH",
+    "MAX_BODY",
+    "SESSION_GENERATION_KEY",
+    "SESSION_PASSWORD_KEY",
+    "EndableSessions",
+    "LoginSettings",
+]
 
 log = logging.getLogger("plugit.login")
 
 LOGIN_PATH = "/_plugit/login"
 LOGOUT_PATH = "/_plugit/logout"
 SESSION_PASSWORD_KEY = "pwv"  # noqa: S105 (a session key: the password hash fingerprint)
+SESSION_GENERATION_KEY = "sgen"  # the user's session generation at login
 MAX_WINDOW = 86400  # stores forget failures after a day
 MAX_USERNAME = 256
 MAX_PASSWORD = 4096  # as local accounts: longer input is refused without being checked
@@ -73,8 +87,7 @@ MESSAGES = {
     "throttled": "Too many failed attempts. Wait a few minutes before trying again.",
     "missing": "Enter your user name and password.",
     "malformed": "This form could not be read. Reload the page and try again.",
-    "too_long": f"A user name has at most {MAX_USERNAME} characters.",
-    "control": "A user name or password cannot contain control characters.",
+    "control": "A password cannot contain NUL characters.",
     "password_too_long": f"A password has at most {MAX_PASSWORD} characters.",
     "too_large": "What you sent is far larger than a login form. Reload the page and try again.",
 }
@@ -190,20 +203,21 @@ def _read_form(request: Any) -> MultiDict[str, str] | int:
         return 400
 
 
-def _form_problem(form: MultiDict[str, str]) -> str | None:
-    """Why the login form cannot be used (a key of MESSAGES), or None."""
+def _form_problem(form: MultiDict[str, str]) -> tuple[int, str] | None:
+    """Why the login form cannot be used (the status and a key of MESSAGES), or None."""
     if any(len(form.getlist(name)) > 1 for name in SINGLE_FIELDS):
-        return "malformed"  # which one counts would depend on who reads it
+        return 400, "malformed"  # which one counts would depend on who reads it
     username = form.get("username", "").strip()
     password = form.get("password", "")
     if not username or not password:
-        return "missing"
-    if len(username) > MAX_USERNAME:
-        return "too_long"
-    if any(ord(c) < 32 or ord(c) == 127 for c in username) or "\x00" in password:
-        return "control"
+        return 400, "missing"
+    if len(username) > MAX_USERNAME or any(ord(c) < 32 or ord(c) == 127 for c in username):
+        # No account has such a name (see identity.check_username): no backend is asked.
+        return 401, "bad_credentials"
+    if "\x00" in password:
+        return 400, "control"
     if len(password) > MAX_PASSWORD:
-        return "password_too_long"
+        return 400, "password_too_long"
     return None
 
 
@@ -238,9 +252,10 @@ def login_view(request: Any) -> Response:
 
     problem = _form_problem(form)
     if problem is not None:
-        if problem != "missing":
+        status, code = problem
+        if code != "missing":
             username = ""  # not shown back in the form
-        return refuse(400, problem)
+        return refuse(status, code)
     settings: LoginSettings = proxy.login_settings
     address = proxy.client_address(request)
     account_key = f"login:user:{username.lower()[:MAX_USERNAME]}"
@@ -300,6 +315,20 @@ def logout_view(request: Any) -> Response:
         return proxy.error_page(request, form, reason="logout_body")
     if not proxy.csrf_valid(request):
         return proxy.error_page(request, 403, reason="csrf", message=CSRF_MESSAGE)
+    pk = request.session.get(SESSION_USER_KEY)
+    if pk is not None and proxy.users is not None:
+        try:
+            proxy.users.end_sessions(pk)  # every copy of this session's cookie dies with it
+        except KeyError:
+            pass  # the user was deleted: the session is anonymous already
+        except Exception:
+            log.exception("could not end the sessions of user %r", pk)
+            return proxy.error_page(
+                request,
+                503,
+                reason="logout",
+                message="Logging out failed: please try again in a moment.",
+            )
     backend_name = request.session.get(SESSION_BACKEND_KEY)
     redirect = None
     for backend in proxy.auth:
@@ -337,11 +366,62 @@ def plugit_extra_routes(proxy: Any) -> list[Route] | None:
     return routes
 
 
+class EndableSessions:
+    """The proxy's session backend, with sessions that a logout ends everywhere.
+
+    Wraps any :class:`~plugit_core.backends.SessionBackend`: at login (a rotated session with a
+    user) the session gets the user's session generation from the directory; when a session is
+    opened, one whose generation is no longer the user's is emptied and rotated (its cookie
+    deleted), so nothing of it is read: no user, no CSRF token, no service values.  Sessions of
+    no user are untouched, and cost nothing.
+    """
+
+    def __init__(self, inner: SessionBackend, users: Any) -> None:
+        self.inner = inner
+        self.users = users
+
+    def open(self, request: Any) -> Session:
+        session = self.inner.open(request)
+        pk = session.get(SESSION_USER_KEY)
+        if pk is None:
+            return session
+        try:
+            current = self.users.session_generation(pk)
+        except Exception:  # the directory is down: this request is anonymous, nothing is lost
+            log.exception("could not read the session generation of user %r", pk)
+            return Session()
+        if session.get(SESSION_GENERATION_KEY, 0) != current:  # logged out since
+            session.clear()
+            session.rotate = True
+        return session
+
+    def save(self, session: Session, request: Any, response: Response) -> None:
+        pk = session.get(SESSION_USER_KEY)
+        if session.rotate and pk is not None and SESSION_GENERATION_KEY not in session:
+            try:  # a login: from now on, a logout of this user ends this session
+                session[SESSION_GENERATION_KEY] = self.users.session_generation(pk)
+            except Exception:  # stamped 0: the session ends at the user's next logout
+                log.exception("could not read the session generation of user %r", pk)
+        self.inner.save(session, request, response)
+
+    def __getattr__(self, name: str) -> Any:  # the backend's own attributes (close, ...)
+        return getattr(self.inner, name)
+
+
 @hookimpl
 def plugit_startup(proxy: Any) -> None:
     if proxy.auth:
         proxy.login_url = LOGIN_PATH
         proxy.logout_url = LOGOUT_PATH
+    if proxy.auth and proxy.users is not None and not isinstance(proxy.sessions, EndableSessions):
+        if callable(getattr(proxy.users, "session_generation", None)):
+            proxy.sessions = EndableSessions(proxy.sessions, proxy.users)
+        else:
+            log.warning(
+                "the directory %r cannot end sessions (no session_generation): a logout "
+                "deletes the browser's session cookie, but copies of it stay valid",
+                type(proxy.users).__name__,
+            )
 
 
 @hookimpl

@@ -114,6 +114,10 @@ CREATE TABLE IF NOT EXISTS {schema}.login_failures (
 CREATE INDEX IF NOT EXISTS login_failures_key ON {schema}.login_failures (key, at);
 CREATE INDEX IF NOT EXISTS login_failures_at ON {schema}.login_failures (at);
 """,
+    # 2: the session generation, bumped by a logout to end every session opened before it
+    """
+ALTER TABLE {schema}.users ADD COLUMN IF NOT EXISTS session_generation bigint NOT NULL DEFAULT 0;
+""",
 )
 SCHEMA_VERSION = len(STEPS)
 
@@ -292,7 +296,9 @@ class PostgresUserStore:
             return None
         with self._conn() as conn:
             query = self._q(
-                "SELECT source, password_hash, active FROM {s}.users u WHERE {where}", match[0]
+                "SELECT source, password_hash, active, session_generation FROM {s}.users u "
+                "WHERE {where}",
+                match[0],
             )
             return conn.execute(query, (_text(match[1]),)).fetchone()
 
@@ -333,6 +339,24 @@ class PostgresUserStore:
     def is_active(self, pk: Any) -> bool:
         row = self._user_row(pk)
         return bool(row is not None and row["active"])
+
+    def session_generation(self, pk: Any) -> int:
+        row = self._user_row(pk)
+        return 0 if row is None else int(row["session_generation"])
+
+    def end_sessions(self, pk: Any) -> None:
+        match = self._match(pk)
+        row = None
+        if match is not None:
+            query = self._q(
+                "UPDATE {s}.users u SET session_generation = session_generation + 1 "
+                "WHERE {where} RETURNING u.id",
+                match[0],
+            )
+            with self._conn() as conn:
+                row = conn.execute(query, (_text(match[1]),)).fetchone()
+        if row is None:
+            raise KeyError(f"no user {pk!r}")
 
     # -- writing users ----------------------------------------------------------------------------
 

@@ -38,7 +38,7 @@ from plugit_core.users import ALL, Orga, PlugItUser
 
 __all__ = ["FAILURE_RETENTION", "SCHEMA_VERSION", "SQLiteUserStore"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 LOCAL = "local"
 FAILURE_RETENTION = 86400.0  # failed logins older than this are forgotten (seconds)
 _CHUNK = 500  # ids per IN (...) query
@@ -89,6 +89,11 @@ CREATE INDEX IF NOT EXISTS login_failures_at ON login_failures (at);
 PRAGMA user_version = 1;
 COMMIT;
 """
+# Each step takes the tables from one version to the next (the key); only ever add.
+MIGRATIONS = {
+    # the session generation, bumped by a logout to end every session opened before it
+    2: "ALTER TABLE users ADD COLUMN session_generation INTEGER NOT NULL DEFAULT 0",
+}
 
 _DIGITS = re.compile(r"-?[0-9]+")
 
@@ -98,10 +103,12 @@ def _int_pk(pk: Any) -> int | None:
     if isinstance(pk, bool):
         return None
     if isinstance(pk, int):
-        return pk
-    if isinstance(pk, str) and _DIGITS.fullmatch(pk.strip()):
-        return int(pk)
-    return None
+        number = pk
+    elif isinstance(pk, str) and _DIGITS.fullmatch(pk.strip()):
+        number = int(pk)
+    else:
+        return None
+    return number if -(2**63) <= number < 2**63 else None  # what SQLite's INTEGER can hold
 
 
 class SQLiteUserStore:
@@ -130,8 +137,14 @@ class SQLiteUserStore:
                 )
             if db.execute("PRAGMA journal_mode=WAL").fetchone()[0].lower() != "wal":
                 raise sqlite3.DatabaseError("the file cannot be put in WAL mode")
-            if version < SCHEMA_VERSION:
+            if version < 1:
                 db.executescript(SCHEMA)
+            for step in range(2, SCHEMA_VERSION + 1):
+                db.execute("BEGIN IMMEDIATE")  # another process may be migrating too
+                if db.execute("PRAGMA user_version").fetchone()[0] < step:
+                    db.execute(MIGRATIONS[step])
+                    db.execute(f"PRAGMA user_version = {step}")
+                db.execute("COMMIT")
         except BaseException:
             db.close()
             raise
@@ -311,6 +324,19 @@ class SQLiteUserStore:
         with self._read() as db:
             row = self._find(db, pk)
         return bool(row is not None and row["active"])
+
+    def session_generation(self, pk: Any) -> int:
+        with self._read() as db:
+            row = self._find(db, pk)
+        return 0 if row is None else int(row["session_generation"])
+
+    def end_sessions(self, pk: Any) -> None:
+        with self._write() as db:
+            user_id = self._require_user(db, pk)
+            db.execute(
+                "UPDATE users SET session_generation = session_generation + 1 WHERE id = ?",
+                (user_id,),
+            )
 
     # -- writing users ----------------------------------------------------------------------------
 

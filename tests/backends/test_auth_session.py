@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import secrets
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -17,6 +18,7 @@ from werkzeug.security import generate_password_hash
 
 from plugit_backends.auth_session import SessionAuth, _factory
 from plugit_core.config import ConfigError, ProxyConfig
+from plugit_core.conformance import delete_prefix, redis_for_tests
 from plugit_core.hookspecs import hookimpl
 from plugit_core.identity import AuthError
 from plugit_core.proxy.app import ProxyApp
@@ -400,6 +402,126 @@ def test_a_session_of_a_removed_login_method_is_anonymous(make_site: Callable[..
     visitor.cookies.set("plugit_session", browser.session_cookie)
     assert visitor.get("/svc/logged").status_code == 403
     assert browser.get("/svc/logged").status_code == 200
+
+
+@pytest.fixture(scope="module")
+def redis_url() -> Iterator[str]:
+    pytest.importorskip("redis")
+    with redis_for_tests() as url:
+        yield url
+
+
+@pytest.fixture(params=["cookie", "redis"])
+def backend_site(request: Any, make_site: Callable[..., Site]) -> Iterator[Callable[..., Site]]:
+    """``backend_site(**overrides)``: a site whose sessions are in signed cookies, or in Redis
+    (one prefix per test; sites made by one test share it, as processes of one site would)."""
+    if request.param == "cookie":
+        yield lambda **overrides: make_site(session="cookie", session_redis=None, **overrides)
+        return
+    url = request.getfixturevalue("redis_url")
+    prefix = f"plugit-test:{secrets.token_hex(8)}:session:"
+    section = {"url": url, "prefix": prefix, "secure": False}
+    try:
+        yield lambda **overrides: make_site(session="redis", session_redis=section, **overrides)
+    finally:
+        delete_prefix(url, prefix)
+
+
+def _post_with_token(browser: Browser, token: str) -> requests.Response:
+    """A login form carrying ``token`` (and a wrong password): 401 when the token is accepted,
+    403 when it is refused."""
+    form = {"csrfmiddlewaretoken": token, "username": "alice", "password": "not the password"}
+    return browser.post("/_plugit/login", data=form)
+
+
+def test_a_cookie_copied_before_logout_is_dead_after_it(
+    backend_site: Callable[..., Site],
+) -> None:
+    site = backend_site()
+    site.add_user("alice")
+    browser = site.browser()
+    assert browser.login("alice").status_code == 303
+    token = browser.csrf()
+    copied = browser.session_cookie
+    assert copied
+
+    def thief() -> Browser:
+        """A browser holding the copy."""
+        other = site.browser()
+        other.cookies.set("plugit_session", copied)
+        return other
+
+    assert thief().get("/svc/logged").status_code == 200  # the copy works while the user is in
+    assert _post_with_token(thief(), token).status_code == 401  # and so does its token
+
+    assert browser.logout().status_code == 303
+
+    replay = thief().get("/svc/logged")
+    assert replay.status_code == 403
+    assert replay.cookies.get("plugit_session") not in (None, copied)  # a new, anonymous one
+    assert thief().echo().get("ebuio_u_username", "") == ""
+    refused = _post_with_token(thief(), token)  # its CSRF token went with it
+    assert refused.status_code == 403 and "The form has expired" in refused.text
+    logout = thief().post("/_plugit/logout", data={"csrfmiddlewaretoken": token})
+    assert logout.status_code == 403 and "The form has expired" in logout.text
+    # the user logs in again as usual; the old copy stays dead
+    assert browser.login("alice").status_code == 303
+    assert browser.get("/svc/logged").status_code == 200
+    assert thief().get("/svc/logged").status_code == 403
+
+
+def test_a_logout_ends_the_users_sessions_on_every_device(
+    backend_site: Callable[..., Site],
+) -> None:
+    site = backend_site()
+    site.add_user("alice")
+    site.add_user("bob")
+    laptop, phone, bob = site.browser(), site.browser(), site.browser()
+    for browser, name in ((laptop, "alice"), (phone, "alice"), (bob, "bob")):
+        assert browser.login(name).status_code == 303
+    assert laptop.logout().status_code == 303
+    assert phone.get("/svc/logged").status_code == 403
+    assert bob.get("/svc/logged").status_code == 200  # another user's sessions are untouched
+
+
+def test_a_logout_on_one_proxy_process_ends_the_copy_on_another(
+    backend_site: Callable[..., Site],
+) -> None:
+    """Two proxies sharing the directory and the secret key (two processes of one site)."""
+    one, two = backend_site(), backend_site()
+    one.add_user("alice")
+    browser = one.browser()
+    assert browser.login("alice").status_code == 303
+    token = browser.csrf()
+    copied = browser.session_cookie
+    on_two = two.browser()
+    on_two.cookies.set("plugit_session", copied)
+    assert on_two.get("/svc/logged").status_code == 200  # the session is the site's
+    assert on_two.post("/_plugit/logout", data={"csrfmiddlewaretoken": token}).status_code == 303
+    thief = one.browser()
+    thief.cookies.set("plugit_session", copied)
+    assert thief.get("/svc/logged").status_code == 403
+    assert browser.get("/svc/logged").status_code == 403
+
+
+def test_a_logout_the_directory_cannot_record_fails_visibly(
+    site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    site.add_user("alice")
+    browser = site.browser()
+    assert browser.login("alice").status_code == 303
+
+    def broken(pk: Any) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(site.store, "end_sessions", broken)
+    response = browser.logout()
+    assert response.status_code == 503 and "Logging out failed" in response.text
+    assert "disk full" not in response.text
+    assert browser.get("/svc/logged").status_code == 200  # still in: the user can try again
+    monkeypatch.undo()
+    assert browser.logout().status_code == 303
+    assert browser.get("/svc/logged").status_code == 403
 
 
 def test_external_users_cannot_log_in_with_a_local_password(site: Site) -> None:

@@ -40,6 +40,7 @@ from plugit_backends.billing_postgres import (  # noqa: E402
     factory,
     plugit_register_backends,
 )
+from plugit_backends.users_postgres import SCHEMA_VERSION as USERS_SCHEMA_VERSION  # noqa: E402
 from plugit_backends.users_postgres import PostgresUserStore  # noqa: E402
 
 
@@ -110,7 +111,7 @@ def test_billing_and_the_directory_share_a_schema(store, schema):
                 )
             ).fetchall()
         )
-    assert versions == {"billing": SCHEMA_VERSION, "users": 1}
+    assert versions == {"billing": SCHEMA_VERSION, "users": USERS_SCHEMA_VERSION}
 
 
 def test_holder_pks_keep_their_kind(store):
