@@ -1,8 +1,10 @@
 """The billing endpoints of the callback API (``<mount>ebuio_api/billing/...``).
 
 Each service sees and manages only its own plans and subscriptions, and only for its own
-members: a user who is unknown, or not a member of the calling service, is 404 ``not_found``
-whatever the request.  Bodies are form fields or a JSON object, at most 1 MiB.
+members and their organisations: a user who is unknown, or not a member of the calling service,
+is 404 ``not_found`` whatever the request (an organisation none of its members belongs to
+likewise).  Bodies are form fields or a JSON object, at most 1 MiB; anything else (invalid
+UTF-8 or JSON, JSON nested too deep, not an object, fields of the wrong type) is a 4xx.
 
 ==========================================  ======  ============================================
 ``billing/plans/``                          GET     ``{"plans": [plan, ...]}``
@@ -23,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from werkzeug.wrappers import Response
 
-from plugit_core.proxy.api import ApiError
+from plugit_core.proxy.api import ApiError, parse_id
 
 from .store import BillingError, ConflictError, NotFoundError, Subscription, parse_datetime
 
@@ -80,6 +82,8 @@ def _body(call: ApiCall, allowed: frozenset[str]) -> dict[str, Any]:
             data = json.loads(raw.decode("utf-8"))
         except (UnicodeDecodeError, ValueError):
             raise ApiError(400, "bad_request", "the body is not valid JSON") from None
+        except RecursionError:
+            raise ApiError(400, "bad_request", "the JSON body is nested too deeply") from None
         if not isinstance(data, dict):
             raise ApiError(400, "bad_request", "the JSON body must be an object")
     elif raw.strip():
@@ -110,11 +114,13 @@ def _date_field(data: Mapping[str, Any], key: str) -> Any:
         return parse_datetime(data.get(key), key)
     except BillingError as exc:
         raise ApiError(400, "bad_request", exc.message) from None
+    except OverflowError:  # 0001-01-01T00:00+01:00 is before year 1 in UTC
+        raise ApiError(400, "bad_request", f"{key} is out of the range of dates") from None
 
 
 def _holder(call: ApiCall, data: Mapping[str, Any]) -> tuple[Any, Any]:
-    """``(user_pk, orga_pk)``: at most one, each checked (a member of the service, an orga that
-    exists)."""
+    """``(user_pk, orga_pk)``: at most one, each checked (a member of the service, an
+    organisation of one of its members)."""
     user = _pk_field(data, "user")
     orga = _pk_field(data, "orga")
     if user is not None and orga is not None:
@@ -122,16 +128,16 @@ def _holder(call: ApiCall, data: Mapping[str, Any]) -> tuple[Any, Any]:
     if user is not None:
         return call.user(user).pk, None
     if orga is not None:
-        found = call.proxy.lookup_orga(orga)
-        if found is None:
-            raise ApiError(404, "not_found", "no such organisation")
-        return None, found.pk
+        return None, call.orga(orga).pk
     return None, None
 
 
-def _own(call: ApiCall, subscription_id: int) -> tuple[Any, Subscription]:
+def _own(call: ApiCall, subscription_id: str) -> tuple[Any, Subscription]:
     store = _store(call)
-    subscription = store.get(subscription_id)
+    number = parse_id(subscription_id)
+    if not isinstance(number, int):
+        raise ApiError(404, "not_found", "no such subscription")
+    subscription = store.get(number)
     if subscription is None or subscription.service != call.service:
         raise ApiError(404, "not_found", "no such subscription")
     return store, subscription
@@ -180,11 +186,11 @@ def grant(call: ApiCall) -> Response:
     return _created(subscription.as_dict())
 
 
-def get_subscription(call: ApiCall, subscription_id: int) -> dict[str, Any]:
+def get_subscription(call: ApiCall, subscription_id: str) -> dict[str, Any]:
     return _own(call, subscription_id)[1].as_dict()
 
 
-def cancel(call: ApiCall, subscription_id: int) -> dict[str, Any]:
+def cancel(call: ApiCall, subscription_id: str) -> dict[str, Any]:
     store, subscription = _own(call, subscription_id)
     data = _body(call, _CANCEL_FIELDS)
     for key in call.request.args:
@@ -203,6 +209,6 @@ ENDPOINTS: tuple[tuple[str, Any, tuple[str, ...]], ...] = (
     ("billing/plans/", plans, ("GET",)),
     ("billing/subscriptions/", list_subscriptions, ("GET",)),
     ("billing/subscriptions/", grant, ("POST",)),
-    ("billing/subscriptions/<int:subscription_id>", get_subscription, ("GET",)),
-    ("billing/subscriptions/<int:subscription_id>", cancel, ("DELETE",)),
+    ("billing/subscriptions/<subscription_id>", get_subscription, ("GET",)),
+    ("billing/subscriptions/<subscription_id>", cancel, ("DELETE",)),
 )

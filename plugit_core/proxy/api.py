@@ -6,9 +6,15 @@ authenticates with its own key in a header::
     Authorization: Bearer <the mount's api_key>
 
 never in the URL.  The key is compared in constant time; a missing or wrong key gets 403 JSON.
-A service only sees what belongs to it: the users of its own mount, its own subscriptions.
-Unknown users, and users who are not members of the calling service, are 404 alike, so a
-service cannot probe who exists elsewhere.
+A service only sees what belongs to it: the users of its own mount, the organisations of those
+users, its own subscriptions.  Unknown users, and users who are not members of the calling
+service, are 404 alike (organisations likewise), so a service cannot probe who exists elsewhere.
+An id that no store could hold (not an integer of at most 64 bits, not a UUID-like text) is 404
+too, before any store sees it.
+
+Every answer is JSON, errors included, and no input makes it a 5xx: the body is read first and
+checked against :data:`MAX_API_BODY` whatever its framing (:func:`.bodies.read_body`), and
+endpoints refuse what they cannot use with :class:`ApiError` (4xx).
 
 Endpoints are registered through a callback, so plugins add their own with the hook
 ``plugit_register_api_endpoints``; views return JSON-able data or raise :class:`ApiError`.
@@ -17,29 +23,63 @@ Endpoints are registered through a callback, so plugins add their own with the h
 from __future__ import annotations
 
 import hmac
+import io
 import json
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, RequestEntityTooLarge
+from werkzeug.exceptions import (
+    HTTPException,
+    LengthRequired,
+    MethodNotAllowed,
+    NotFound,
+    RequestEntityTooLarge,
+)
 from werkzeug.routing import Map, Rule
 from werkzeug.wrappers import Response
 
 from ..config import ServiceMount
-from ..users import SIMULATED_MODES, PlugItUser, simulated_user
+from ..users import SIMULATED_MODES, Orga, PlugItUser, simulated_user
+from .bodies import read_body
 
 if TYPE_CHECKING:
     from .app import ProxyApp, ProxyRequest
 
-__all__ = ["API_PREFIX", "ApiCall", "ApiError", "CallbackAPI"]
+__all__ = ["API_PREFIX", "ApiCall", "ApiError", "CallbackAPI", "parse_id"]
 
 log = logging.getLogger("plugit.api")
 
 API_PREFIX = "ebuio_api/"
 MAX_API_BODY = 1024 * 1024
 ApiView = Callable[..., Any]
+
+_INT_ID = re.compile(r"-?[0-9]+", re.ASCII)
+_TEXT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@+-]{0,127}", re.ASCII)
+_INT64 = 2**63
+
+
+def parse_id(value: Any) -> int | str | None:
+    """``value`` as an id a store can hold, or None.
+
+    An integer (or its decimal text, ASCII digits only) within 64 bits; or a UUID-like text
+    (ASCII letters, digits and ``._:@+-``, at most 128 characters).  Anything else (a 30-digit
+    number, a bool, other digits than ASCII, control characters, a float, a list) is None: no
+    user or organisation has that id.
+    """
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if -_INT64 <= value < _INT64 else None
+    if not isinstance(value, str):
+        return None
+    text = value.strip(" ")
+    if _INT_ID.fullmatch(text):  # a number, then: within 64 bits or nobody's
+        number = int(text) if len(text) <= 20 else _INT64
+        return number if -_INT64 <= number < _INT64 else None
+    return text if _TEXT_ID.fullmatch(text) else None
 
 
 class ApiError(Exception):
@@ -65,11 +105,37 @@ class ApiCall:
         return self.mount.name
 
     def user(self, pk: Any) -> PlugItUser:
-        """The user ``pk`` if it belongs to the calling service, else ApiError 404."""
-        user = self.proxy.lookup_user(pk)
+        """The user ``pk`` if it belongs to the calling service, else ApiError 404 (an id no
+        store could hold included)."""
+        user = None if parse_id(pk) is None else self.proxy.lookup_user(pk)
         if user is None or not self._visible(user):
             raise ApiError(404, "not_found", "no such user")
         return user
+
+    def orgas(self) -> list[Orga]:
+        """The organisations the calling service may see, by name: those of its members (in dev
+        mode, every simulated organisation)."""
+        if self.proxy.config.dev_mode or self.proxy.users is None:
+            return self.proxy.list_orgas()
+        seen: dict[str, Orga] = {}
+        for member in self.proxy.users.members(self.service):
+            for orga in member.orgas:
+                seen.setdefault(str(orga.pk), Orga(orga.pk, orga.name, orga.codops))
+        return sorted(seen.values(), key=lambda o: (o.name.lower(), str(o.pk)))
+
+    def orga(self, pk: Any) -> Orga:
+        """The organisation ``pk`` if one of the calling service's members belongs to it (any
+        simulated one in dev mode), else ApiError 404."""
+        wanted = parse_id(pk)
+        found = None
+        if wanted is not None:
+            if self.proxy.config.dev_mode or self.proxy.users is None:
+                found = self.proxy.lookup_orga(wanted)
+            else:
+                found = next((o for o in self.orgas() if str(o.pk) == str(wanted)), None)
+        if found is None:
+            raise ApiError(404, "not_found", "no such organisation")
+        return found
 
     def _visible(self, user: PlugItUser) -> bool:
         if self.proxy.config.dev_mode and user.backend == "dev":
@@ -86,21 +152,32 @@ class ApiCall:
         return data
 
 
-def _body_within_limit(request: ProxyRequest) -> bool:
-    """Read the request's body now (endpoints then parse it from memory); False when it is
-    larger than :data:`MAX_API_BODY`.
+_FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 
-    A declared length is checked first.  A chunked body has none, and werkzeug stops reading
-    one at ``max_content_length`` without saying so, so one byte more than allowed is read to
-    see whether it was cut: no endpoint ever gets a silently truncated body.
+
+def _check_form(request: ProxyRequest) -> None:
+    """Parse a form body strictly (ValueError when it is malformed).
+
+    werkzeug's ``request.form`` reads a malformed form (invalid UTF-8, a multipart body without
+    its boundary or cut short) as an empty one: an endpoint would then act on "no fields" (a
+    cancellation "now") instead of refusing the request.
     """
-    if request.content_length is not None and request.content_length > MAX_API_BODY:
-        return False
-    request.max_content_length = MAX_API_BODY + 1
-    try:
-        return len(request.get_data(cache=True)) <= MAX_API_BODY
-    except RequestEntityTooLarge:
-        return False
+    if request.mimetype not in _FORM_TYPES:
+        return
+    raw = request.get_data(cache=True)
+    if not raw:
+        return
+    parser = request.make_form_data_parser()
+    parser.silent = False
+    _, _, files = parser.parse(io.BytesIO(raw), request.mimetype, len(raw), request.mimetype_params)
+    for storage in files.values():
+        storage.close()
+
+
+def _form_problem(exc: ValueError) -> str:
+    if isinstance(exc, UnicodeDecodeError):
+        return "the form is not UTF-8"
+    return f"the form is malformed: {str(exc)[:100]}"
 
 
 def _json(data: Any, status: int = 200) -> Response:
@@ -157,8 +234,19 @@ class CallbackAPI:
             return _error(
                 403, "forbidden", "this API needs the service's key: Authorization: Bearer <key>"
             )
-        if not _body_within_limit(request):
-            return _error(413, "too_large", f"API requests are limited to {MAX_API_BODY} bytes")
+        try:
+            read_body(request, MAX_API_BODY)  # endpoints parse it from memory, never cut
+        except RequestEntityTooLarge:
+            limit = min(MAX_API_BODY, self.proxy.config.max_upload_size)
+            return _error(413, "too_large", f"API requests are limited to {limit} bytes")
+        except LengthRequired as exc:
+            return _error(411, "length_required", exc.description or "send a Content-Length")
+        try:
+            _check_form(request)
+        except RequestEntityTooLarge:
+            return _error(413, "too_large", "the form has too many parts or too large a field")
+        except ValueError as exc:
+            return _error(400, "bad_request", _form_problem(exc))
         call = ApiCall(request, self.proxy, mount)
         try:
             endpoint, values = self._map.bind("api").match("/" + path, method=request.method)
@@ -216,16 +304,12 @@ def api_user_techgroups(call: ApiCall, pk: str) -> list[Any]:
 
 
 def api_orga(call: ApiCall, pk: str) -> dict[str, Any]:
-    orga = call.proxy.lookup_orga(pk)
-    if orga is None:
-        raise ApiError(404, "not_found", "no such organisation")
+    orga = call.orga(pk)
     return {"pk": orga.pk, "name": orga.name, "codops": orga.codops}
 
 
 def api_orgas(call: ApiCall) -> dict[str, Any]:
-    return {
-        "data": [{"id": o.pk, "name": o.name, "codops": o.codops} for o in call.proxy.list_orgas()]
-    }
+    return {"data": [{"id": o.pk, "name": o.name, "codops": o.codops} for o in call.orgas()]}
 
 
 def api_members(call: ApiCall) -> dict[str, Any]:

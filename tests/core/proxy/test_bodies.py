@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from proxy_helpers import SECRET, Browser, proxy_config
@@ -39,25 +40,30 @@ def upload(request):
     return got
 
 
+@action("/", template="page.html")
+def page(request):
+    return {"title": "Uploads"}
+
+
 @pytest.fixture(scope="module")
 def upload_url() -> Iterator[str]:
-    with serve(PlugItService([upload], secret=SECRET)) as url:
+    service = PlugItService([upload, page], secret=SECRET, root=str(Path(__file__).parent))
+    with serve(service) as url:
         yield url
 
 
-def _site(service_url: str, upload_url: str, wrap=None, **top) -> Iterator[Browser]:
-    """A proxy mounting the page service at /svc/ and the upload service at /up/, served over
-    HTTP (through ``wrap``, a WSGI wrapper, when given), and a logged-in browser with its CSRF
-    token."""
-    services = [
-        {"name": "svc", "url": service_url, "mount": "/svc/", "secret": SECRET},
-        {"name": "up", "url": upload_url, "mount": "/up/", "secret": SECRET},
-    ]
-    proxy = ProxyApp(proxy_config(service_url, services=services, **top), load_entry_points=False)
+def _site(upload_url: str, wrap=None, **top) -> Iterator[Browser]:
+    """A proxy mounting the upload service at /up/, served over HTTP (through ``wrap``, a WSGI
+    wrapper, when given), and a logged-in browser sending the mount's CSRF token."""
+    services = [{"name": "up", "url": upload_url, "mount": "/up/", "secret": SECRET}]
+    proxy = ProxyApp(proxy_config(upload_url, services=services, **top), load_entry_points=False)
     try:
         with serve(wrap(proxy) if wrap else proxy) as base, Browser(base, proxy) as browser:
-            browser.as_user("log")
-            browser.headers["X-CSRFToken"] = browser.csrf()
+            browser.as_user("log", mount="/up/")
+            html = browser.get("/up/").text
+            marker = 'name="csrfmiddlewaretoken" value="'
+            start = html.index(marker) + len(marker)
+            browser.headers["X-CSRFToken"] = html[start : html.index('"', start)]
             received.clear()
             yield browser
     finally:
@@ -65,8 +71,8 @@ def _site(service_url: str, upload_url: str, wrap=None, **top) -> Iterator[Brows
 
 
 @pytest.fixture
-def site(service_url, upload_url) -> Iterator[Browser]:
-    yield from _site(service_url, upload_url, max_upload_size=LIMIT)
+def site(upload_url) -> Iterator[Browser]:
+    yield from _site(upload_url, max_upload_size=LIMIT)
 
 
 def _chunked(body: bytes) -> Iterator[bytes]:
@@ -138,8 +144,8 @@ def test_a_body_over_the_limit_is_a_413_page_and_never_forwarded(site, kind, fra
     assert received == []  # nothing reached the service, cut or not
 
 
-def test_the_reported_upload_a_chunked_20_mib_body_over_the_default_limit(service_url, upload_url):
-    for browser in _site(service_url, upload_url):  # the default max_upload_size: 16 MiB
+def test_the_reported_upload_a_chunked_20_mib_body_over_the_default_limit(upload_url):
+    for browser in _site(upload_url):  # the default max_upload_size: 16 MiB
         body, content_type, _, _ = _urlencoded(20 * 1024 * 1024)
         response = _send(browser, "POST", body, content_type, "chunked")
         assert response.status_code == 413
@@ -162,7 +168,7 @@ def test_the_site_limit_holds_for_the_callback_api_too(site):
     assert response.json()["error"] == "too_large"
 
 
-def test_a_body_the_server_cannot_decode_is_refused_not_forwarded_empty(service_url, upload_url):
+def test_a_body_the_server_cannot_decode_is_refused_not_forwarded_empty(upload_url):
     """Under a WSGI server that does not decode chunked bodies (no ``wsgi.input_terminated``)
     werkzeug would read the body as empty: the proxy answers 411 instead of forwarding that."""
 
@@ -174,7 +180,7 @@ def test_a_body_the_server_cannot_decode_is_refused_not_forwarded_empty(service_
 
         return server
 
-    for browser in _site(service_url, upload_url, wrap=undecoding):
+    for browser in _site(upload_url, wrap=undecoding):
         for method, make in (("PUT", _raw), ("POST", _urlencoded)):
             body, content_type, _, _ = make(1000)
             response = _send(browser, method, body, content_type, "chunked")
