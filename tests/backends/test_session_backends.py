@@ -287,3 +287,74 @@ def test_bad_settings(table, key):
     with pytest.raises(ConfigError) as info:
         build(table)
     assert info.value.key == key
+
+
+# -- logout ends every copy (plugit_backends.login.EndableSessions) ----------------------------
+
+
+@pytest.fixture(params=["cookie", "redis"])
+def endable(request, tmp_path) -> Iterator:
+    """``make()``: the chosen backend wrapped as the login plugin wraps it, each call a new
+    instance (a proxy process) sharing the secret, the Redis prefix and one SQLite directory."""
+    from plugit_backends.login import EndableSessions
+    from plugit_backends.users_sqlite import SQLiteUserStore
+
+    store = SQLiteUserStore(tmp_path / "directory.sqlite3")
+    made: list = []
+
+    def make() -> EndableSessions:
+        if request.param == "cookie":
+            inner = CookieSessionBackend(SECRET)
+        else:
+            inner = RedisSessionBackend(
+                SECRET,
+                url=request.getfixturevalue("redis_url"),
+                prefix=request.getfixturevalue("prefix"),
+            )
+            made.append(inner)
+        return EndableSessions(inner, store)
+
+    try:
+        yield make, store
+    finally:
+        for backend in made:
+            backend.close()
+        store.close()
+
+
+def _log_in_as(pk):
+    def change(session: Session) -> None:
+        session.clear()
+        session.update(uid=pk, auth="session", _csrf="t" * 32)
+        session.rotate = True
+
+    return change
+
+
+def test_a_copy_of_the_cookie_dies_with_the_logout_in_every_process(endable):
+    make, store = endable
+    alice = store.create_user("alice")
+    one, two = make(), make()
+    browser = SessionClient(one)
+    browser.request(_log_in_as(alice.pk))
+    copied = dict(browser.cookies)
+    assert browser.request().opened["uid"] == alice.pk
+    thief = SessionClient(two)  # another process, the copied cookie
+    assert thief.request(cookies=copied).opened["_csrf"] == "t" * 32
+    store.end_sessions(alice.pk)  # what the logout page does
+    replay = thief.request(cookies=copied)
+    assert replay.opened == {}  # no user, no CSRF token
+    cookie = replay.cookie("plugit_session")
+    assert cookie is not None and cookie.deletes  # and the browser forgets it
+    assert SessionClient(one).request(cookies=copied).opened == {}
+    again = SessionClient(two)  # a new login after the logout is valid
+    again.request(_log_in_as(alice.pk))
+    assert again.request().opened["uid"] == alice.pk
+
+
+def test_sessions_without_a_user_are_left_alone(endable):
+    make, _ = endable
+    client = SessionClient(make())
+    client.request(lambda s: s.update(cart=[1]))
+    opened = client.request().opened
+    assert opened["cart"] == [1] and set(opened) <= {"cart", "_sid"}  # (_sid: the cookie's id)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import sqlite3
 import threading
 
@@ -180,3 +181,26 @@ def test_factory_settings(tmp_path):
             _factory(_config(), {"path": bad})
     with pytest.raises(ConfigError, match="cannot open"):
         _factory(_config(), {"path": str(tmp_path / "no" / "such" / "dir.sqlite3")})
+
+
+def test_a_version_1_file_gets_the_session_generation(tmp_path):
+    """A directory written before logouts ended sessions everywhere (schema 1) is migrated at
+    start-up, its users kept, with a generation of 0 (their sessions stay valid)."""
+    from plugit_backends.users_sqlite import SCHEMA
+
+    path = tmp_path / "old.sqlite3"
+    db = sqlite3.connect(path, isolation_level=None)
+    db.executescript(SCHEMA)  # the version 1 tables
+    db.execute("INSERT INTO users (uuid, username, created) VALUES ('u-1', 'alice', 0)")
+    db.close()
+    store = SQLiteUserStore(path)
+    try:
+        alice = store.get_by_username("alice")
+        assert alice is not None and store.session_generation(alice.pk) == 0
+        store.end_sessions(alice.pk)
+        assert store.session_generation(alice.pk) == 1
+    finally:
+        store.close()
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    SQLiteUserStore(path).close()  # opening a migrated file again changes nothing
