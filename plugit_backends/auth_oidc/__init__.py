@@ -71,6 +71,7 @@ from plugit_core.identity import (
     parse_group_grants,
 )
 from plugit_core.networks import is_loopback_host
+from plugit_core.proxy.redirects import is_local_path
 from plugit_core.proxy.routes import Route
 from plugit_core.users import PlugItUser
 
@@ -329,9 +330,9 @@ class _Path(str):
 
 def _safe_next(value: Any) -> str:
     """A local path to go back to after login (never another site, never the login pages)."""
-    if not isinstance(value, str) or not value.startswith("/") or len(value) > 2048:
+    if not isinstance(value, str) or len(value) > 2048:
         return "/"
-    if value.startswith(("//", "/\\")) or any(c in value for c in "\r\n\t\\\x00"):
+    if not is_local_path(value):  # as browsers read it (plugit_core.proxy.redirects)
         return "/"
     if value.startswith(("/_plugit/login", "/_plugit/logout")):
         return "/"

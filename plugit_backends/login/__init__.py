@@ -40,7 +40,6 @@ import hmac
 import logging
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import urlsplit
 
 from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
@@ -51,6 +50,7 @@ from plugit_core.config import ProxyConfig
 from plugit_core.hookspecs import hookimpl
 from plugit_core.identity import SESSION_BACKEND_KEY, SESSION_USER_KEY, AuthError, log_in, log_out
 from plugit_core.proxy.bodies import read_body
+from plugit_core.proxy.redirects import is_local_path
 from plugit_core.proxy.routes import Route
 from plugit_core.users import PlugItUser
 
@@ -127,14 +127,7 @@ def _safe_next(value: str | None, base: str = "") -> str:
     home = base + "/"
     if not value:
         return home
-    split = urlsplit(value)
-    if split.scheme or split.netloc:
-        return home
-    if (
-        not value.startswith("/")
-        or value.startswith(("//", "/\\"))
-        or any(c in value for c in "\r\n\\\x00")
-    ):
+    if not is_local_path(value):  # as browsers read it (plugit_core.proxy.redirects)
         return home
     if value.startswith((base + LOGIN_PATH, base + LOGOUT_PATH)):
         return home

@@ -496,3 +496,16 @@ def test_set_orga_next_is_followed_only_to_a_local_path(site, target, local):
     else:
         assert response.status_code == 200
         assert "Location" not in response.headers
+
+
+# -- the login pages' `next` -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("target", "local"), LOCAL_PATHS)
+def test_login_next_is_a_local_path_or_home(target, local):
+    from plugit_backends.auth_oidc import _safe_next as oidc_next
+    from plugit_backends.login import _safe_next as login_next
+
+    assert login_next(target) == (target if local else "/")
+    assert login_next(target, "/portal") == (target if local else "/portal/")
+    assert oidc_next(target) == (target if local else "/")
