@@ -23,7 +23,6 @@ Endpoints are registered through a callback, so plugins add their own with the h
 from __future__ import annotations
 
 import hmac
-import io
 import json
 import logging
 import re
@@ -43,7 +42,7 @@ from werkzeug.wrappers import Response
 
 from ..config import ServiceMount
 from ..users import SIMULATED_MODES, Orga, PlugItUser, simulated_user
-from .bodies import read_body
+from .bodies import form_problem, read_body
 
 if TYPE_CHECKING:
     from .app import ProxyApp, ProxyRequest
@@ -152,34 +151,6 @@ class ApiCall:
         return data
 
 
-_FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
-
-
-def _check_form(request: ProxyRequest) -> None:
-    """Parse a form body strictly (ValueError when it is malformed).
-
-    werkzeug's ``request.form`` reads a malformed form (invalid UTF-8, a multipart body without
-    its boundary or cut short) as an empty one: an endpoint would then act on "no fields" (a
-    cancellation "now") instead of refusing the request.
-    """
-    if request.mimetype not in _FORM_TYPES:
-        return
-    raw = request.get_data(cache=True)
-    if not raw:
-        return
-    parser = request.make_form_data_parser()
-    parser.silent = False
-    _, _, files = parser.parse(io.BytesIO(raw), request.mimetype, len(raw), request.mimetype_params)
-    for storage in files.values():
-        storage.close()
-
-
-def _form_problem(exc: ValueError) -> str:
-    if isinstance(exc, UnicodeDecodeError):
-        return "the form is not UTF-8"
-    return f"the form is malformed: {str(exc)[:100]}"
-
-
 def _json(data: Any, status: int = 200) -> Response:
     response = Response(
         json.dumps(data, ensure_ascii=False), status=status, mimetype="application/json"
@@ -242,11 +213,11 @@ class CallbackAPI:
         except LengthRequired as exc:
             return _error(411, "length_required", exc.description or "send a Content-Length")
         try:
-            _check_form(request)
+            problem = form_problem(request)  # werkzeug would read it as an empty form
         except RequestEntityTooLarge:
             return _error(413, "too_large", "the form has too many parts or too large a field")
-        except ValueError as exc:
-            return _error(400, "bad_request", _form_problem(exc))
+        if problem is not None:
+            return _error(400, "bad_request", problem)
         call = ApiCall(request, self.proxy, mount)
         try:
             endpoint, values = self._map.bind("api").match("/" + path, method=request.method)

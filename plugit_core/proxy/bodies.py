@@ -9,6 +9,11 @@ declared length, a chunked body, a form (urlencoded or multipart) or a raw body 
 proxy calls it for every request with ``max_upload_size``; the callback API calls it again with
 its own, smaller limit through :func:`read_body`.
 
+werkzeug also reads a form it cannot parse (not UTF-8, a multipart body without its boundary or
+cut short) as an empty form, silently.  The request still does so (the CSRF check and the login
+pages read ``request.form``), but the problem is kept: :func:`form_problem` says what it was, and
+neither the page pipeline nor the callback API passes such a form on as an empty one.
+
 A body sent with ``Transfer-Encoding`` to a WSGI server that does not decode it (one that does
 not set ``wsgi.input_terminated``) cannot be read safely; werkzeug would read it as empty, so
 :func:`read_body` refuses it with 411 rather than passing on an empty body.
@@ -20,11 +25,13 @@ import io
 from typing import IO, Any
 
 from werkzeug.exceptions import LengthRequired, RequestEntityTooLarge
+from werkzeug.formparser import FormDataParser
 from werkzeug.wrappers import Request
 
-__all__ = ["bound_body", "close_body", "read_body", "unreadable_framing"]
+__all__ = ["bound_body", "close_body", "form_problem", "read_body", "unreadable_framing"]
 
 _FILES = "plugit.body_files"
+_FORM_PROBLEM = "plugit.form_problem"
 
 
 class _CappedInput(io.RawIOBase):
@@ -63,6 +70,7 @@ def bound_body(request: Request, limit: int) -> None:
     environ["wsgi.input"] = _CappedInput(environ["wsgi.input"], limit)
     if _FILES not in environ:
         _track_files(request)
+        _keep_form_problems(request)
     current = request.max_content_length
     if request.content_length is not None:
         # werkzeug refuses a declared length over the limit before reading anything.
@@ -89,6 +97,50 @@ def _track_files(request: Request) -> None:
 
     request._get_file_stream = tracked  # type: ignore[method-assign]
     request.environ[_FILES] = opened
+
+
+def _keep_form_problems(request: Request) -> None:
+    """Parse forms as werkzeug does (a malformed one reads as empty), but keep the reason."""
+    make_parser = request.make_form_data_parser
+
+    def recording_parser() -> FormDataParser:
+        parser = make_parser()
+        parser.silent = False
+        parse = parser.parse
+
+        def recording_parse(
+            stream: IO[bytes],
+            mimetype: str,
+            content_length: int | None,
+            options: dict[str, str] | None = None,
+        ) -> Any:
+            try:
+                return parse(stream, mimetype, content_length, options)
+            except ValueError as exc:
+                if content_length == 0:  # no body: an empty form, whatever the content type
+                    return stream, parser.cls(), parser.cls()
+                request.environ[_FORM_PROBLEM] = (
+                    "the form is not UTF-8"
+                    if isinstance(exc, UnicodeDecodeError)
+                    else f"the form is malformed: {str(exc)[:100]}"
+                )
+                return stream, parser.cls(), parser.cls()
+
+        parser.parse = recording_parse  # type: ignore[method-assign]
+        return parser
+
+    request.make_form_data_parser = recording_parser  # type: ignore[method-assign]
+
+
+def form_problem(request: Request) -> str | None:
+    """Why the request's form could not be parsed (it then reads as empty), or None.
+
+    Parses the form if nothing did yet.
+    """
+    if request.mimetype not in ("application/x-www-form-urlencoded", "multipart/form-data"):
+        return None
+    request.form  # noqa: B018 (parse now)
+    return request.environ.get(_FORM_PROBLEM)
 
 
 def close_body(request: Request) -> None:

@@ -42,7 +42,7 @@ from ..config import ServiceMount
 from ..protocol import ActionMeta
 from ..users import SIMULATED_MODES, SIMULATED_ORGAS, Orga, PlugItUser, ServiceUser
 from .api import API_PREFIX
-from .bodies import unreadable_framing
+from .bodies import form_problem, unreadable_framing
 from .templating import CSRF_FIELD, CSRF_PLACEHOLDER
 from .upstream import ServiceClient, ServiceError, ServiceReply, SingleFlight, UpstreamRequest
 
@@ -513,6 +513,8 @@ class Pipeline:
                     411, "length_required", "This upload cannot be read: send it with its length."
                 )
             if request.mimetype in ("application/x-www-form-urlencoded", "multipart/form-data"):
+                if form_problem(request) is not None:  # werkzeug read it as an empty form
+                    raise _RefusedError(400, "bad_form", "The form sent could not be read.")
                 upstream.form = [
                     (k, v) for k, v in _client_items(request.form) if k != CSRF_FIELD_NAME
                 ]

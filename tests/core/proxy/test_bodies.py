@@ -81,9 +81,12 @@ def _chunked(body: bytes) -> Iterator[bytes]:
         yield body[start : start + 16 * 1024]
 
 
+FORM_TYPE = "application/x-www-form-urlencoded"
+
+
 def _urlencoded(size: int) -> tuple[bytes, str, str, int]:
     """``(body, content type, what the service reports, the size it should report)``."""
-    return b"a=" + b"x" * (size - 2), "application/x-www-form-urlencoded", "form:a", size - 2
+    return b"a=" + b"x" * (size - 2), FORM_TYPE, "form:a", size - 2
 
 
 def _multipart(size: int) -> tuple[bytes, str, str, int]:
@@ -190,3 +193,28 @@ def test_a_body_the_server_cannot_decode_is_refused_not_forwarded_empty(upload_u
         sized = _send(browser, "PUT", body, content_type, "content-length")
         assert sized.json()[field] == size
         assert received == [sized.json()]
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [
+        pytest.param(FORM_TYPE, b"a=\xff\xfe&b=1", id="urlencoded-not-utf8"),
+        pytest.param("multipart/form-data", b"--x\r\na\r\n--x--\r\n", id="multipart-no-boundary"),
+        pytest.param(
+            "multipart/form-data; boundary=zz",
+            b'--zz\r\nContent-Disposition: form-data; name="a"; filename="p"\r\n\r\ncut',
+            id="multipart-cut-short",
+        ),
+    ],
+)
+@pytest.mark.parametrize("framing", FRAMINGS)
+def test_a_form_that_cannot_be_read_is_refused_not_forwarded_empty(
+    site, content_type, body, framing
+):
+    """werkzeug reads these as empty forms; the service would get a request with no fields."""
+    response = _send(site, "POST", body, content_type, framing)
+    assert response.status_code == 400, response.text
+    assert "The form sent could not be read." in response.text
+    assert received == []
+    empty = _send(site, "POST", b"", "multipart/form-data", "content-length")
+    assert empty.status_code == 200 and received == [{"method": "POST", "body": 0}]
