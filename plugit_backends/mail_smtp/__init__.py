@@ -75,9 +75,13 @@ from .message import (
     auto_reply_reason,
     build_message,
     first_text,
+    format_sender,
     parse,
     plus_address,
     reply_candidates,
+    split_sender,
+    unsafe_char,
+    valid_address,
 )
 from .store import MailQueue, MailStore, Outgoing, RateLimitedError
 
@@ -98,6 +102,9 @@ SECTION = "mail_smtp"
 TOKEN_SALT = "plugit.mail-reply"  # noqa: S105 (a salt, not a secret)
 MAX_RESPONSE_ID = 128
 MAX_SUBJECT = 998
+MAX_SENDER = 320
+FAILED_SHOWN = 20  # failed mails listed by plugit mail status, the latest
+UNEXPECTED_ATTEMPTS = 3  # attempts of a mail that fails in an unforeseen way before it fails
 BATCH = 50
 QUEUES = ("sqlite", "postgres")  # where the mail queue lives: [mail_smtp] queue
 DEFAULT_QUEUE_SCHEMA = "plugit"
@@ -154,7 +161,7 @@ class MailSettings:
 
     @property
     def sender_address(self) -> str:
-        return email.utils.parseaddr(self.sender)[1].lower()
+        return split_sender(self.sender)[1].lower()
 
 
 class _Reader:
@@ -210,9 +217,10 @@ class _Reader:
         value = self.str(key)
         if value is None:
             return None
-        name, address = email.utils.parseaddr(value)
-        if not ADDRESS.match(address) or "\n" in value or "\r" in value:
-            raise self.error(key, f"not an e-mail address: {value!r}")
+        try:
+            name, _address = split_sender(value)
+        except ValueError as exc:
+            raise self.error(key, f"not an e-mail address: {value!r} ({exc})") from None
         if name and not display_name:
             raise self.error(key, f"expected a bare address (no display name), got {value!r}")
         return value
@@ -409,8 +417,11 @@ def _json(data: Any, status: int) -> Response:
     return response
 
 
-def _has_controls(text: str, allowed: str = "") -> bool:
-    return any((ord(c) < 32 and c not in allowed) or ord(c) == 127 for c in text)
+def _bad_char(text: str, allowed: str = "") -> str | None:
+    """``" (U+2028)"``: the first control character, line or paragraph separator or lone
+    surrogate of ``text`` outside ``allowed``, for an error message; None when there is none."""
+    char = unsafe_char(text, allowed)
+    return None if char is None else f" (U+{ord(char):04X})"
 
 
 def _domain_allowed(domain: str, allowed: tuple[str, ...]) -> bool:
@@ -541,15 +552,22 @@ class MailBackend:
         subject = form.get("subject")
         if subject is None or not subject.strip():
             raise ApiError(400, "missing_subject", "the subject field is required")
-        if _has_controls(subject) or len(subject) > MAX_SUBJECT:
+        bad = _bad_char(subject)
+        if bad is not None:
             raise ApiError(
-                400, "bad_subject", f"the subject must be one line of at most {MAX_SUBJECT} chars"
+                400,
+                "bad_subject",
+                f"the subject holds a line break or a control character{bad}: "
+                "it must be one line of plain text",
             )
+        if len(subject) > MAX_SUBJECT:
+            raise ApiError(400, "bad_subject", f"the subject is longer than {MAX_SUBJECT} chars")
         message = form.get("message")
         if message is None:
             raise ApiError(400, "missing_message", "the message field is required")
-        if _has_controls(message, "\t\n\r\f"):
-            raise ApiError(400, "bad_message", "the message contains control characters")
+        bad = _bad_char(message, "\t\n\r\f\u2028\u2029")
+        if bad is not None:
+            raise ApiError(400, "bad_message", f"the message holds a control character{bad}")
         if len(message.encode("utf-8")) > s.max_body_bytes:
             raise ApiError(413, "too_large", f"the message is larger than {s.max_body_bytes} bytes")
         recipients = self._recipients(form.getlist("dests"))
@@ -558,7 +576,7 @@ class MailBackend:
         response_id = form.get("response_id") or None
         reply_to = None
         if response_id is not None:
-            if len(response_id) > MAX_RESPONSE_ID or _has_controls(response_id):
+            if len(response_id) > MAX_RESPONSE_ID or _bad_char(response_id) is not None:
                 raise ApiError(
                     400,
                     "bad_response_id",
@@ -572,7 +590,7 @@ class MailBackend:
                 )
             reply_to = plus_address(s.reply_address, self.tokens.make(call.service, response_id))
         self._check_recipients(call, recipients)
-        domain = email.utils.parseaddr(sender)[1].rpartition("@")[2]
+        domain = split_sender(sender)[1].rpartition("@")[2]
         try:
             mail_id = self.store.enqueue(
                 service=call.service,
@@ -610,9 +628,11 @@ class MailBackend:
                 address = item.strip()
                 if not address:
                     continue
-                if not ADDRESS.match(address):
+                if not valid_address(address):
                     raise ApiError(
-                        400, "bad_recipient", f"not an e-mail address: {address[:200]!r}"
+                        400,
+                        "bad_recipient",
+                        f"not an e-mail address (plain ASCII local@domain): {address[:200]!r}",
                     )
                 if address.lower() not in (r.lower() for r in recipients):
                     recipients.append(address)
@@ -630,9 +650,19 @@ class MailBackend:
         s = self.settings
         if value is None or not value.strip():
             return s.sender
-        name, address = email.utils.parseaddr(value)
-        if _has_controls(value) or not ADDRESS.match(address):
-            raise ApiError(400, "bad_sender", f"not an e-mail address: {value[:200]!r}")
+        bad = _bad_char(value)
+        if bad is not None:
+            raise ApiError(
+                400, "bad_sender", f"the sender holds a line break or a control character{bad}"
+            )
+        if len(value) > MAX_SENDER:
+            raise ApiError(400, "bad_sender", f"the sender is longer than {MAX_SENDER} chars")
+        try:
+            name, address = split_sender(value)
+        except ValueError as exc:
+            raise ApiError(
+                400, "bad_sender", f"expected address or Name <address>: {exc}"
+            ) from None
         address = address.lower()
         domain = "@" + address.rpartition("@")[2]
         if address != s.sender_address and not (
@@ -641,7 +671,7 @@ class MailBackend:
             raise ApiError(
                 403, "sender_not_allowed", f"{address} may not be used as sender on this site"
             )
-        return email.utils.formataddr((name, address)) if name else address
+        return format_sender(name, address)
 
     def _check_recipients(self, call: ApiCall, recipients: list[str]) -> None:
         allowed = self.settings.allowed_recipient_domains
@@ -717,6 +747,8 @@ class MailBackend:
         return conn
 
     def _send_batch(self, batch: list[Outgoing]) -> int:
+        """Send the claimed mails over one connection; every mail ends sent, queued for a
+        retry, failed or (when stopping) released: none is left claimed, whatever it holds."""
         conn: smtplib.SMTP | None = None
         sent = 0
         try:
@@ -725,22 +757,33 @@ class MailBackend:
                     for pending in batch[index:]:
                         self.store.release(pending.id)
                     break
+                try:
+                    raw = self._message_bytes(mail)
+                except Exception as exc:  # it will never be written: no retry can help
+                    reason = f"cannot build the message: {_why(exc)}"
+                    log.error("mail %d from %s failed: %s", mail.id, mail.service, reason)
+                    self.store.mark_failed(mail.id, reason)
+                    continue
                 if conn is None:
                     try:
                         conn = self._connect()
-                    except (smtplib.SMTPException, OSError) as exc:
+                    except Exception as exc:  # down, refusing, or answering nonsense
                         error = f"cannot reach the SMTP server {self.settings.host}: {_why(exc)}"
                         for pending in batch[index:]:
                             self._retry(pending, error)
                         break
                 try:
-                    refused = self._send_one(conn, mail)
+                    refused = self._send_one(conn, mail, raw)
                 except _PermanentError as exc:
                     log.error("mail %d from %s refused for good: %s", mail.id, mail.service, exc)
                     self.store.mark_failed(mail.id, str(exc))
                     conn = _drop(conn)
                 except (smtplib.SMTPException, OSError) as exc:
                     self._retry(mail, _why(exc))
+                    conn = _drop(conn)
+                except Exception as exc:  # not the server's doing: a few tries, then failed
+                    log.exception("mail %d from %s: unexpected error", mail.id, mail.service)
+                    self._retry(mail, f"unexpected error: {_why(exc)}", UNEXPECTED_ATTEMPTS)
                     conn = _drop(conn)
                 else:
                     note = None
@@ -756,9 +799,14 @@ class MailBackend:
             _drop(conn)
         return sent
 
-    def _send_one(self, conn: smtplib.SMTP, mail: Outgoing) -> dict[str, Any]:
-        s = self.settings
-        message = build_message(
+    @staticmethod
+    def _message_bytes(mail: Outgoing) -> bytes:
+        """The mail as it goes on the wire (CRLF, 7-bit); raises for a mail that cannot be
+        written (see :func:`~.message.build_message`)."""
+        for address in mail.recipients:
+            if not valid_address(address):
+                raise ValueError(f"not an e-mail address: {address[:200]!r}")
+        raw = build_message(
             sender=mail.sender,
             recipients=mail.recipients,
             subject=mail.subject,
@@ -768,10 +816,16 @@ class MailBackend:
             message_id=mail.message_id,
             date=mail.created,
             service=mail.service,
-        )
+        ).as_bytes()
+        if not raw.isascii():
+            raise ValueError("the message is not 7-bit")
+        return raw
+
+    def _send_one(self, conn: smtplib.SMTP, mail: Outgoing, raw: bytes) -> dict[str, Any]:
+        s = self.settings
         envelope = s.envelope_sender or s.sender_address
         try:
-            return conn.send_message(message, from_addr=envelope, to_addrs=list(mail.recipients))
+            return conn.sendmail(envelope, list(mail.recipients), raw)
         except smtplib.SMTPRecipientsRefused as exc:
             codes = [code for code, _ in exc.recipients.values()]
             if codes and all(code >= 500 for code in codes):
@@ -782,10 +836,13 @@ class MailBackend:
                 raise _PermanentError(_why(exc)) from None
             raise
 
-    def _retry(self, mail: Outgoing, error: str) -> None:
+    def _retry(self, mail: Outgoing, error: str, limit: int = 0) -> None:
+        """A failed attempt: again after the backoff, or ``failed`` after ``max_attempts``
+        attempts (``limit``, when given, bounds them even with ``max_attempts = 0``)."""
         s = self.settings
         delay = min(s.retry_interval * 2 ** min(mail.attempts, 30), s.max_retry_interval)
-        state = self.store.mark_retry(mail.id, error, delay, s.max_attempts)
+        most = s.max_attempts if not limit else min(s.max_attempts or limit, limit)
+        state = self.store.mark_retry(mail.id, error, delay, most)
         if state == "failed":
             log.error(
                 "mail %d from %s given up after %d attempts: %s",
@@ -1101,7 +1158,8 @@ def plugit_add_commands(commands: Any) -> None:
         "action",
         choices=("check", "flush", "retry", "status"),
         help="check: deliver the replies once (run it from a timer); flush: send the mails "
-        "that are due; retry: send every queued mail now; status: count mails by state",
+        "that are due; retry: send every queued mail now; status: count mails by state "
+        "and list the latest failed ones with their reason",
     )
     parser.set_defaults(handler=lambda args: run_command(args.config, args.action))
 
@@ -1143,9 +1201,9 @@ def run_command(
 
     ``check`` fetches the replies once (run it from a timer); ``flush`` sends the due mails;
     ``retry`` sends every queued mail now, even those waiting for their next retry; ``status``
-    prints how many mails are in each state.  A mailbox that cannot be reached or refuses the
-    login is reported on ``err`` (standard error) with exit status 1; configuration errors raise
-    :class:`ConfigError`.
+    prints how many mails are in each state, then the latest failed mails with their reason.
+    A mailbox that cannot be reached or refuses the login is reported on ``err`` (standard
+    error) with exit status 1; configuration errors raise :class:`ConfigError`.
     """
     if err is None:
 
@@ -1171,6 +1229,12 @@ def run_command(
             for kind, counts in backend.status().items():
                 text = ", ".join(f"{state} {n}" for state, n in sorted(counts.items()))
                 out(f"{kind}: {text or 'empty'}")
+            failed = backend.store.outbox("failed")
+            for row in failed[-FAILED_SHOWN:]:
+                out(
+                    f"failed mail {row['id']} from {row['service']} "
+                    f"({row['attempts']} attempt(s)): {row['last_error']}"
+                )
             return 0
         raise ValueError(f"unknown mail action {action!r} (check, flush, retry or status)")
     finally:

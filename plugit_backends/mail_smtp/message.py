@@ -10,29 +10,36 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import email.utils
 import re
+import unicodedata
 from email import policy
 from email.message import EmailMessage, Message
 from email.parser import BytesParser
 from html.parser import HTMLParser
+from typing import Any
 
 __all__ = [
     "ADDRESS",
     "auto_reply_reason",
     "build_message",
     "first_text",
+    "format_sender",
     "html_to_text",
     "parse",
     "plus_address",
     "reply_candidates",
+    "split_sender",
+    "unsafe_char",
+    "valid_address",
 ]
 
 # A deliberately plain address: no quoting, comments, IP literals or spaces.
 ADDRESS = re.compile(
     r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
-    r"@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$"
+    r"@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+\Z"
 )
 
 # Headers that mark a message as automatic (RFC 3834 and the usual vendor headers).
@@ -47,6 +54,181 @@ def plus_address(mailbox: str, token: str) -> str:
     return f"{local}+{token}@{domain}"
 
 
+# Characters no header may carry, whatever the encoding: every control character (C0, DEL, C1,
+# so NUL, CR, LF, VT, FF, NEL), the Unicode line and paragraph separators (Python's
+# str.splitlines() breaks on all of them) and lone surrogates (not text: UTF-8 cannot encode them).
+_UNSAFE_CATEGORIES = frozenset({"Cc", "Zl", "Zp", "Cs"})
+# An unquoted display name: atoms separated by single spaces (RFC 5322 phrase, ASCII).
+_ATOM_PHRASE = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?: [A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*\Z")
+_QUOTED = re.compile(r'"((?:[^"\\]|\\.)*)"', re.DOTALL)
+_NAME_AND_ADDRESS = re.compile(r"(?P<name>.*?)\s*<(?P<address>[^<>]*)>\Z", re.DOTALL)
+_MAX_LINE = 78  # RFC 5322: lines SHOULD be at most 78 characters, MUST be at most 998
+_EW_BYTES = 45  # UTF-8 bytes per encoded word: "=?utf-8?b?" + 60 base64 + "?=" = 72 characters
+
+
+def unsafe_char(text: str, allowed: str = "") -> str | None:
+    """The first character of ``text`` that could end a header line or hide in one (controls,
+    NUL, CR, LF, NEL, U+2028, U+2029, lone surrogates), except those in ``allowed``; or None."""
+    for char in text:
+        if char not in allowed and unicodedata.category(char) in _UNSAFE_CATEGORIES:
+            return char
+    return None
+
+
+def valid_address(address: str) -> bool:
+    """A plain ASCII ``local@domain`` (:data:`ADDRESS`) with no encoded-word opener ``=?``
+    (mail parsers decode encoded words even inside addresses, line breaks included)."""
+    return ADDRESS.match(address) is not None and "=?" not in address
+
+
+def split_sender(value: str) -> tuple[str, str]:
+    """``(display name, address)`` of ``address``, ``Name <address>`` or ``"Quoted, Name"
+    <address>``; raise :class:`ValueError` for anything else (two addresses, comments, a
+    display name holding ``<``, ``>``, ``@``, a line break or a control character).
+
+    Stricter than :func:`email.utils.parseaddr`, which reads ``a@x.example, b@y.example`` or
+    ``a@x.example <b@y.example>`` as one of the two addresses.
+    """
+    text = value.strip()
+    if valid_address(text):
+        return "", text
+    match = _NAME_AND_ADDRESS.match(text)
+    if match is None or not valid_address(match["address"]):
+        raise ValueError(f"not an e-mail address: {value[:200]!r}")
+    name = match["name"].strip()
+    if name.startswith('"'):
+        quoted = _QUOTED.fullmatch(name)
+        if quoted is None:
+            raise ValueError(f"a display name with stray quotes: {value[:200]!r}")
+        name = re.sub(r"\\(.)", r"\1", quoted[1], flags=re.DOTALL)
+    elif '"' in name or "\\" in name:
+        raise ValueError(f"a display name with stray quotes: {value[:200]!r}")
+    bad = unsafe_char(name)
+    if bad is not None:
+        raise ValueError(f"the display name holds the character U+{ord(bad):04X}")
+    if any(char in name for char in "<>@"):
+        raise ValueError(f"a display name may not hold <, > or @: {value[:200]!r}")
+    return name, match["address"]
+
+
+def format_sender(name: str, address: str) -> str:
+    """``address``, or ``Name <address>`` with the name quoted when it is not a plain phrase;
+    :func:`split_sender` reads it back as ``(name, address)`` (the form the queue stores)."""
+    if not name:
+        return address
+    if _ATOM_PHRASE.match(name):
+        return f"{name} <{address}>"
+    quoted = name.replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{quoted}" <{address}>'
+
+
+def _plain(text: str) -> bool:
+    """Printable ASCII that no reader takes for an encoded word: written as it is."""
+    return all(" " <= char <= "~" for char in text) and "=?" not in text
+
+
+def _encoded_words(text: str) -> str:
+    """``text`` as RFC 2047 ``=?utf-8?b?...?=`` words separated by spaces (a reader drops the
+    space between two encoded words), cut between characters, never inside one."""
+    words: list[str] = []
+    chunk = b""
+    for char in text:
+        data = char.encode("utf-8")  # a lone surrogate raises UnicodeEncodeError here
+        if chunk and len(chunk) + len(data) > _EW_BYTES:
+            words.append(chunk.decode("utf-8"))
+            chunk = b""
+        chunk += data
+    if chunk:
+        words.append(chunk.decode("utf-8"))
+    return " ".join(
+        "=?utf-8?b?" + base64.b64encode(word.encode("utf-8")).decode("ascii") + "?="
+        for word in words
+    )
+
+
+def _phrase(name: str) -> str:
+    """A display name as it is written in a header: an atom phrase, a quoted string, or
+    encoded words.
+
+    Printable ASCII is quoted, with ``=`` escaped too (``\\=``): some readers, Python's
+    among them, decode encoded words even inside quotes, and none sees ``=?`` there any more.
+    Other text is encoded (a reader that separates adjacent encoded words in a phrase by a
+    space, as Python's does, shows a long name with a space added: still inert).
+    """
+    if _ATOM_PHRASE.match(name) and "=?" not in name:
+        return name
+    if all(" " <= char <= "~" for char in name):
+        escaped = re.sub(r'([\\"=])', r"\\\1", name)
+        return f'"{escaped}"'
+    return _encoded_words(name)
+
+
+def _fold(name: str, value: str) -> str | None:
+    """``Name: value`` folded before spaces into lines of at most 78 characters where it can
+    (a reader unfolds it back to ``value``); None when a line would exceed 998."""
+    pieces = re.split(r"(?= )", value)  # every piece but the first starts with its space
+    lines: list[str] = []
+    line = f"{name}: {pieces[0]}"
+    for piece in pieces[1:]:
+        # never leave a line of spaces only: break only after some text
+        if len(line) + len(piece) > _MAX_LINE and line[len(name) + 1 :].strip():
+            lines.append(line)
+            line = piece
+        else:
+            line += piece
+    lines.append(line)
+    if any(len(item) > 998 for item in lines):
+        return None
+    return "\r\n".join(lines) + "\r\n"
+
+
+class _Header(str):
+    """A header written exactly as built here.
+
+    The :mod:`email` package would parse a plain string value, and its parser decodes encoded
+    words (``=?utf-8?q?x=0D=0ABcc:...?=``) into CR/LF, which then go out as header lines of
+    their own; nor does it encode text that merely looks like an encoded word.  A value with a
+    ``name`` and a ``fold`` is stored and written untouched (``email.policy.EmailPolicy``).
+    The string value is the header's text, as a reader decodes it.
+    """
+
+    name: str
+    _folded: str
+
+    def __new__(cls, name: str, text: str, folded: str) -> _Header:
+        header = super().__new__(cls, text)
+        header.name = name
+        header._folded = folded
+        return header
+
+    def fold(self, *, policy: Any) -> str:
+        return self._folded.replace("\r\n", policy.linesep)
+
+
+def _header(name: str, text: str, written: str | None = None) -> _Header:
+    """The header ``name`` whose decoded value is ``text``; ``written``: its ASCII form when
+    it is not ``text`` itself.  Raise :class:`ValueError` for what no header may carry."""
+    bad = unsafe_char(text)
+    if bad is not None:
+        raise ValueError(f"the {name} header cannot hold the character U+{ord(bad):04X}")
+    folded = None
+    if written is None and text == text.strip() and _plain(text):
+        folded = _fold(name, text)
+    if folded is None:
+        folded = _fold(name, written if written is not None else _encoded_words(text))
+    if folded is None:  # only a 998-character word could do that: none is built here
+        raise ValueError(f"the {name} header cannot be folded")
+    return _Header(name, text, folded)
+
+
+def _address_header(name: str, addresses: list[str]) -> _Header:
+    for address in addresses:
+        if not valid_address(address):
+            raise ValueError(f"{name}: not an e-mail address: {address[:200]!r}")
+    text = ", ".join(addresses)
+    return _header(name, text, text)
+
+
 def build_message(
     *,
     sender: str,
@@ -59,19 +241,35 @@ def build_message(
     date: float,
     service: str,
 ) -> EmailMessage:
-    """The mail as sent: To lists every recipient (they are the service's own users)."""
+    """The mail as sent: To lists every recipient (they are the service's own users).
+
+    The headers are written here, not by the :mod:`email` package (see :class:`_Header`):
+    the subject and the sender's display name are text, never markup, so one that looks like
+    an encoded word is itself encoded and reaches the reader as typed.  Raise
+    :class:`ValueError` (or :class:`UnicodeError`) for a mail that cannot be written.
+    """
+    display, address = split_sender(sender)
+    if not re.fullmatch(r"<[!-;=?-~]+@[!-;=?-~]+>", message_id):  # no space, < or > inside
+        raise ValueError(f"not a Message-ID: {message_id[:200]!r}")
+    if not re.fullmatch(r"[A-Za-z0-9._-]+", service):
+        raise ValueError(f"not a service name: {service[:200]!r}")
+    if not subject.strip():
+        raise ValueError("the subject is empty")
     # 7-bit transfer encodings only: any SMTP server takes the mail, 8BITMIME or not.
     msg = EmailMessage(policy=policy.SMTP.clone(cte_type="7bit"))
-    msg["From"] = sender
-    msg["To"] = ", ".join(recipients)
-    msg["Subject"] = subject
-    msg["Date"] = email.utils.formatdate(date, localtime=False)
-    msg["Message-ID"] = message_id
+    from_text = f"{display} <{address}>" if display else address
+    from_written = f"{_phrase(display)} <{address}>" if display else address
+    msg["From"] = _header("From", from_text, from_written)
+    msg["To"] = _address_header("To", list(recipients))
+    msg["Subject"] = _header("Subject", subject)
+    date_text = email.utils.formatdate(date, localtime=False)
+    msg["Date"] = _header("Date", date_text, date_text)
+    msg["Message-ID"] = _header("Message-ID", message_id, message_id)
     if reply_to:
-        msg["Reply-To"] = reply_to
+        msg["Reply-To"] = _address_header("Reply-To", [reply_to])
     # Asks vacation responders not to answer (RFC 3834); people still can.
-    msg["Auto-Submitted"] = "auto-generated"
-    msg["X-PlugIt-Service"] = service
+    msg["Auto-Submitted"] = _header("Auto-Submitted", "auto-generated", "auto-generated")
+    msg["X-PlugIt-Service"] = _header("X-PlugIt-Service", service, service)
     if html:
         msg.set_content(html_to_text(body) or " ")
         msg.add_alternative(body, subtype="html")
