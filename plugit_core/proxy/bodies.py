@@ -67,6 +67,11 @@ def bound_body(request: Request, limit: int) -> None:
     if "stream" in request.__dict__ or "form" in request.__dict__:
         raise RuntimeError("bound_body must be called before the body is read")
     environ = request.environ
+    if not request.content_length and "HTTP_TRANSFER_ENCODING" not in environ:
+        # No body (most requests): werkzeug reads nothing; skip the wrapping, a few µs.
+        current = request.max_content_length
+        request.max_content_length = limit if current is None else min(current, limit)
+        return
     environ["wsgi.input"] = _CappedInput(environ["wsgi.input"], limit)
     if _FILES not in environ:
         _track_files(request)
