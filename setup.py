@@ -47,7 +47,9 @@ setup(
     install_requires=[
         "pluggy>=1.5",
         "werkzeug>=3.0",
-        "jinja2>=3.1",
+        "jinja2>=3.1.6",  # every published sandbox advisory fixed
+        "markupsafe>=2.1",
+        "nh3>=0.2.14",  # the HTML sanitiser of sandboxed services (ammonia)
         "requests>=2.31",
         "cachetools>=5.3",
         "authlib>=1.3",

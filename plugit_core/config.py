@@ -30,6 +30,7 @@ else:  # pragma: no cover
 
 __all__ = [
     "HTTP_CLIENTS",
+    "TRUST_LEVELS",
     "ConfigError",
     "ProxyConfig",
     "SectionReader",
@@ -38,6 +39,7 @@ __all__ = [
 ]
 
 HTTP_CLIENTS = ("auto", "httptools", "urllib3")  # how the proxy talks to services
+TRUST_LEVELS = ("sandboxed", "full")  # how far the site trusts a service's HTML
 
 # The key a dev-mode proxy signs with when none is given.  Public (it is in this file), so it is
 # refused outside dev mode, with every other key that is printed somewhere (KNOWN_KEYS).
@@ -270,6 +272,13 @@ class ServiceMount:
     shadow_url: str | None = None
     shadow_secret: str | None = field(default=None, repr=False)
     options: Mapping[str, Any] = field(default_factory=dict)
+    # How far the site trusts the service's HTML: "sandboxed" (sanitised, strict CSP) or "full".
+    trust: str = "sandboxed"
+    # The budget of one render of its templates (plugit_core.proxy.sandbox.RenderBudget).
+    render_cpu_time: float = 0.5
+    render_max_iterations: int = 100_000
+    render_max_output: int = 5_000_000
+    render_max_size: int = 1_000_000
 
     @property
     def media_url(self) -> str:
@@ -470,6 +479,11 @@ def _service(data: Any, index: int, source: str | None) -> ServiceMount:
         shadow_url=_url(r, "shadow_url", required=False),
         shadow_secret=r.str("shadow_secret"),
         options=dict(r.raw("options", {}) or {}),
+        trust=r.choice("trust", "sandboxed", TRUST_LEVELS),
+        render_cpu_time=r.number("render_cpu_time", 0.5, minimum=0.001),
+        render_max_iterations=r.number("render_max_iterations", 100_000, minimum=1, integer=True),
+        render_max_output=r.number("render_max_output", 5_000_000, minimum=1024, integer=True),
+        render_max_size=r.number("render_max_size", 1_000_000, minimum=1024, integer=True),
     )
     r.finish()
     return mount_obj

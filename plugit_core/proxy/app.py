@@ -12,7 +12,9 @@ Security, at the entry of every request, before any routing:
 
 from __future__ import annotations
 
+import base64
 import concurrent.futures
+import hashlib
 import hmac
 import json
 import logging
@@ -50,10 +52,12 @@ from ..users import (
 from . import redirects
 from .api import CallbackAPI
 from .bodies import bound_body, close_body
+from .containment import common_headers, page_policy
 from .dev_guard import dev_guard
 from .health import render_prometheus
 from .pipeline import CSRF_FIELD_NAME, UNSAFE_METHODS, Pipeline
 from .routes import Route
+from .sandbox import RenderBudget
 from .templating import CSRF_PLACEHOLDER, ServiceTemplates, site_environment
 from .upstream import ServiceClient, ServiceError
 
@@ -62,6 +66,7 @@ __all__ = ["LogoutFields", "PlugItMiddleware", "ProxyApp", "ProxyRequest", "scri
 log = logging.getLogger("plugit.proxy")
 
 STATIC_PREFIX = "/_plugit/static/"
+SITE_CSRF_FIELD_NAME = "plugit_site_csrf"  # the layout's own forms (see csrf_token)
 # What stays unquoted of SCRIPT_NAME in the URLs we emit: RFC 3986 path characters ("%" is not,
 # since SCRIPT_NAME arrives percent-decoded).
 _PATH_SAFE = "/!$&'()*+,;=:@-._~"
@@ -154,6 +159,11 @@ class ProxyRequest(Request):
     def user(self) -> PlugItUser:
         """The site user making the request (anonymous when no plugin knows them)."""
         return self.proxy.identify(self)
+
+    @cached_property
+    def csp_nonce(self) -> str:
+        """This response's Content-Security-Policy nonce: only scripts carrying it run."""
+        return secrets.token_urlsafe(16)
 
     @property
     def session_loaded(self) -> bool:
@@ -259,7 +269,16 @@ class ProxyApp:
         )
         self.templates = {
             m.name: ServiceTemplates(
-                m.name, self.theme, dialect=m.template_dialect, menu_block=m.menu_block
+                m.name,
+                self.theme,
+                dialect=m.template_dialect,
+                menu_block=m.menu_block,
+                budget=RenderBudget(
+                    cpu_time=m.render_cpu_time,
+                    max_iterations=m.render_max_iterations,
+                    max_output=m.render_max_output,
+                    max_size=m.render_max_size,
+                ),
             )
             for m in config.services
         }
@@ -267,8 +286,12 @@ class ProxyApp:
         self._version_lock = threading.Lock()
         self._skeletons: LRUCache[tuple[Any, ...], str] = LRUCache(maxsize=1024)
         self._skeleton_lock = threading.Lock()
+        # Markers planted in cached layouts and pages, filled in per response: content, menu,
+        # path, host logout fields, the site's CSRF token, the CSP nonce.  Random per process,
+        # so no service can guess and plant them.
         self._marks = tuple(
-            f"\x00plugit-{name}-{secrets.token_hex(8)}\x00" for name in ("c", "m", "p", "l")
+            f"\x00plugit-{name}-{secrets.token_hex(8)}\x00"
+            for name in ("c", "m", "p", "l", "s", "n")
         )
         self.pipeline = Pipeline(self)
         self.api = CallbackAPI(self)
@@ -393,6 +416,7 @@ class ProxyApp:
             except Exception:
                 log.exception("could not save the session")
                 response = self.error_page(request, 500)
+        common_headers(response.headers, hsts=bool(getattr(self.sessions, "secure", False)))
         return response
 
     def _dispatch(self, request: ProxyRequest) -> Response:
@@ -517,37 +541,51 @@ class ProxyApp:
 
     # -- CSRF -------------------------------------------------------------------------------------
 
-    def csrf_token(self, request: ProxyRequest) -> str:
-        token = request.session.get("_csrf")
-        if not isinstance(token, str) or len(token) < 32:
-            token = secrets.token_urlsafe(32)
-            request.session["_csrf"] = token
-        return token
+    def csrf_token(self, request: ProxyRequest, scope: str = "") -> str:
+        """The session's CSRF token for ``scope``: a mount's name, or ``""`` for the site's own
+        forms (login, logout, organisation and dev-mode switches).
 
-    def csrf_valid(self, request: ProxyRequest) -> bool:
-        expected = request.session.get("_csrf")
-        if not isinstance(expected, str) or not expected:
+        Each scope has its own token, derived from one random secret of the session, so a
+        token read in one service's page is refused by every other mount and by the site.
+        """
+        secret = request.session.get("_csrf")
+        if not isinstance(secret, str) or len(secret) < 32:
+            secret = secrets.token_urlsafe(32)
+            request.session["_csrf"] = secret
+        digest = hmac.new(secret.encode(), b"plugit-csrf:" + scope.encode(), hashlib.sha256)
+        return base64.urlsafe_b64encode(digest.digest()).decode().rstrip("=")
+
+    def csrf_valid(self, request: ProxyRequest, scope: str = "") -> bool:
+        """Whether an unsafe request carries the token of ``scope`` (see :meth:`csrf_token`),
+        in the ``X-CSRFToken`` header or the ``csrfmiddlewaretoken`` form field (the layout's
+        own forms: ``plugit_site_csrf``)."""
+        if not isinstance(request.session.get("_csrf"), str):
             return False
         sent = request.headers.get("X-CSRFToken") or request.headers.get("X-CSRF-Token")
         if not sent and request.mimetype in (
             "application/x-www-form-urlencoded",
             "multipart/form-data",
         ):
-            sent = request.form.get(CSRF_FIELD_NAME)
+            sent = request.form.get(CSRF_FIELD_NAME) or request.form.get(SITE_CSRF_FIELD_NAME)
+        expected = self.csrf_token(request, scope)
         return bool(sent) and hmac.compare_digest(str(sent).encode(), expected.encode())
 
-    def with_csrf(self, request: ProxyRequest, html: str) -> str:
-        """Put the user's CSRF token where the page has the placeholder, and the host app's
-        logout fields (``logout_fields``) where the layout has their marker.
+    def with_csrf(self, request: ProxyRequest, html: str, scope: str = "") -> str:
+        """Fill in what a page holds per response: the CSRF token of ``scope`` where a service's
+        HTML has the placeholder, the site's token in the site's own forms, the CSP nonce, and
+        the host app's logout fields (``logout_fields``).
 
-        Both are filled in per request, after every cache: a cached page or layout never holds
-        anyone's token.
+        All are filled in after every cache: a cached page or layout never holds anyone's token.
         """
         if self.logout_fields is not None and self._marks[3] in html:
             html = html.replace(self._marks[3], self._logout_fields_html(request))
-        if CSRF_PLACEHOLDER not in html:
-            return html
-        return html.replace(CSRF_PLACEHOLDER, self.csrf_token(request))
+        if self._marks[4] in html:
+            html = html.replace(self._marks[4], self.csrf_token(request))
+        if self._marks[5] in html:
+            html = html.replace(self._marks[5], request.csp_nonce)
+        if CSRF_PLACEHOLDER in html:
+            html = html.replace(CSRF_PLACEHOLDER, self.csrf_token(request, scope))
+        return html
 
     def _logout_fields_html(self, request: ProxyRequest) -> str:
         """The hidden inputs of the host app's logout form (``logout_fields``) for this request."""
@@ -642,7 +680,10 @@ class ProxyApp:
             "service": mount,
             "services": list(self.config.services),
             "user": user,
-            "csrf_token": CSRF_PLACEHOLDER,
+            "csrf_token": Markup(self._marks[4]),  # noqa: S704 (random constant)
+            "csp_nonce": Markup(self._marks[5]),  # noqa: S704 (random constant)
+            # the token of the page's scope: the mount's on a service page, else the site's
+            "page_csrf_token": CSRF_PLACEHOLDER,
             # URLs: the values are the browser's (below SCRIPT_NAME); paths of the app (a
             # service's .mount) go through site_url() in the templates.
             "script_root": base,
@@ -727,7 +768,13 @@ class ProxyApp:
         values = self._site_context(request, None)
         values.update(context)
         html = self.site_env.get_template(template).render(values)
-        return Response(self.with_csrf(request, html), status=status, mimetype="text/html")
+        return self._site_response(request, html, status)
+
+    def _site_response(self, request: ProxyRequest, html: str, status: int) -> Response:
+        """One of the site's own pages: tokens filled in, only the theme's scripts may run."""
+        response = Response(self.with_csrf(request, html), status=status, mimetype="text/html")
+        response.headers["Content-Security-Policy"] = page_policy(request.csp_nonce)
+        return response
 
     def health(self, request: Request) -> Response:
         """``/_plugit/health``: the process is alive and answering."""
@@ -787,13 +834,11 @@ class ProxyApp:
                 plugit_content=Markup(""),
                 plugit_menu=Markup(""),
             )
-            html = self.with_csrf(
-                request, self.site_env.get_template("plugit/error.html").render(context)
-            )
+            html = self.site_env.get_template("plugit/error.html").render(context)
         except Exception:
             log.exception("the error page itself failed")
             html = f"<!doctype html><title>{status}</title><h1>{status} {title}</h1>"
-        return Response(html, status=status, mimetype="text/html")
+        return self._site_response(request, html, status)
 
     def close(self) -> None:
         """Release pools, connections and threads (the proxy cannot serve afterwards)."""

@@ -41,8 +41,10 @@ from .. import protocol
 from ..config import ServiceMount
 from ..protocol import ActionMeta
 from ..users import SIMULATED_MODES, SIMULATED_ORGAS, Orga, PlugItUser, ServiceUser
-from .api import API_PREFIX
+from .api import API_PREFIX, ApiCall, ApiError
 from .bodies import form_problem, unreadable_framing
+from .containment import RAW_POLICY, page_policy, sanitize_html
+from .sandbox import OverBudget, TemplateFunction, template_data
 from .templating import CSRF_FIELD, CSRF_PLACEHOLDER
 from .upstream import ServiceClient, ServiceError, ServiceReply, SingleFlight, UpstreamRequest
 
@@ -131,7 +133,7 @@ class Pipeline:
         try:
             if path in ("ebuio_setUser", "ebuio_setOrga"):
                 return self._finish(page, self.switch(page, path))
-            self.check_csrf(request)
+            self.check_csrf(request, mount.name)
             self.proxy.check_compatible(client)
             self.resolve_orga(page)
             response = self.proxy_mode_page(page) if mount.proxy_mode else self.page(page)
@@ -171,10 +173,12 @@ class Pipeline:
 
     # -- CSRF, user, organisation -----------------------------------------------------------------
 
-    def check_csrf(self, request: ProxyRequest) -> None:
+    def check_csrf(self, request: ProxyRequest, scope: str) -> None:
+        """Unsafe methods need the CSRF token of ``scope``: the mount's name for the service's
+        own forms, ``""`` for the site's (the layout's switches)."""
         if request.method not in UNSAFE_METHODS:
             return
-        if not self.proxy.csrf_valid(request):
+        if not self.proxy.csrf_valid(request, scope):
             raise _RefusedError(
                 403,
                 "csrf",
@@ -223,11 +227,11 @@ class Pipeline:
                     400, "bad_mode", f"Unknown user mode {mode!r}: use ano, log, mem or adm."
                 )
             if request.method == "POST":
-                self.check_csrf(request)
+                self.check_csrf(request, "")
             request.session["dev_user_mode"] = mode
         else:
             if request.method == "POST":
-                self.check_csrf(request)
+                self.check_csrf(request, "")
             elif not self.config.dev_mode:  # a state change: a form with the CSRF token (W14)
                 raise _RefusedError(405, "post_only", "Switch organisations with the site's menu.")
             pk = values.get("pk", values.get("orga", ""))
@@ -343,6 +347,8 @@ class Pipeline:
         if template is None:
             raise _RefusedError(404, "template", "This page does not exist.")
         html, menu = self.render(page, template, data)
+        if page.mount.trust == "sandboxed" and not meta.no_template:
+            html, menu = sanitize_html(html), sanitize_html(menu)
         content = {
             "html": html,
             "menu": menu,
@@ -389,9 +395,19 @@ class Pipeline:
     def render(
         self, page: PageRequest, template: jinja2.Template, data: dict[str, Any]
     ) -> tuple[str, str]:
+        """Render a service's template within its budget, holding one of its concurrency
+        slots: a template that goes over its budget is the service's failure (502), and
+        never more than ``max_concurrency`` renders of one service run at once."""
         context = self.template_context(page, data)
         try:
-            return self.proxy.templates[page.mount.name].render(template, context)
+            with page.client.slot():
+                return self.proxy.templates[page.mount.name].render(template, context)
+        except OverBudget as exc:
+            raise ServiceError(
+                page.mount.name,
+                "over_budget",
+                f"template of {page.path!r} went over its render budget: {exc}",
+            ) from None
         except jinja2.TemplateError as exc:
             raise ServiceError(
                 page.mount.name, "bad_reply", f"template of {page.path!r} failed: {exc}"
@@ -404,7 +420,14 @@ class Pipeline:
             ) from None
 
     def template_context(self, page: PageRequest, data: dict[str, Any]) -> dict[str, Any]:
-        """The variables of a service template (5.15): the action's data plus the proxy's."""
+        """The variables of a service template (5.15): the action's data plus the proxy's.
+
+        Everything in it is data (JSON-like values and Markup) or an opaque function
+        (:class:`~plugit_core.proxy.sandbox.TemplateFunction`): a template never gets an
+        object whose attributes lead back into the proxy.  What plugins add through
+        ``plugit_template_context`` is converted the same way; a value that is not data is
+        dropped with a warning.
+        """
         mount = page.mount
         service_user = page.service_user
         context = dict(data)
@@ -427,12 +450,18 @@ class Pipeline:
             "MEDIA_URL": self.proxy.site_url(page.request, mount.media_url),
             "STATIC_URL": self.proxy.site_url(page.request, self.proxy.static_prefix),
         }
+        own = template_data(own, where="context")
         context.update(own)
-        context["plugit_include"] = _Include(self, page, context)
-        context["plugit_get_user"] = _GetUser(self, page)
+        context["plugit_include"] = TemplateFunction(_Include(self, page, context))
+        context["plugit_get_user"] = TemplateFunction(_GetUser(self, page))
         for extra in self.hook.plugit_template_context(page=page, context=context):
-            if extra:
-                context.update({k: v for k, v in extra.items() if k not in own})
+            for key, value in (extra or {}).items():
+                if key in own:
+                    continue
+                try:
+                    context[key] = template_data(value, where=key)
+                except TypeError as exc:
+                    log.warning("plugit_template_context: %s; dropped", exc)
         return context
 
     def layout(self, page: PageRequest, content: dict[str, Any]) -> Response:
@@ -444,16 +473,13 @@ class Pipeline:
         afterwards, per request.
         """
         if page.menu_only:
-            menu = self.proxy.with_csrf(page.request, content.get("menu") or "")
-            return Response(menu, mimetype="text/html")
-        if content.get("no_layout"):
-            html = content["html"]
-        else:
-            html = self._render_layout(page, content)
-        headers = content.get("headers") or ()
+            return self._html_response(page, (content.get("menu") or "", (), True))
+        raw = bool(content.get("no_layout"))
+        html = content["html"] if raw else self._render_layout(page, content)
+        wrapped = (html, content.get("headers") or (), raw)
         if page.cache_key is not None and "expires" in content:
-            self._wrapped.put(self._variant(page), (html, headers), content["expires"])
-        return self._html_response(page, (html, headers))
+            self._wrapped.put(self._variant(page), wrapped, content["expires"])
+        return self._html_response(page, wrapped)
 
     @staticmethod
     def _variant(page: PageRequest) -> tuple[Any, ...]:
@@ -461,11 +487,19 @@ class Pipeline:
         orga = None if page.orga is None else str(page.orga.pk)
         return (page.cache_key, page.user.cache_key, page.dev_user_mode, orga)
 
-    def _html_response(self, page: PageRequest, wrapped: tuple[str, Any]) -> Response:
-        html, headers = wrapped
-        response = Response(self.proxy.with_csrf(page.request, html), mimetype="text/html")
+    def _html_response(self, page: PageRequest, wrapped: tuple[str, Any, bool]) -> Response:
+        """A service's HTML as the browser gets it: tokens filled in, its forwarded headers,
+        and the policy of its trust level (``raw``: without the layout)."""
+        html, headers, raw = wrapped
+        request = page.request
+        response = Response(
+            self.proxy.with_csrf(request, html, page.mount.name), mimetype="text/html"
+        )
         for name, value in headers:
             response.headers[name] = value
+        if page.mount.trust == "sandboxed":
+            policy = RAW_POLICY if raw else page_policy(request.csp_nonce)
+            response.headers["Content-Security-Policy"] = policy
         return response
 
     def _render_layout(self, page: PageRequest, content: dict[str, Any]) -> str:
@@ -493,9 +527,10 @@ class Pipeline:
         except UnicodeDecodeError:
             raise ServiceError(page.mount.name, "bad_reply", "the page is not UTF-8 text") from None
         if reply.headers.get(protocol.H_NO_TEMPLATE) is not None:
-            return self._forward(
-                page, Response(self.proxy.with_csrf(page.request, html), mimetype="text/html")
-            )
+            html = self.proxy.with_csrf(page.request, html, page.mount.name)
+            return self._forward(page, Response(html, mimetype="text/html"))
+        if page.mount.trust == "sandboxed":
+            html = sanitize_html(html)
         return self.layout(page, {"html": html, "menu": "", "headers": page.forwarded_headers})
 
     # -- the upstream request ---------------------------------------------------------------------
@@ -733,8 +768,12 @@ class Pipeline:
             raise ServiceError(page.mount.name, "bad_reply", f"{page.path}: {exc}") from None
 
     def _forward(self, page: PageRequest, response: Response) -> Response:
+        """What the service sends raw (JSON, XML, files, redirects), with its forwarded
+        headers; a sandboxed service's raw replies are sandboxed documents."""
         for name, value in page.forwarded_headers:
             response.headers[name] = value
+        if page.mount.trust == "sandboxed":
+            response.headers["Content-Security-Policy"] = RAW_POLICY
         if response.mimetype in ("application/json", "application/xml"):
             response.headers["X-Content-Type-Options"] = "nosniff"
         return response
@@ -747,8 +786,16 @@ class Pipeline:
         """A service's static file (5.21), with a public cache lifetime of at most an hour."""
         if request.method not in ("GET", "HEAD"):
             return Response(b"", status=405, headers={"Allow": "GET, HEAD"})
+        normal = normal_media_path(path)
+        if normal is None:
+            log.warning(
+                "media %s: refused the path %r (it climbs or holds control characters)",
+                mount.name,
+                path[:200],
+            )
+            return Response(b"Not Found", status=404, mimetype="text/plain")
         try:
-            reply = client.send(UpstreamRequest(request.method, "media/" + path), stream=True)
+            reply = client.send(UpstreamRequest(request.method, "media/" + normal), stream=True)
         except ServiceError as error:
             log.warning("media %s/%s: %s", mount.name, path, error.message)
             return self.proxy.error_page(
@@ -760,6 +807,8 @@ class Pipeline:
             return Response(b"Not Found", status=404, mimetype="text/plain")
         response = self.file(reply)
         response.headers.pop("Content-Disposition", None)
+        if mount.trust == "sandboxed":
+            response.headers["Content-Security-Policy"] = RAW_POLICY
         max_age = 3600
         upstream_control = reply.headers.get("Cache-Control")
         if upstream_control:
@@ -783,6 +832,25 @@ def _traceparent(incoming: str | None) -> str:
     if match and set(match.group(1)) != {"0"} and set(match.group(2)) != {"0"}:
         return f"00-{match.group(1)}-{span}-{match.group(3)}"
     return f"00-{secrets.token_hex(16)}-{span}-01"
+
+
+def normal_media_path(path: str) -> str | None:
+    """``path`` (below a service's ``media/``) with ``.`` and ``..`` segments resolved, or None
+    when it climbs out of ``media/`` or holds a backslash or a control character (which some
+    servers read as separators)."""
+    if any(ord(c) < 0x20 or c in "\\\x7f" for c in path):
+        return None
+    parts: list[str] = []
+    for segment in path.split("/"):
+        if segment in ("", "."):
+            continue
+        if segment == "..":
+            if not parts:
+                return None
+            parts.pop()
+        else:
+            parts.append(segment)
+    return "/".join(parts) + ("/" if path.endswith("/") and parts else "")
 
 
 def _notice(mount: ServiceMount, *, stale: bool) -> str:
@@ -811,50 +879,59 @@ class _ExpiringLRU:
 
 
 class _Include:
-    """``plugit_include(path)``: another action's template rendered with the current context."""
+    """``plugit_include(path)``: another action's template rendered with the current context.
+
+    Handed to templates inside a :class:`TemplateFunction`, so they can call it but never
+    read what it holds.
+    """
 
     MAX_DEPTH = 4
+    __slots__ = ("_context", "_depth", "_page", "_pipeline")
 
     def __init__(self, pipeline: Pipeline, page: PageRequest, context: dict[str, Any]) -> None:
-        self.pipeline = pipeline
-        self.page = page
-        self.context = context
-        self.depth = 0
+        self._pipeline = pipeline
+        self._page = page
+        self._context = context
+        self._depth = 0
 
     def __call__(self, path: Any) -> Markup:
+        page = self._page
         path = str(path).lstrip("/")
-        if self.depth >= self.MAX_DEPTH:
-            raise ServiceError(self.page.mount.name, "bad_reply", "plugitInclude nested too deep")
-        meta = self.page.client.meta(path)
+        if self._depth >= self.MAX_DEPTH:
+            raise ServiceError(page.mount.name, "bad_reply", "plugitInclude nested too deep")
+        meta = page.client.meta(path)
         if meta is None or not meta.template_tag:
             return Markup("")
-        template = self.pipeline.template(self.page, path, meta.template_tag)
+        template = self._pipeline.template(page, path, meta.template_tag)
         if template is None:
             return Markup("")
-        self.depth += 1
+        self._depth += 1
         try:
-            html, _menu = self.pipeline.proxy.templates[self.page.mount.name].render(
-                template, self.context
+            html, _menu = self._pipeline.proxy.templates[page.mount.name].render(
+                template, self._context
             )
         finally:
-            self.depth -= 1
+            self._depth -= 1
         return Markup(html)  # noqa: S704 (rendered by the autoescaping sandbox)
 
 
 class _GetUser:
-    """``plugit_get_user(pk)``: a user reduced to the shared properties (5.22)."""
+    """``plugit_get_user(pk)``: a user reduced to the shared properties (5.22), for the users
+    the callback API would show this service (its members), else None."""
+
+    __slots__ = ("_page", "_pipeline")
 
     def __init__(self, pipeline: Pipeline, page: PageRequest) -> None:
-        self.pipeline = pipeline
-        self.page = page
+        self._pipeline = pipeline
+        self._page = page
 
     def __call__(self, pk: Any) -> dict[str, Any] | None:
-        user = self.pipeline.proxy.lookup_user(pk)
-        if user is None:
+        page = self._page
+        try:
+            user = ApiCall(page.request, self._pipeline.proxy, page.mount).user(pk)
+        except ApiError:
             return None
-        return user.for_service(self.page.mount.name, None).properties(
-            self.pipeline.config.user_data
-        )
+        return user.for_service(page.mount.name, None).properties(self._pipeline.config.user_data)
 
 
 _ACCESS_MESSAGES = {

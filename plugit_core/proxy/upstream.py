@@ -7,6 +7,7 @@ slow service only ever ties up its own share of the proxy's threads.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
@@ -139,6 +140,25 @@ class ServiceClient:
         self.compatible: bool | None = None  # set by check_version
 
     # -- low level --------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def slot(self) -> Iterator[None]:
+        """Hold one of the service's concurrency slots for work the proxy does on its behalf
+        (rendering its template): a service's renders count against its cap like its calls.
+        Fails fast, like :meth:`send`, when the cap is reached."""
+        if not self._slots.acquire(timeout=0.05):
+            self.metrics.observe(0.0, "busy")
+            raise ServiceError(
+                self.name, "busy", f"{self.mount.max_concurrency} calls already in progress"
+            )
+        with self._count_lock:
+            self.in_flight += 1
+        try:
+            yield
+        finally:
+            with self._count_lock:
+                self.in_flight -= 1
+            self._slots.release()
 
     def send(self, upstream: UpstreamRequest, *, stream: bool = False) -> ServiceReply:
         """Send ``upstream`` (signed when the mount has a secret) and return the reply.

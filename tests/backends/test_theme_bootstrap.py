@@ -44,7 +44,9 @@ CONTEXT_NAMES = {
     "services",
     "user",
     "static_url",
-    "csrf_token",
+    "csrf_token",  # the site's own forms
+    "page_csrf_token",  # the token of the page's scope (a service's page: its mount's)
+    "csp_nonce",  # the response's Content-Security-Policy nonce, on every script element
     "login_url",
     "logout_url",
     "dev_mode",
@@ -173,6 +175,8 @@ def site_context(**overrides):
         "user": ALICE,
         "static_url": static_url,
         "csrf_token": "csrf-123",
+        "page_csrf_token": "csrf-456",
+        "csp_nonce": "nonce-789",
         "login_url": "/login/",
         "logout_url": "/logout/",
         "logout_method": "post",
@@ -441,7 +445,7 @@ def test_logout_is_a_post_form_with_the_csrf_field(render):
     page = render()
     form = page.by_id("plugit-logout")
     assert form.attrs["method"] == "post" and form.attrs["action"] == "/logout/"
-    assert page.forms_posting_to("/logout/") == [{"csrfmiddlewaretoken": "csrf-123"}]
+    assert page.forms_posting_to("/logout/") == [{"plugit_site_csrf": "csrf-123"}]
     assert page.by_id("plugit-login") is None
     assert page.by_id("plugit-user").attrs["data-authenticated"] == "true"
 
@@ -496,7 +500,7 @@ def test_dev_bar_user_switcher_marks_the_current_mode(render, current):
         assert (button.attrs.get("aria-current") == "true") is (mode == current)
     forms = page.forms_posting_to("/vote/ebuio_setUser")
     assert forms == [
-        {"mode": mode, "next": "/vote/list?page=2", "csrfmiddlewaretoken": "csrf-123"}
+        {"mode": mode, "next": "/vote/list?page=2", "plugit_site_csrf": "csrf-123"}
         for mode in labels
     ]
 
@@ -530,7 +534,7 @@ def test_dev_bar_orga_switcher(render, dev_orgas, orga, current_pk):
             "pk": str(o.pk),
             "name": o.name,
             "next": "/vote/list?page=2",
-            "csrfmiddlewaretoken": "csrf-123",
+            "plugit_site_csrf": "csrf-123",
         }
         for o in dev_orgas
     ]
@@ -563,8 +567,8 @@ def test_orga_switcher_posts_pk_and_next(render):
     switcher = page.by_id("plugit-orga-switcher")
     assert "RTS" in switcher.text
     assert page.forms_posting_to("/vote/ebuio_setOrga") == [
-        {"pk": "1", "next": "/vote/list?page=2", "csrfmiddlewaretoken": "csrf-123"},
-        {"pk": "2", "next": "/vote/list?page=2", "csrfmiddlewaretoken": "csrf-123"},
+        {"pk": "1", "next": "/vote/list?page=2", "plugit_site_csrf": "csrf-123"},
+        {"pk": "2", "next": "/vote/list?page=2", "plugit_site_csrf": "csrf-123"},
     ]
     (current,) = [b for b in page.find_all("button") if b.attrs.get("aria-current") == "true"]
     assert current.attrs["data-plugit-orga"] == "2" and "active" in current.classes

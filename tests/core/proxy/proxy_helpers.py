@@ -47,9 +47,9 @@ class Browser(requests.Session):
         response = self.get(f"{mount}ebuio_setUser", params={"mode": mode})
         assert response.status_code == 200, response.text
 
-    def csrf(self) -> str:
-        """Load a page holding the CSRF field and return the token."""
-        page = self.get("/svc/")
-        marker = 'name="csrfmiddlewaretoken" value="'
+    def csrf(self, mount: str = "/svc/") -> str:
+        """Load a page of ``mount`` and return its CSRF token (each mount has its own)."""
+        page = self.get(mount)
+        marker = '<meta name="plugit-csrf-token" content="'
         start = page.text.index(marker) + len(marker)
         return page.text[start : page.text.index('"', start)]

@@ -17,7 +17,8 @@ import pytest
 import requests
 from proxy_helpers import SECRET
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
-from werkzeug.test import Client, TestResponse
+from werkzeug.test import Client as _Client
+from werkzeug.test import TestResponse
 from werkzeug.wrappers import Request, Response
 
 from plugit_core.proxy.app import PlugItMiddleware, ProxyApp
@@ -25,6 +26,16 @@ from plugit_core.service import PlugItRedirect, PlugItService, action, cache
 from plugit_core.testing import serve
 
 PORTAL = "http://localhost/portal"
+
+
+class Client(_Client):
+    """werkzeug's test client, as a loopback peer (in dev mode the proxy answers no other)."""
+
+    def open(self, *args: Any, **kwargs: Any) -> TestResponse:  # type: ignore[override]
+        kwargs.setdefault("environ_base", {"REMOTE_ADDR": "127.0.0.1"})
+        return super().open(*args, **kwargs)
+
+
 ROOT = "http://localhost"
 URLS = (
     '{% extends "plugit/base.html" %}'

@@ -1,0 +1,176 @@
+"""What keeps a service's HTML and scripts inside its own pages: sanitising, CSP, headers.
+
+Each mount has a trust level (``trust`` in its configuration):
+
+``sandboxed`` (the default)
+    The HTML its templates produce is cleaned by :func:`sanitize_html` (nh3, the Python binding
+    of the ammonia sanitiser) before it goes into the layout: no script, no style element, no
+    event handler, no frame or object, no ``javascript:`` (or any other scheme but ``mailto:``),
+    and links, images and forms only to paths of the site (relative URLs).  Its pages carry the
+    strict :func:`page_policy`, under which only the theme's own scripts (with the response's
+    nonce) run.  What it sends raw (media, files, JSON, XML, pages without the layout) is served
+    with :data:`RAW_POLICY`: a CSP ``sandbox`` that gives such a document an opaque origin, so
+    even HTML among its media can run no script of the site's origin.
+``full``
+    Its HTML is served as written, as with the original PlugIt: its scripts run with the
+    site's origin and can do anything the visitor can do on the site.  For services the site
+    operator trusts as much as the proxy itself.
+
+Every response of the proxy carries :func:`common_headers`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import MutableMapping
+
+import nh3
+
+__all__ = [
+    "RAW_POLICY",
+    "common_headers",
+    "is_site_relative",
+    "page_policy",
+    "sanitize_html",
+]
+
+_TAGS = nh3.ALLOWED_TAGS | {
+    "button",
+    "fieldset",
+    "form",
+    "input",
+    "label",
+    "legend",
+    "main",
+    "meter",
+    "optgroup",
+    "option",
+    "output",
+    "progress",
+    "section",
+    "select",
+    "textarea",
+    "tfoot",
+}
+_TAGS -= {"area", "map"}  # image maps: links without a visible element to check
+_URL_ATTRIBUTES = frozenset({"href", "src", "action", "formaction", "cite"})
+_ATTRIBUTES = {
+    "*": {"class", "id", "title", "lang", "dir", "role", "hidden", "style", "tabindex"},
+    "a": {"href", "hreflang", "target"},
+    "img": {"src", "alt", "width", "height", "loading"},
+    "form": {"action", "method", "enctype", "accept-charset", "autocomplete", "novalidate"},
+    "input": set(
+        "type name value placeholder checked disabled readonly required min max step pattern "
+        "size maxlength minlength multiple accept autocomplete autofocus list form".split()
+    ),
+    "button": {"type", "name", "value", "disabled", "form"},
+    "select": {"name", "multiple", "size", "disabled", "required", "form"},
+    "option": {"value", "selected", "disabled", "label"},
+    "optgroup": {"label", "disabled"},
+    "textarea": {"name", "rows", "cols", "placeholder", "disabled", "readonly", "required"},
+    "label": {"for"},
+    "fieldset": {"disabled", "name"},
+    "output": {"for", "name"},
+    "progress": {"value", "max"},
+    "meter": {"value", "min", "max", "low", "high", "optimum"},
+    "td": {"colspan", "rowspan", "headers"},
+    "th": {"colspan", "rowspan", "headers", "scope"},
+    "col": {"span"},
+    "colgroup": {"span"},
+    "ol": {"start", "reversed", "type"},
+    "li": {"value"},
+    "time": {"datetime"},
+    "del": {"datetime", "cite"},
+    "ins": {"datetime", "cite"},
+    "q": {"cite"},
+    "blockquote": {"cite"},
+    "details": {"open"},
+    "abbr": {"title"},
+}
+_STYLE_PROPERTIES = frozenset(
+    """color background-color font-weight font-style font-size text-align text-decoration
+    vertical-align white-space width min-width max-width height min-height max-height margin
+    margin-top margin-right margin-bottom margin-left padding padding-top padding-right
+    padding-bottom padding-left border border-top border-right border-bottom border-left
+    border-color border-style border-width border-radius display float clear list-style-type
+    line-height letter-spacing opacity""".split()
+)
+# What browsers drop from a URL before they read it: leading and trailing C0 controls and
+# spaces, and every tab and line break inside.
+_URL_JUNK = re.compile(r"[\t\n\r]|^[\x00-\x20]+|[\x00-\x20]+$")
+_SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.\-]*:")
+
+
+def is_site_relative(url: str) -> bool:
+    """A URL that stays on the site: a path (``/x``), a relative reference (``x``, ``?q``,
+    ``#f``), read the way a browser reads it; never another host (``//h``, ``\\\\h``,
+    ``/\\h``) nor a scheme (``javascript:``, ``http:``)."""
+    cleaned = _URL_JUNK.sub("", url)
+    if "\\" in cleaned or cleaned.startswith("//"):
+        return False
+    return not _SCHEME.match(cleaned)
+
+
+def _attribute_filter(tag: str, attribute: str, value: str) -> str | None:
+    if attribute in _URL_ATTRIBUTES:
+        if value.lower().startswith("mailto:") and tag == "a" and attribute == "href":
+            return value
+        return value if is_site_relative(value) else None
+    if attribute == "target":
+        return value if value in ("_blank", "_self") else None
+    if attribute == "type" and tag == "input" and value.lower() in ("image",):
+        return None  # an image button is an image from anywhere: plain buttons only
+    return value
+
+
+_CLEANER = nh3.Cleaner(
+    tags=_TAGS,
+    clean_content_tags={"script", "style", "template", "noscript", "iframe", "object"},
+    attributes=_ATTRIBUTES,
+    attribute_filter=_attribute_filter,
+    url_schemes={"mailto"},
+    filter_style_properties=set(_STYLE_PROPERTIES),
+    link_rel=None,  # every link left stays on the site
+    strip_comments=True,
+)
+
+
+def sanitize_html(html: str) -> str:
+    """``html`` (a fragment: the page of a ``sandboxed`` service) without anything that runs
+    or leaves the site (see the module's docstring)."""
+    return _CLEANER.clean(html)
+
+
+def page_policy(nonce: str) -> str:
+    """The Content-Security-Policy of a page that holds a sandboxed service's HTML: only the
+    site's own files, scripts only with this response's ``nonce``, forms only to the site."""
+    return (
+        "default-src 'self'; "
+        f"script-src 'nonce-{nonce}'; "
+        "style-src 'self' 'unsafe-inline'; "
+        "img-src 'self' data:; "
+        "connect-src 'self'; "
+        "object-src 'none'; "
+        "base-uri 'none'; "
+        "form-action 'self'; "
+        "frame-ancestors 'self'"
+    )
+
+
+#: The policy of what a sandboxed service sends raw (media, files, JSON, XML, layout-less
+#: pages): a sandboxed document with an opaque origin, no script at all.
+RAW_POLICY = (
+    "sandbox; default-src 'none'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
+    "media-src 'self'; frame-ancestors 'self'"
+)
+
+
+def common_headers(headers: MutableMapping[str, str], *, hsts: bool) -> None:
+    """Headers every response of the proxy carries (those already set are kept)."""
+    headers.setdefault("X-Content-Type-Options", "nosniff")
+    headers.setdefault("Referrer-Policy", "strict-origin-when-cross-origin")
+    headers.setdefault("X-Frame-Options", "SAMEORIGIN")
+    if "Content-Security-Policy" not in headers:
+        headers["Content-Security-Policy"] = "frame-ancestors 'self'"
+    if hsts:
+        headers.setdefault("Strict-Transport-Security", "max-age=31536000")
