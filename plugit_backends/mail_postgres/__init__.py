@@ -33,7 +33,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from plugit_backends.mail_smtp.store import Outgoing, RateLimitedError
+from plugit_backends.mail_smtp.store import LEASE_LOST, Outgoing, RateLimitedError
 from plugit_backends.pg import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_POOL_TIMEOUT,
@@ -117,16 +117,26 @@ _INCOMING = (
     "first_seen, updated, raw FROM {s}.mail_incoming "
     "WHERE (%(state)s::text IS NULL OR state = %(state)s) ORDER BY first_seen, seq"
 )
+# An expired lease counts as an attempt when %(max)s > 0 (lost), and may end the mail (gone).
 _CLAIM = (
-    "WITH due AS (SELECT id FROM {s}.mail_outbox "
+    "WITH due AS (SELECT id, (state = 'sending' AND %(max)s > 0) AS lost, "
+    "(state = 'sending' AND %(max)s > 0 AND attempts + 1 >= %(max)s) AS gone "
+    "FROM {s}.mail_outbox "
     "WHERE ((state = 'queued' AND (next_try <= %(now)s OR %(retry_now)s)) "
     "OR (state = 'sending' AND lease_until <= %(now)s)) "
     "AND (last_try IS NULL OR last_try < %(started)s) "
     "ORDER BY next_try, id LIMIT %(limit)s FOR UPDATE SKIP LOCKED) "
-    "UPDATE {s}.mail_outbox o SET state = 'sending', owner = %(owner)s, "
-    "lease_until = %(until)s, last_try = %(now)s FROM due WHERE o.id = due.id "
+    "UPDATE {s}.mail_outbox o SET "
+    "state = CASE WHEN due.gone THEN 'failed' ELSE 'sending' END, "
+    "owner = CASE WHEN due.gone THEN NULL ELSE %(owner)s END, "
+    "lease_until = CASE WHEN due.gone THEN NULL ELSE %(until)s END, "
+    "done = CASE WHEN due.gone THEN %(now)s ELSE o.done END, "
+    "attempts = o.attempts + CASE WHEN due.lost THEN 1 ELSE 0 END, "
+    "last_error = CASE WHEN due.lost THEN %(lost)s ELSE o.last_error END, "
+    "last_try = CASE WHEN due.gone THEN o.last_try ELSE %(now)s END "
+    "FROM due WHERE o.id = due.id "
     "RETURNING o.id, o.service, o.sender, o.recipients, o.subject, o.body, o.html, o.reply_to, "
-    "o.message_id, o.attempts, o.created, o.next_try"
+    "o.message_id, o.attempts, o.created, o.next_try, o.state"
 )
 _RETRY = (
     "UPDATE {s}.mail_outbox SET attempts = attempts + 1, "
@@ -274,7 +284,13 @@ class PostgresMailQueue:
         return int(row["id"])
 
     def claim(
-        self, limit: int, lease: float, *, started: float, retry_now: bool = False
+        self,
+        limit: int,
+        lease: float,
+        *,
+        started: float,
+        retry_now: bool = False,
+        max_attempts: int = 0,
     ) -> list[Outgoing]:
         now = self.clock()
         rows, _ = self._run(
@@ -286,8 +302,11 @@ class PostgresMailQueue:
                 "limit": limit,
                 "owner": self.owner,
                 "until": now + lease,
+                "max": max_attempts,
+                "lost": LEASE_LOST,
             },
         )
+        rows = [row for row in rows if row["state"] == "sending"]  # not those just failed
         rows.sort(key=lambda row: (row["next_try"], row["id"]))  # RETURNING has no order
         return [
             Outgoing(

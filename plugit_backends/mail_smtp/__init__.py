@@ -713,7 +713,13 @@ class MailBackend:
         lease = max(60.0, self.settings.timeout * 10)
         sent = 0
         while not self._stopping():
-            batch = self.store.claim(BATCH, lease, started=started, retry_now=retry_now)
+            batch = self.store.claim(
+                BATCH,
+                lease,
+                started=started,
+                retry_now=retry_now,
+                max_attempts=self.settings.max_attempts,  # a sender that died: an attempt
+            )
             if not batch:
                 break
             sent += self._send_batch(batch)

@@ -28,9 +28,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["SCHEMA_VERSION", "MailQueue", "MailStore", "Outgoing", "RateLimitedError"]
+__all__ = [
+    "LEASE_LOST",
+    "SCHEMA_VERSION",
+    "MailQueue",
+    "MailStore",
+    "Outgoing",
+    "RateLimitedError",
+]
 
 SCHEMA_VERSION = 1
+# last_error of a mail whose sender stopped while holding it (see MailQueue.claim)
+LEASE_LOST = "its sender stopped before recording the result (the lease ended)"
 
 SCHEMA = """
 BEGIN IMMEDIATE;
@@ -154,7 +163,13 @@ class MailQueue(Protocol):
         ...
 
     def claim(
-        self, limit: int, lease: float, *, started: float, retry_now: bool = False
+        self,
+        limit: int,
+        lease: float,
+        *,
+        started: float,
+        retry_now: bool = False,
+        max_attempts: int = 0,
     ) -> list[Outgoing]:
         """Take up to ``limit`` due mails, ordered by ``next_try`` then id: they become
         ``sending``, owned by :attr:`owner` until now + ``lease``, with ``last_try`` = now.
@@ -163,6 +178,11 @@ class MailQueue(Protocol):
         ``sending`` with an expired lease (its sender died).  Mails whose ``last_try`` is at or
         after ``started`` are skipped (one pass tries each mail once).  Two queue objects never
         get the same mail while its lease runs.
+
+        With ``max_attempts`` > 0, an expired lease counts as a failed attempt (a mail that
+        kills its sender is not tried for ever): attempts + 1 and ``last_error`` =
+        :data:`LEASE_LOST`; once attempts reach ``max_attempts`` the mail becomes ``failed``
+        (with ``done``, no owner) instead of being taken.  With 0, attempts are left as they are.
         """
         ...
 
@@ -369,15 +389,22 @@ class MailStore:
             return int(cursor.lastrowid or 0)
 
     def claim(
-        self, limit: int, lease: float, *, started: float, retry_now: bool = False
+        self,
+        limit: int,
+        lease: float,
+        *,
+        started: float,
+        retry_now: bool = False,
+        max_attempts: int = 0,
     ) -> list[Outgoing]:
         """Take up to ``limit`` due mails for this process for ``lease`` seconds.
 
         Due: queued with ``next_try`` reached (any queued mail with ``retry_now``), or sending
-        with an expired lease (its sender died).  Mails already tried since ``started`` are
-        left alone, so one pass tries each mail at most once.
+        with an expired lease (its sender died: an attempt, with ``max_attempts``).  Mails
+        already tried since ``started`` are left alone, so one pass tries each mail at most once.
         """
         now = self.clock()
+        taken = []
         with self._transaction() as db:
             rows = db.execute(
                 "SELECT * FROM outbox WHERE ((state = 'queued' AND (next_try <= ? OR ?)) "
@@ -386,11 +413,22 @@ class MailStore:
                 (now, int(retry_now), now, started, limit),
             ).fetchall()
             for row in rows:
+                attempts, error = row["attempts"], row["last_error"]
+                if row["state"] == "sending" and max_attempts > 0:
+                    attempts, error = attempts + 1, LEASE_LOST
+                    if attempts >= max_attempts:
+                        db.execute(
+                            "UPDATE outbox SET state = 'failed', attempts = ?, last_error = ?, "
+                            "done = ?, owner = NULL, lease_until = NULL WHERE id = ?",
+                            (attempts, error, now, row["id"]),
+                        )
+                        continue
                 db.execute(
                     "UPDATE outbox SET state = 'sending', owner = ?, lease_until = ?, "
-                    "last_try = ? WHERE id = ?",
-                    (self.owner, now + lease, now, row["id"]),
+                    "last_try = ?, attempts = ?, last_error = ? WHERE id = ?",
+                    (self.owner, now + lease, now, attempts, error, row["id"]),
                 )
+                taken.append({**dict(row), "attempts": attempts})
         return [
             Outgoing(
                 id=row["id"],
@@ -405,7 +443,7 @@ class MailStore:
                 attempts=row["attempts"],
                 created=row["created"],
             )
-            for row in rows
+            for row in taken
         ]
 
     def mark_sent(self, mail_id: int, note: str | None = None) -> bool:

@@ -25,9 +25,9 @@ from plugit_backends.mail_smtp import (
     open_queue,
     read_settings,
 )
-from plugit_backends.mail_smtp.store import MailStore
+from plugit_backends.mail_smtp.store import LEASE_LOST, MailStore
 from plugit_core.config import ConfigError, ProxyConfig
-from plugit_core.testing import MailQueueConformance
+from plugit_core.testing import FakeClock, MailQueueConformance
 
 REQUIRED = os.environ.get("PLUGIT_REQUIRE_SERVERS") == "1"
 DSN = os.environ.get("PLUGIT_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
@@ -111,6 +111,86 @@ class TestPostgresMailQueue(MailQueueConformance):
         other = PostgresMailQueue(DSN, schema=schema, pool_size=2)
         yield other
         other.close()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def two_queues(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Any, Any]]:
+    """Two queue objects on one fresh storage (two proxy processes), of each kind."""
+    if request.param == "sqlite":
+        first: Any = MailStore(tmp_path / "mail.sqlite3")
+        second: Any = MailStore(tmp_path / "mail.sqlite3")
+    else:
+        from plugit_backends.mail_postgres import PostgresMailQueue
+
+        schema = request.getfixturevalue("schema")
+        first = PostgresMailQueue(DSN, schema=schema)
+        second = PostgresMailQueue(DSN, schema=schema, pool_size=2)
+    clock = FakeClock(1_700_000_000.0)
+    first.clock = second.clock = clock
+    yield first, second
+    first.close()
+    second.close()
+
+
+def _enqueue(queue: Any, subject: str) -> int:
+    return int(
+        queue.enqueue(
+            service="polls",
+            sender=SENDER,
+            recipients=["dana@example.org"],
+            subject=subject,
+            body="x",
+            html=False,
+            reply_to=None,
+            message_id="<m@example.org>",
+            max_per_hour=0,
+        )
+    )
+
+
+def test_a_mail_whose_sender_keeps_dying_fails_in_the_end(two_queues: tuple[Any, Any]) -> None:
+    """With ``max_attempts``, each expired lease is an attempt: a mail that kills whoever
+    sends it is not claimed for ever, and the other mails go on."""
+    dying, alive = two_queues
+    clock = dying.clock
+    poison = _enqueue(dying, "kills its sender")
+    (mail,) = dying.claim(10, 60, started=clock.now, max_attempts=3)
+    assert (mail.id, mail.attempts) == (poison, 0)
+    for attempt in (1, 2):
+        clock.advance(61)  # the sender died: its lease ended
+        (mail,) = alive.claim(10, 60, started=clock.now, max_attempts=3)
+        assert (mail.id, mail.attempts) == (poison, attempt)
+        row = {row["id"]: row for row in alive.outbox()}[poison]
+        assert (row["state"], row["owner"], row["last_error"]) == (
+            "sending",
+            alive.owner,
+            LEASE_LOST,
+        )
+    good = _enqueue(alive, "an honest one")
+    clock.advance(61)  # the third death: failed, and the honest mail is taken
+    assert [mail.id for mail in alive.claim(10, 60, started=clock.now, max_attempts=3)] == [good]
+    rows = {row["id"]: row for row in alive.outbox()}
+    assert (rows[poison]["state"], rows[poison]["attempts"]) == ("failed", 3)
+    assert (rows[poison]["done"], rows[poison]["owner"]) == (clock.now, None)
+    assert rows[poison]["last_error"] == LEASE_LOST
+    assert alive.mark_sent(good) is True
+    clock.advance(3600)
+    assert alive.claim(10, 60, started=clock.now, max_attempts=3) == []
+    assert alive.counts()["outbox"] == {"failed": 1, "sent": 1}
+
+
+def test_without_max_attempts_an_expired_lease_costs_nothing(
+    two_queues: tuple[Any, Any],
+) -> None:
+    dying, alive = two_queues
+    clock = dying.clock
+    mail_id = _enqueue(dying, "x")
+    dying.claim(1, 60, started=clock.now)
+    for _ in range(5):
+        clock.advance(61)
+        (mail,) = alive.claim(1, 60, started=clock.now)
+        assert (mail.id, mail.attempts) == (mail_id, 0)
+    assert alive.outbox()[0]["last_error"] is None
 
 
 # -- PostgreSQL particulars ------------------------------------------------------------------------
