@@ -177,6 +177,11 @@ def plugit_template_context(page: PageRequest, context: dict[str, Any]) -> dict[
     Called once per rendered page (not on page-cache hits), after the proxy's own variables
     were set.  Return a dict of variables to merge, or None.  Plugins run in order and later
     answers overwrite earlier ones; the proxy's ``ebuio_*`` variables cannot be overwritten.
+    Values must be template data (dicts with string keys, lists, tuples, strings, numbers,
+    booleans, None, Markup) or functions, which templates may call but not inspect and whose
+    results are checked the same way (see ``plugit_core.proxy.sandbox.template_data``); any
+    other value is dropped with a warning, since an object would let the service's template
+    walk its attributes.
     """
 
 

@@ -227,3 +227,36 @@ def test_a_template_over_its_budget_is_its_own_error_page_only(scripted, site) -
     assert browser.get("/other/").status_code == 200
     client = browser.proxy.clients["hostile"]
     assert client.in_flight == 0  # the render's concurrency slot was given back
+
+
+def test_plugin_template_variables_are_data_or_opaque_functions(scripted, caplog) -> None:
+    from plugit_core.hookspecs import hookimpl
+
+    class Plugin:
+        @hookimpl
+        def plugit_template_context(self, page, context):
+            return {
+                "proxy_object": page,  # an object: dropped, never handed to the template
+                "shout": lambda text: str(text).upper(),
+                "stats": {"rows": (1, 2)},
+            }
+
+    service, url = scripted
+    service.page(
+        "",
+        "[{{ shout('hi') }}|{{ stats.rows[1] }}|{{ proxy_object is defined }}|"
+        "{{ shout.__globals__ }}{{ shout.__closure__ }}]",
+    )
+    proxy = ProxyApp(
+        {"dev_mode": True, "services": [{"name": "s", "url": url, "mount": "/s/"}]},
+        plugins=[Plugin()],
+        load_entry_points=False,
+    )
+    try:
+        with serve(proxy) as base, Browser(base, proxy) as browser:
+            page = browser.get("/s/")
+    finally:
+        proxy.close()
+    assert page.status_code == 200
+    assert "[HI|2|False|]" in page.text
+    assert "proxy_object: a PageRequest is not template data" in caplog.text
