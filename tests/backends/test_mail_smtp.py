@@ -311,6 +311,14 @@ def _config(**mail: Any) -> ProxyConfig:
     [
         pytest.param({}, "sender", id="no-sender"),
         pytest.param({"sender": "nobody"}, "sender", id="bad-sender"),
+        pytest.param({"sender": "a@b.example, c@d.example"}, "sender", id="two-senders"),
+        pytest.param({"sender": "a@b.example (PlugIt)"}, "sender", id="sender-comment"),
+        pytest.param({"sender": "a@b.example\nBcc: c@d.example"}, "sender", id="sender-newline"),
+        pytest.param(
+            {"sender": "a@b.example", "reply_address": "=?utf-8?q?r?=@b.example"},
+            "reply_address",
+            id="reply-address-encoded-word",
+        ),
         pytest.param({"sender": "a@b.example", "colour": 1}, "colour", id="unknown-key"),
         pytest.param(
             {"sender": "a@b.example", "ssl": True, "starttls": True}, "starttls", id="tls"
