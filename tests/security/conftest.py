@@ -1,0 +1,233 @@
+"""Fixtures of the attacking suite: a production-like site whose secrets are canaries.
+
+``hostile_site`` is built once for the folder: a proxy (dev mode off, local accounts in a SQLite
+directory, mail through a real SMTP server, three mounts with a secret and an API key each)
+served over loopback HTTP, in front of a hostile service mounted twice (``/hostile/`` in the
+jinja dialect, ``/hostiledj/`` in the Django dialect) and an honest one (``/healthy/``).  Every
+secret of the site is a random canary; every test that uses the site is checked afterwards: no
+canary in any response (headers and body, but the visitor's own session cookie), any log line of
+any logger at DEBUG, any mail, or any request the hostile service received.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hostile_site import (
+    FAST_HASH,
+    PASSWORD,
+    Canaries,
+    HostileService,
+    LeakCheck,
+    LogCapture,
+    MailSink,
+    Seen,
+    Visitor,
+    make_healthy_service,
+)
+from werkzeug.security import generate_password_hash
+
+from plugit_core.hookspecs import hookimpl
+from plugit_core.proxy.app import ProxyApp
+from plugit_core.testing import serve
+from plugit_core.users import PlugItUser
+
+MOUNTS = {"jinja": "/hostile/", "django": "/hostiledj/"}
+
+
+class ContextCapture:
+    """A plugin keeping the exact context the pipeline built for each rendered page."""
+
+    def __init__(self) -> None:
+        self.contexts: dict[tuple[str, str], dict[str, Any]] = {}
+
+    @hookimpl
+    def plugit_template_context(self, page: Any, context: dict[str, Any]) -> None:
+        self.contexts[(page.mount.name, page.path)] = context  # the dict itself: filled after us
+
+
+@dataclass
+class Site:
+    base: str
+    proxy: ProxyApp
+    hostile: HostileService
+    healthy_url: str
+    hostile_url: str
+    canaries: Canaries
+    users: dict[str, PlugItUser]
+    seen: list[Seen]
+    logs: LogCapture
+    mails: MailSink
+    capture: ContextCapture
+    check: LeakCheck
+    config: dict[str, Any]
+    browsers: list[Visitor] = field(default_factory=list, repr=False)
+
+    def browser(self) -> Visitor:
+        visitor = Visitor(self.base, self.seen, self.canaries)
+        self.browsers.append(visitor)
+        return visitor
+
+    def visitor(self) -> Visitor:
+        """A browser logged in as ``visitor``, a member of every mount."""
+        browser = self.browser()
+        browser.login("visitor")
+        return browser
+
+
+def site_config(
+    canaries: Canaries, hostile_url: str, healthy_url: str, tmp: Path, smtp_port: int
+) -> dict[str, Any]:
+    c = canaries
+    return {
+        "dev_mode": False,
+        "secret_key": c.secret_key,
+        "site_name": "Attacked site",
+        "auth": ["session"],
+        "session_cookie": {"secure": False},  # plain HTTP on loopback
+        "users_sqlite": {"path": str(tmp / "directory.sqlite3")},
+        "auth_session": {"password_method": FAST_HASH},
+        "mail": "smtp",
+        "mail_smtp": {
+            "host": "127.0.0.1",
+            "port": smtp_port,
+            "sender": "PlugIt <no-reply@site.example>",
+            "queue_path": str(tmp / "mail.sqlite3"),
+        },
+        "services": [
+            {
+                "name": "hostile",
+                "url": hostile_url,
+                "mount": "/hostile/",
+                "secret": c.hostile_secret,
+                "api_key": c.hostile_api_key,
+                "timeout": 20,
+            },
+            {
+                "name": "hostiledj",
+                "url": hostile_url,
+                "mount": "/hostiledj/",
+                "secret": c.django_secret,
+                "api_key": c.django_api_key,
+                "template_dialect": "django",
+                "timeout": 20,
+            },
+            {
+                "name": "healthy",
+                "url": healthy_url,
+                "mount": "/healthy/",
+                "secret": c.healthy_secret,
+                "api_key": c.healthy_api_key,
+            },
+        ],
+    }
+
+
+def _users(proxy: ProxyApp, c: Canaries) -> dict[str, PlugItUser]:
+    store = proxy.users
+    hashed = generate_password_hash(PASSWORD, FAST_HASH)
+    visitor = store.create_user(
+        "visitor",
+        email="visitor@site.example",
+        first_name="Vera",
+        last_name="Visitor",
+        password_hash=hashed,
+    )
+    buddy = store.create_user(
+        "buddy", email="buddy@site.example", first_name="Bud", password_hash=hashed
+    )
+    stranger = store.create_user(
+        c.stranger_username,
+        email=c.stranger_email,
+        first_name=c.stranger_first_name,
+        last_name=c.stranger_last_name,
+        password_hash=hashed,
+    )
+    # (not a superuser: superusers are members of every service, so every service may see them)
+    boss = store.create_user(c.boss_username, email=c.boss_email, password_hash=hashed)
+    store.grant(boss.pk, "healthy", "admin")
+    for service in ("hostile", "hostiledj", "healthy"):
+        store.grant(visitor.pk, service, "member")
+    for service in ("hostile", "hostiledj"):
+        store.grant(buddy.pk, service, "member")
+    store.grant(stranger.pk, "healthy", "admin")
+    own = store.create_orga("Visitors", codops="vis")
+    store.add_to_orga(visitor.pk, own.pk)
+    other = store.create_orga(c.stranger_orga, codops="strg")
+    store.add_to_orga(stranger.pk, other.pk, admin=True)
+    return {
+        name: store.get_user(user.pk)
+        for name, user in (
+            ("visitor", visitor),
+            ("buddy", buddy),
+            ("stranger", stranger),
+            ("boss", boss),
+        )
+    }
+
+
+@pytest.fixture(scope="session")
+def hostile_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    tmp = tmp_path_factory.mktemp("attacked-site")
+    canaries = Canaries()
+    hostile = HostileService()
+    with contextlib.ExitStack() as stack:
+        logs = stack.enter_context(LogCapture())
+        mails = stack.enter_context(MailSink())
+        hostile_url = stack.enter_context(serve(hostile))
+        healthy_url = stack.enter_context(
+            serve(make_healthy_service(tmp / "healthy", canaries.healthy_secret))
+        )
+        config = site_config(canaries, hostile_url, healthy_url, tmp, mails.port)
+        capture = ContextCapture()
+        proxy = ProxyApp(config, plugins=[capture], load_entry_points=False)
+        stack.callback(proxy.close)
+        base = stack.enter_context(serve(proxy))
+        users = _users(proxy, canaries)
+        seen: list[Seen] = []
+        check = LeakCheck(canaries, logs, mails, hostile, seen)
+        yield Site(
+            base=base,
+            proxy=proxy,
+            hostile=hostile,
+            healthy_url=healthy_url,
+            hostile_url=hostile_url,
+            canaries=canaries,
+            users=users,
+            seen=seen,
+            logs=logs,
+            mails=mails,
+            capture=capture,
+            check=check,
+            config=config,
+        )
+
+
+@pytest.fixture
+def site(hostile_site: Site) -> Iterator[Site]:
+    """The attacked site; after the test, no canary may be anywhere (see :class:`LeakCheck`),
+    and no user of the directory may have been changed."""
+    before = _directory(hostile_site)
+    hostile_site.check.mark()
+    yield hostile_site
+    while hostile_site.browsers:
+        hostile_site.browsers.pop().close()
+    hostile_site.check.assert_clean()
+    assert _directory(hostile_site) == before, "a service changed the directory"
+
+
+def _directory(site: Site) -> list[Any]:
+    return [
+        (u.pk, u.username, u.email, u.is_superuser, sorted(u.member_of), sorted(u.admin_of))
+        for u in site.proxy.users.list_users()
+    ]
+
+
+@pytest.fixture
+def visitor(site: Site) -> Visitor:
+    return site.visitor()
