@@ -53,14 +53,13 @@ _TAGS = nh3.ALLOWED_TAGS | {
     "tfoot",
 }
 _TAGS -= {"area", "map"}  # image maps: links without a visible element to check
-_URL_ATTRIBUTES = frozenset({"href", "src", "action", "formaction", "cite"})
 _ATTRIBUTES = {
     "*": {"class", "id", "title", "lang", "dir", "role", "hidden", "style", "tabindex"},
-    "a": {"href", "hreflang", "target"},
+    "a": {"href", "hreflang"},
     "img": {"src", "alt", "width", "height", "loading"},
     "form": {"action", "method", "enctype", "accept-charset", "autocomplete", "novalidate"},
     "input": set(
-        "type name value placeholder checked disabled readonly required min max step pattern "
+        "name value placeholder checked disabled readonly required min max step pattern "
         "size maxlength minlength multiple accept autocomplete autofocus list form".split()
     ),
     "button": {"type", "name", "value", "disabled", "form"},
@@ -111,24 +110,26 @@ def is_site_relative(url: str) -> bool:
     return not _SCHEME.match(cleaned)
 
 
-def _attribute_filter(tag: str, attribute: str, value: str) -> str | None:
-    if attribute in _URL_ATTRIBUTES:
-        if value.lower().startswith("mailto:") and tag == "a" and attribute == "href":
-            return value
-        return value if is_site_relative(value) else None
-    if attribute == "target":
-        return value if value in ("_blank", "_self") else None
-    if attribute == "type" and tag == "input" and value.lower() in ("image",):
-        return None  # an image button is an image from anywhere: plain buttons only
-    return value
+def _relative_url(url: str) -> str | None:
+    """ammonia's hook for relative URLs (``href``, ``src``, ``action``...): kept when they stay
+    on the site."""
+    return url if is_site_relative(url) else None
 
 
+_INPUT_TYPES = frozenset(
+    """button checkbox color date datetime-local email file hidden month number password radio
+    range reset search submit tel text time url week""".split()  # not "image": from anywhere
+)
 _CLEANER = nh3.Cleaner(
     tags=_TAGS,
     clean_content_tags={"script", "style", "template", "noscript", "iframe", "object"},
     attributes=_ATTRIBUTES,
-    attribute_filter=_attribute_filter,
+    tag_attribute_values={
+        "a": {"target": {"_blank", "_self"}},
+        "input": {"type": set(_INPUT_TYPES)},
+    },
     url_schemes={"mailto"},
+    url_relative=_relative_url,
     filter_style_properties=set(_STYLE_PROPERTIES),
     link_rel=None,  # every link left stays on the site
     strip_comments=True,

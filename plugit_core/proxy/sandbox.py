@@ -52,6 +52,9 @@ __all__ = [
 
 #: The most bits an integer computed by a template may have (about 4,900 decimal digits).
 MAX_INT_BITS = 16384
+#: Strings this short and integers this small are within every budget (``max_size`` >= 1024).
+_SMALL = 1024
+_SMALL_INT = 1 << 62
 #: Loop iterations and calls between two reads of the thread's CPU clock.
 _CPU_CHECK_EVERY = 8
 
@@ -326,6 +329,11 @@ class ServiceSandbox(ImmutableSandboxedEnvironment):
         return self.checked(value)
 
     def _finalize(self, value: Any) -> Any:
+        kind = type(value)
+        if (kind is str or kind is Markup) and len(value) <= _SMALL:
+            return value  # the usual case, and no budget is below it
+        if kind is int and -_SMALL_INT < value < _SMALL_INT:
+            return value
         return self.checked(value) if not isinstance(value, Iterator) else value
 
     def _range(self, *args: Any) -> range:

@@ -163,10 +163,16 @@ class ServiceTemplates:
 
 
 def _joined(chunks: Any, meter: Any) -> str:
+    """The rendered chunks joined, counted against the output budget as they come."""
     parts = []
+    size = 0
+    limit = meter.budget.max_output - meter.output
     for chunk in chunks:
-        meter.wrote(len(chunk))
+        size += len(chunk)
+        if size > limit:
+            meter.wrote(size)  # raises
         parts.append(chunk)
+    meter.wrote(size)
     return "".join(parts)
 
 
