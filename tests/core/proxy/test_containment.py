@@ -260,3 +260,18 @@ def test_plugin_template_variables_are_data_or_opaque_functions(scripted, caplog
     assert page.status_code == 200
     assert "[HI|2|False|]" in page.text
     assert "proxy_object: a PageRequest is not template data" in caplog.text
+
+
+def test_secure_cookies_bring_strict_transport_security(scripted, service_url) -> None:
+    service, url = scripted
+    service.page("", "<p>hi</p>")
+    config = _site(url, service_url)
+    config["session_cookie"] = {"secure": True}
+    proxy = ProxyApp(config, load_entry_points=False)
+    try:
+        with serve(proxy) as base, Browser(base, proxy) as browser:
+            for path in ("/hostile/", "/_plugit/health", "/nowhere"):
+                headers = browser.get(path).headers
+                assert headers["Strict-Transport-Security"] == "max-age=31536000", path
+    finally:
+        proxy.close()
