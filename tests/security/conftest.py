@@ -45,10 +45,19 @@ class ContextCapture:
 
     def __init__(self) -> None:
         self.contexts: dict[tuple[str, str], dict[str, Any]] = {}
+        self.grabbed: list[tuple[Any, ...]] = []
 
     @hookimpl
-    def plugit_template_context(self, page: Any, context: dict[str, Any]) -> None:
+    def plugit_template_context(self, page: Any, context: dict[str, Any]) -> dict[str, Any]:
         self.contexts[(page.mount.name, page.path)] = context  # the dict itself: filled after us
+        grabbed = self.grabbed
+
+        def plugit_test_grab(*values: Any) -> str:
+            """What a template hands a function (``self``, ``loop``...), for the explorer."""
+            grabbed.append(values)
+            return ""
+
+        return {"plugit_test_grab": plugit_test_grab}
 
 
 @dataclass

@@ -102,3 +102,16 @@ def test_a_template_cannot_make_its_author_superuser(
     render(site, visitor, dialect, "{{ plugit_include.pipeline.proxy." + call.format(pk=pk) + " }}")
     user = site.proxy.users.get_user(pk)
     assert not user.is_superuser
+
+
+def test_self_names_a_missing_block_as_undefined(site: Site, visitor: Visitor) -> None:
+    """``self.<name>`` of a block that does not exist is undefined, as in Jinja; the sandbox's
+    lookup of ``self`` must not recurse until Python stops it (a 502 for an honest test)."""
+    html = render(
+        site,
+        visitor,
+        "jinja",
+        "{% block content %}x{% endblock %}"
+        "[{{ self.nope is defined }}|{{ self.content is defined }}]",
+    )
+    assert "[False|True]" in html
