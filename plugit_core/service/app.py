@@ -33,7 +33,6 @@ import io
 import json
 import logging
 import os
-import re
 import sys
 import types
 import uuid
@@ -256,6 +255,19 @@ def _error_response(exc: HTTPException, error: str | None = None) -> Response:
     return response
 
 
+def _status_response(exc: HTTPException) -> Response:
+    """The reply for an HTTPException below 400 (a service's own ``NotModified`` class, say):
+    werkzeug's, without a body for the statuses that have none."""
+    response = exc.get_response()
+    if response.status_code in (204, 304):
+        bare = Response(status=response.status_code)
+        for name, value in response.headers.items():
+            if name.lower() not in ("content-type", "content-length"):
+                bare.headers.add(name, value)
+        return bare
+    return response  # type: ignore[return-value]
+
+
 def _buffer_unsized_body(request: Request, limit: int | None) -> None:
     """Read a body sent without Content-Length (chunked) into memory, refusing it above ``limit``.
 
@@ -281,15 +293,11 @@ def _buffer_unsized_body(request: Request, limit: int | None) -> None:
         request.__dict__.pop(cached, None)
 
 
-_ENTITY_TAG = re.compile(r'(W/)?"[^"]*"')
-
-
 def _set_etag(response: Response, value: str) -> None:
-    """``value`` as the ETag: quoted unless the action already gave a quoted entity tag."""
-    if _ENTITY_TAG.fullmatch(value):
-        response.headers["ETag"] = value
-    else:
-        response.set_etag(value)  # ValueError for a value with stray quotes
+    """``value`` as the ETag header, exactly as the action gave it (as the original library sent
+    it): a service that compares ``X-Plugit-If-None-Match`` with its own value must find it
+    unchanged.  ValueError for a value no header can carry (a line break)."""
+    response.headers["ETag"] = value
 
 
 @dataclass
@@ -456,8 +464,8 @@ class PlugItService:
         except HTTPException as exc:
             if exc.response is not None:  # abort(response), abort(304)
                 return exc.response  # type: ignore[return-value]
-            if exc.code is not None and exc.code < 400:
-                return exc.get_response()  # type: ignore[return-value]
+            if exc.code is not None and exc.code < 400:  # abort(NotModified()), a redirect
+                return _status_response(exc)
             return _error_response(exc)
         except Exception:
             log.exception("unhandled error while serving %s %s", request.method, request.path)

@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from typing import Any, NoReturn
 
 from werkzeug.exceptions import HTTPException
 from werkzeug.exceptions import abort as _werkzeug_abort
+from werkzeug.http import HTTP_STATUS_CODES
 from werkzeug.wrappers import Response
 
 from ..networks import address_in_networks, parse_networks
@@ -22,15 +24,50 @@ __all__ = [
 ]
 
 
-def abort(status: int | Response, *args: Any, **kwargs: Any) -> NoReturn:
-    """Stop the action with an HTTP status (``abort(403)``, ``abort(429)``) or a response.
+def abort(
+    status: int | Response | HTTPException | type[HTTPException], *args: Any, **kwargs: Any
+) -> NoReturn:
+    """Stop the action with an HTTP status, as Flask's ``abort`` did in the original library.
 
-    werkzeug's ``abort``, plus ``abort(304)`` (Not Modified), which the proxy passes to the
-    browser but werkzeug has no exception for.
+    ``status`` is one of:
+
+    * a status code: ``abort(403)``, ``abort(429)``, ``abort(403, "members only")``; also the
+      codes werkzeug has no exception for (``abort(304)``, ``abort(420)``), answered with that
+      status (no body below 400, the usual JSON error above);
+    * a response (werkzeug's or Flask's), sent as it is;
+    * an HTTP exception, an instance or its class (``abort(NotModified())`` with the service's
+      own ``class NotModified(HTTPException): code = 304``, ``abort(Forbidden)``).
+
+    Anything else is a TypeError (the action fails with a 500, logged).
     """
-    if isinstance(status, int) and status == 304:
-        raise HTTPException(response=Response(status=304))
-    _werkzeug_abort(status, *args, **kwargs)
+    if isinstance(status, type) and issubclass(status, HTTPException):
+        raise status(*args, **kwargs)
+    if isinstance(status, HTTPException):
+        raise status
+    if isinstance(status, Response):
+        raise HTTPException(response=status)
+    if isinstance(status, bool) or not isinstance(status, int):
+        raise TypeError(
+            f"abort() takes a status code, a response or an HTTP exception, "
+            f"not {type(status).__name__}"
+        )
+    if not 100 <= status <= 599:
+        raise ValueError(f"abort(): {status} is not an HTTP status")
+    try:
+        _werkzeug_abort(status, *args, **kwargs)
+    except LookupError:  # no werkzeug exception for this code
+        pass
+    if status < 400:
+        raise HTTPException(response=Response(status=status))
+    name = HTTP_STATUS_CODES.get(status, "error")
+    payload: dict[str, Any] = {"error": name.lower().replace(" ", "_"), "status": status}
+    description = args[0] if args else kwargs.get("description")
+    if description:
+        payload["message"] = str(description)
+    body = json.dumps(payload, separators=(",", ":"))
+    response = Response(body, status=status, mimetype="application/json")
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    raise HTTPException(response=response)
 
 
 _SESSION_PREFIX = "x-plugitsession-"

@@ -277,10 +277,12 @@ def test_crossdomain_headers_absent_when_not_configured(
 @pytest.mark.parametrize(
     ("decorated", "result", "etag", "body"),
     [
-        pytest.param(True, {"_plugit_etag": "v1", "a": 1}, '"v1"', {"a": 1}, id="moved-to-header"),
+        # Sent exactly as the action gave it, as the original did: never quoted for it.
+        pytest.param(True, {"_plugit_etag": "v1", "a": 1}, "v1", {"a": 1}, id="moved-to-header"),
         pytest.param(True, {"_plugit_etag": '"v2"', "a": 1}, '"v2"', {"a": 1}, id="already-quoted"),
         pytest.param(True, {"_plugit_etag": 'W/"v3"'}, 'W/"v3"', {}, id="weak"),
-        pytest.param(True, {"_plugit_etag": 7}, '"7"', {}, id="number"),
+        pytest.param(True, {"_plugit_etag": 7}, "7", {}, id="number"),
+        pytest.param(True, {"_plugit_etag": 'a"b c'}, 'a"b c', {}, id="any-text"),
         pytest.param(True, {"_plugit_etag": "", "a": 1}, None, {"a": 1}, id="empty-removed"),
         pytest.param(True, {"a": 1}, None, {"a": 1}, id="no-etag-key"),
         pytest.param(True, {}, None, {}, id="empty-result"),

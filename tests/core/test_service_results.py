@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import requests
+from werkzeug.exceptions import Conflict, Forbidden, HTTPException
 from werkzeug.wrappers import Response
 
 from plugit_core.service import (
@@ -265,6 +266,56 @@ def test_abort_304_and_abort_response(http: requests.Session, url: str) -> None:
     assert response.headers["Retry-After"] == "7"
 
 
+class NotModified(HTTPException):
+    """What original services defined for ``abort(NotModified())`` (werkzeug has no 304)."""
+
+    code = 304
+    description = "not modified"
+
+
+@pytest.mark.parametrize(
+    "raised",
+    [
+        pytest.param(Later(lambda: abort(NotModified())), id="abort-instance"),
+        pytest.param(Later(lambda: abort(NotModified)), id="abort-class"),
+        pytest.param(fail(NotModified()), id="raised"),
+        pytest.param(Later(lambda: abort(304)), id="abort-code"),
+    ],
+)
+def test_not_modified_the_original_ways(http: requests.Session, url: str, raised: Any) -> None:
+    response = call(http, url, raised)
+    assert (response.status_code, response.content) == (304, b"")
+    assert "Content-Type" not in response.headers
+
+
+@pytest.mark.parametrize(
+    ("raised", "status", "error"),
+    [
+        pytest.param(Later(lambda: abort(Forbidden())), 403, "forbidden", id="instance"),
+        pytest.param(Later(lambda: abort(Forbidden)), 403, "forbidden", id="class"),
+        pytest.param(Later(lambda: abort(Conflict, "taken")), 409, "conflict", id="class-args"),
+        pytest.param(Later(lambda: abort(420)), 420, "error", id="code-werkzeug-lacks"),
+        pytest.param(
+            Later(lambda: abort(499, "client left")), 499, "error", id="code-with-message"
+        ),
+    ],
+)
+def test_abort_with_exceptions_and_any_code(
+    http: requests.Session, url: str, raised: Any, status: int, error: str
+) -> None:
+    response = call(http, url, raised)
+    assert response.status_code == status
+    assert response.headers["Content-Type"] == "application/json"
+    assert response.json()["error"] == error
+    assert response.json()["status"] == status
+
+
+def test_abort_with_a_flask_response(http: requests.Session, url: str) -> None:
+    flask = pytest.importorskip("flask")
+    response = call(http, url, Later(lambda: abort(flask.Response("tea", status=418))))
+    assert (response.status_code, response.text) == (418, "tea")
+
+
 @pytest.mark.parametrize(
     ("result", "log_text"),
     [
@@ -275,7 +326,9 @@ def test_abort_304_and_abort_response(http: requests.Session, url: str) -> None:
         pytest.param(42, "returned int", id="returns-int"),
         pytest.param({"x": object()}, "not JSON serialisable", id="not-serialisable"),
         pytest.param(PlugItSetSession({}, {"bad key": 1}), "session key", id="bad-session-key"),
-        pytest.param({"_plugit_etag": 'a"b'}, "invalid etag", id="bad-etag"),
+        pytest.param({"_plugit_etag": "a\nb"}, "newline", id="etag-no-header-can-carry"),
+        pytest.param(Later(lambda: abort("teapot")), "abort() takes", id="abort-text"),
+        pytest.param(Later(lambda: abort(1000)), "not an HTTP status", id="abort-1000"),
     ],
 )
 def test_failures_are_500_without_traceback(
