@@ -203,7 +203,10 @@ def load_service(target: str, **overrides: Any) -> Any:
         return _apply_settings(app, settings, taken, f"{module_name}:create_app()")
     if root is not None:  # templates and media beside the file
         settings.setdefault("root", root)
-    return PlugItService.from_module(module, **settings)
+    try:  # the module's PI_* settings, and those of the config.py beside it (the original's)
+        return PlugItService.from_module(module, **settings)
+    except (TypeError, ValueError) as exc:
+        raise CommandError(f"the settings of {module_name}: {exc}") from None
 
 
 def _service_overrides(args: argparse.Namespace) -> dict[str, Any]:

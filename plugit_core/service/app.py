@@ -29,6 +29,7 @@ import copy
 import datetime
 import decimal
 import hashlib
+import importlib.util
 import io
 import json
 import logging
@@ -63,7 +64,13 @@ from ..signing import NonceRegistry, SignatureError, verify_request
 from .decorators import ActionSpec, get_spec
 from .results import PlugItRedirect, PlugItSendFile, PlugItSetSession
 
-__all__ = ["MailCallback", "PlugItService", "ServiceConfig", "ServiceRequest"]
+__all__ = [
+    "MailCallback",
+    "PlugItService",
+    "ServiceConfig",
+    "ServiceRequest",
+    "service_config_module",
+]
 
 log = logging.getLogger("plugit.service")
 
@@ -129,28 +136,40 @@ class ServiceConfig:
         return 0 if self.debug else 300
 
     @classmethod
-    def from_settings(cls, settings: Any = None, **overrides: Any) -> ServiceConfig:
-        """Build from a settings module, object or mapping using the ``PI_*`` names, or ours."""
-        values: dict[str, Any] = {}
-        own = {f.name for f in fields(cls)}
+    def from_settings(
+        cls, settings: Any = None, *, defaults: Any = None, **overrides: Any
+    ) -> ServiceConfig:
+        """Build from a settings module, object or mapping using the ``PI_*`` names, or ours.
+
+        ``defaults`` (the same kinds, original ``PI_*`` names only) gives the values neither
+        ``settings`` nor ``overrides`` set: the service's ``config`` module, say.
+        """
+        values = cls._read(defaults, own_names=False) if defaults is not None else {}
         if settings is not None:
-            getter = (
-                settings.get
-                if isinstance(settings, Mapping)
-                else (lambda key, default=None: getattr(settings, key, default))
-            )
-            for original, name in cls.SETTINGS.items():
-                value = getter(original, None)
-                if value is not None:
-                    values[name] = value
-            for name in own:
+            values.update(cls._read(settings, own_names=True))
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**_checked_settings(values))
+
+    @classmethod
+    def _read(cls, settings: Any, *, own_names: bool) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        getter = (
+            settings.get
+            if isinstance(settings, Mapping)
+            else (lambda key, default=None: getattr(settings, key, default))
+        )
+        for original, name in cls.SETTINGS.items():
+            value = getter(original, None)
+            if value is not None:
+                values[name] = value
+        if own_names:
+            for name in (f.name for f in fields(cls)):
                 value = getter(name, None)
                 # A service module doubles as its settings: an action or import that happens to
                 # be called ``root`` or ``media`` is not a setting.
                 if value is not None and not _is_code(value):
                     values[name] = value
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**_checked_settings(values))
+        return values
 
     def with_settings(self, **settings: Any) -> ServiceConfig:
         """A copy with ``settings`` (our names, not ``PI_*``) replacing these; ``None`` values
@@ -180,6 +199,45 @@ def _text_bool(name: str, text: str) -> bool:
 
 def _is_code(value: Any) -> bool:
     return isinstance(value, (types.ModuleType, type)) or callable(value)
+
+
+def service_config_module(module: types.ModuleType) -> types.ModuleType | None:
+    """The ``config`` module beside ``module`` (``config.py`` in its folder), the original
+    library's settings file, imported once; None when there is none.
+
+    It is registered as ``config`` (or ``<package>.config``) unless another module holds that
+    name, so the service's own ``import config`` gets the same module.  ValueError, naming the
+    file, when it cannot be imported.
+    """
+    filename = getattr(module, "__file__", None)
+    if not filename or Path(filename).stem == "config":
+        return None
+    path = Path(filename).resolve().parent / "config.py"
+    if not path.is_file():
+        return None
+    package = getattr(module, "__package__", None)
+    name = f"{package}.config" if package else "config"
+    loaded = sys.modules.get(name)
+    if loaded is not None:
+        if Path(getattr(loaded, "__file__", None) or "").resolve() == path:
+            return loaded
+        name = f"_plugit_service_config_{hashlib.sha256(str(path).encode()).hexdigest()[:12]}"
+        if name in sys.modules:
+            return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:  # pragma: no cover (a .py file always has one)
+        return None
+    config = importlib.util.module_from_spec(spec)
+    sys.modules[name] = config
+    try:
+        spec.loader.exec_module(config)
+    except Exception as exc:
+        del sys.modules[name]
+        raise ValueError(
+            f"cannot import the settings in {path}: {type(exc).__name__}: {exc}"
+        ) from exc
+    log.info("service settings read from %s", path)
+    return config
 
 
 class _StrictFormDataParser(FormDataParser):
@@ -379,12 +437,23 @@ class PlugItService:
         """Serve the actions of ``module`` (a module or a dotted name).
 
         ``settings`` (a module, object or mapping with ``PI_*`` names) defaults to the module
-        itself, so a one-file service keeps its settings beside its actions.
+        itself, so a one-file service keeps its settings beside its actions; and, as the
+        original library did, to the ``PI_*`` settings of the service's ``config`` module
+        (``config.py`` in the module's folder) when there is one: the module's own settings
+        win over it, ``overrides`` over both.  ValueError when that file cannot be imported.
         """
         if isinstance(module, str):
             __import__(module)
             module = sys.modules[module]
-        config = ServiceConfig.from_settings(module if settings is None else settings, **overrides)
+        defaults = service_config_module(module) if settings is None else None
+        try:
+            config = ServiceConfig.from_settings(
+                module if settings is None else settings, defaults=defaults, **overrides
+            )
+        except (TypeError, ValueError) as exc:
+            if defaults is None:
+                raise
+            raise type(exc)(f"{exc} (settings read from {defaults.__file__} too)") from exc
         callback = mail_callback or getattr(module, "mail_callback", None)
         return cls(module, config, mail_callback=callback)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from plugit_core.cli import main
@@ -368,3 +370,126 @@ def test_load_service_applies_options_to_every_kind_of_module(app_module, served
     plain = load_service(f"{app_module}:wsgi")
     url = served(plain)
     assert _get(int(url.rsplit(":", 1)[1]), "/")[2] == b"plain"
+
+
+# -- a service written for the original: actions.py beside its config.py ---------------------------
+
+ORIGINAL_ACTIONS = """
+import config
+from plugit_core.service import action
+
+
+@action("/", template="home.html")
+def home(request):
+    return {"greeting": config.GREETING}
+"""
+
+ORIGINAL_CONFIG = """
+DEBUG = True
+PI_BASE_URL = "/base/"
+PI_API_NAME = "plugit-sample"
+PI_ALLOWED_NETWORKS = ["127.0.0.1/32"]
+API_URL = "http://127.0.0.1:8000/ebuio_api/"
+GREETING = "hello from config.py"
+"""
+
+
+@pytest.fixture
+def original_service(tmp_path):
+    """A service laid out as the original's were: actions.py, config.py, templates/."""
+    import sys
+
+    folder = tmp_path / "voting"
+    (folder / "templates").mkdir(parents=True)
+    (folder / "templates" / "home.html").write_text("{{ greeting }}")
+    (folder / "actions.py").write_text(ORIGINAL_ACTIONS)
+    (folder / "config.py").write_text(ORIGINAL_CONFIG)
+    before = set(sys.modules)
+    saved = {name: sys.modules.pop(name) for name in ("config", "actions") if name in sys.modules}
+    yield folder
+    for name in set(sys.modules) - before:
+        if name in ("config", "actions") or name.startswith("_plugit_service_config_"):
+            del sys.modules[name]
+    sys.modules.update(saved)
+
+
+def test_service_command_reads_the_config_module(original_service):
+    """`plugit service actions.py` serves with the PI_* settings of config.py, as the original
+    library read them; the action's own `import config` gets the same module."""
+    process, port = _start_service(original_service / "actions.py")
+    try:
+        status, headers, body = _get(port, "/base/version")
+        assert status == 200
+        assert json.loads(body)["protocol"] == "plugit-sample"
+        status, headers, body = _get(port, "/base/meta/")
+        assert status == 200
+        assert headers["Cache-Control"] == "public, max-age=0"  # DEBUG = True
+        assert _get(port, "/base/action/")[2] == b'{"greeting":"hello from config.py"}'
+        assert _get(port, "/version")[0] == 404  # not below PI_BASE_URL
+    finally:
+        _stop(process)
+
+
+def test_config_module_settings_give_way(original_service):
+    """The module's own settings win over config.py, the command line over both."""
+    from plugit_core.cli import load_service
+
+    service = load_service(str(original_service / "actions.py"))
+    assert service.config.base_url == "/base/"
+    assert service.config.api_url == "http://127.0.0.1:8000/ebuio_api/"
+    assert service.config.allowed_networks == ("127.0.0.1/32",)
+    assert service.config.debug is True
+    service = load_service(str(original_service / "actions.py"), base_url="/cli/", debug=None)
+    assert service.config.base_url == "/cli/"
+    assert service.config.api_name == "plugit-sample"
+    (original_service / "actions.py").write_text(ORIGINAL_ACTIONS + 'PI_API_NAME = "own"\n')
+    assert load_service(str(original_service / "actions.py")).config.api_name == "own"
+
+
+def test_config_module_is_found_beside_the_file_only(original_service, tmp_path):
+    """A `config` module imported from elsewhere is not the service's: its config.py is read
+    under another name; a service without config.py keeps the defaults."""
+    import sys
+    import types
+
+    from plugit_core.cli import load_service
+
+    sys.modules["config"] = types.SimpleNamespace(__file__=str(tmp_path / "config.py"))
+    service = load_service(str(original_service / "actions.py"))
+    assert service.config.base_url == "/base/"
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    (lone / "solo.py").write_text(ORIGINAL_ACTIONS.replace("config.GREETING", '"x"'))
+    del sys.modules["config"]
+    service = load_service(str(lone / "solo.py"))
+    assert (service.config.base_url, service.config.api_name) == ("/", "EBUio-PlugIt")
+
+
+@pytest.mark.parametrize(
+    ("config_text", "message"),
+    [
+        pytest.param(
+            'PI_BASE_URL = "base"\n',
+            "base_url must start and end with '/': 'base' (settings read from ",
+            id="bad-value",
+        ),
+        pytest.param(
+            'PI_ALLOWED_NETWORKS = ["10.0.0.0/33"]\n', "allowed_networks", id="bad-network"
+        ),
+        pytest.param(
+            "import no_such_module_for_config\n",
+            "cannot import the settings in ",
+            id="import-error",
+        ),
+        pytest.param("PI_BASE_URL = \n", "SyntaxError", id="syntax-error"),
+    ],
+)
+def test_bad_config_module_is_one_line(original_service, capsys, config_text, message):
+    (original_service / "actions.py").write_text(ORIGINAL_ACTIONS.replace("import config", ""))
+    (original_service / "config.py").write_text(config_text)
+    assert main(["service", str(original_service / "actions.py")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("plugit: error: the settings of ")
+    assert message in err
+    assert len(err.strip().splitlines()) == 1
+    assert "Traceback" not in err
