@@ -129,6 +129,11 @@ class ServiceUser:
         self.ebuio_orga_admin = (membership is not None and membership.is_admin) or (
             orga is not None and user.is_superuser
         )
+        if orga is None and user.backend == "dev":
+            # As in the original: with no current organisation (orga mode off), dev mode's
+            # simulated users have the same rights in "their organisation" as in the service.
+            self.ebuio_orga_member = self.ebuio_member
+            self.ebuio_orga_admin = self.ebuio_admin
 
     @property
     def is_authenticated(self) -> bool:

@@ -197,6 +197,9 @@ class ProxyApp:
     """
 
     request_class = ProxyRequest
+    #: Seconds between two ``version`` checks of a service not yet reached, and of one refused.
+    recheck_unknown = 10.0
+    recheck_refused = 30.0
 
     def __init__(
         self,
@@ -354,14 +357,22 @@ class ProxyApp:
         return results
 
     def check_compatible(self, client: ServiceClient) -> None:
-        """Refuse calls to a service known to speak another protocol; re-check unknown ones."""
-        if client.compatible is None:
+        """Refuse calls to a service known to speak another protocol.
+
+        A service whose protocol is unknown (unreachable so far) is asked again at most every
+        10 s, and one that was refused at most every 30 s, so a service fixed and redeployed
+        comes back without restarting the proxy.
+        """
+        if client.compatible is not True:
+            every = self.recheck_unknown if client.compatible is None else self.recheck_refused
             with self._version_lock:
-                due = time.monotonic() - self._last_version_check.get(client.name, 0) > 10
+                due = time.monotonic() - self._last_version_check.get(client.name, 0) > every
                 if due:
                     self._last_version_check[client.name] = time.monotonic()
             if due:
-                client.check_version()
+                ok, message = client.check_version()
+                if ok:
+                    log.info("service %s: %s", client.name, message)
         if client.compatible is False:
             raise ServiceError(
                 client.name, "incompatible", "the service does not speak PlugIt protocol 1"
@@ -655,7 +666,13 @@ class ProxyApp:
         return url if request is None else self.site_url(request, url)
 
     def static(self, request: Request, path: str) -> Response:
-        target = safe_join(str(self.theme.static), path)
+        # a path whose first segment names one of the theme's static_roots is served from it
+        first, _, rest = path.partition("/")
+        root = self.theme.static_roots.get(first) if rest else None
+        if root is not None:
+            target = safe_join(str(root), rest)
+        else:
+            target = safe_join(str(self.theme.static), path)
         if target is None or not Path(target).is_file():
             return self.error_page(request, 404)  # type: ignore[arg-type]
         response = send_file(target, request.environ, max_age=86400)

@@ -58,6 +58,7 @@ log = logging.getLogger("plugit.proxy")
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 MENU_PREFIX = "ebuio_menu/"
 CSRF_FIELD_NAME = "csrfmiddlewaretoken"
+CSRF_COOKIE = "csrftoken"  # readable by the mount's scripts, holds the mount's token
 MAX_SESSION_KEYS = 32
 MAX_SESSION_VALUE = 1024
 _SESSION_KEY = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -148,10 +149,34 @@ class Pipeline:
         return self._finish(page, response)
 
     def _finish(self, page: PageRequest, response: Response) -> Response:
+        self._csrf_cookie(page, response)
         replacements = [
             r for r in self.hook.plugit_response(page=page, response=response) if r is not None
         ]
         return replacements[0] if replacements else response
+
+    def _csrf_cookie(self, page: PageRequest, response: Response) -> None:
+        """The mount's CSRF token as a JavaScript-readable ``csrftoken`` cookie (Django's
+        convention, which client code written for the original reads to send ``X-CSRFToken``).
+
+        Its path is the mount, so a page of another mount never sees it; it is the same
+        per-mount, per-session token as the form field's, set once a session has a CSRF
+        secret and whenever the browser's copy differs.
+        """
+        request = page.request
+        if not request.session_loaded or not isinstance(request.session.get("_csrf"), str):
+            return
+        token = self.proxy.csrf_token(request, page.mount.name)
+        if request.cookies.get(CSRF_COOKIE) == token:
+            return
+        response.set_cookie(
+            CSRF_COOKIE,
+            token,
+            path=self.proxy.site_url(request, page.mount.mount),
+            secure=bool(getattr(self.proxy.sessions, "secure", False)),
+            httponly=False,
+            samesite="Lax",
+        )
 
     def service_failed(self, page: PageRequest, error: ServiceError) -> Response:
         log.warning(

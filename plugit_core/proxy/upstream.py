@@ -138,6 +138,7 @@ class ServiceClient:
         self._meta_lock = threading.Lock()
         self._flight: SingleFlight[Any] = SingleFlight()
         self.compatible: bool | None = None  # set by check_version
+        self._warned_name = False
 
     # -- low level --------------------------------------------------------------------------------
 
@@ -304,7 +305,13 @@ class ServiceClient:
     # -- protocol calls ---------------------------------------------------------------------------
 
     def check_version(self) -> tuple[bool, str]:
-        """Ask ``version``; True when the service speaks PlugIt protocol 1."""
+        """Ask ``version``; True when the service speaks PlugIt protocol 1.
+
+        Any protocol name is accepted with version ``1``: the original library's default name
+        (``plugit-sample``), which its own example service kept, is common among original
+        services and the original proxy never checked it.  A name other than ``EBUio-PlugIt``
+        is logged as a warning once.
+        """
         try:
             reply = self.get("version")
             data = reply.json() if reply.status == 200 else None
@@ -315,11 +322,21 @@ class ServiceClient:
             isinstance(data, dict)
             and data.get("result") == "Ok"
             and str(data.get("version")) == protocol.PROTOCOL_VERSION
-            and data.get("protocol") == protocol.PROTOCOL_NAME
         )
         self.compatible = ok
         if not ok:
             return False, f"version answered {reply.status} {reply.body[:200]!r}"
+        name = str(data.get("protocol"))[:100]
+        if name != protocol.PROTOCOL_NAME:
+            if not self._warned_name:
+                self._warned_name = True
+                log.warning(
+                    "service %s names its protocol %r, not %r: accepted (version 1)",
+                    self.name,
+                    name,
+                    protocol.PROTOCOL_NAME,
+                )
+            return True, f"protocol {name!r} version 1 (accepted; the usual name is EBUio-PlugIt)"
         return True, "protocol EBUio-PlugIt version 1"
 
     def meta(self, path: str) -> protocol.ActionMeta | None:

@@ -164,10 +164,11 @@ class Browser(requests.Session):
         return super().request(method, self.base + url, *args, **kwargs)
 
     def csrf(self) -> str:
-        """Django's CSRF token, from the ``csrftoken`` cookie (set by any page with a form)."""
-        if "csrftoken" not in self.cookies:
+        """Django's CSRF token, from its ``csrftoken`` cookie (set by any page with a form; the
+        proxy's own, for its mounts' scripts, has the mount's path)."""
+        if self.cookies.get("csrftoken", path="/") is None:
             assert self.get("/login/").status_code == 200
-        return self.cookies["csrftoken"]
+        return self.cookies.get("csrftoken", path="/")
 
     def log_in(self, username: str, password: str = PASSWORD) -> requests.Response:
         return self.post(
@@ -321,7 +322,7 @@ def test_logout_with_the_layouts_control_on_a_service_page(browser: Browser) -> 
     method, action_url, fields = logout_control(page.text)
     assert (method, action_url) == ("POST", "/logout/")  # Django's own logout view
     assert set(fields) == {"csrfmiddlewaretoken"}  # a Django token for this visitor
-    assert fields["csrfmiddlewaretoken"] != browser.cookies["csrftoken"]  # masked, as Django's
+    assert fields["csrfmiddlewaretoken"] != browser.cookies.get("csrftoken", path="/")  # masked
 
     # Django's CSRF check still guards the logout
     refused = browser.post(action_url, data={"csrfmiddlewaretoken": "x" * 64})

@@ -6,9 +6,13 @@ from, since every test folder has one.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import threading
 from typing import Any
 
 import requests
+from werkzeug.wrappers import Request, Response
 
 from plugit_core.proxy.app import ProxyApp
 
@@ -53,3 +57,39 @@ class Browser(requests.Session):
         marker = '<meta name="plugit-csrf-token" content="'
         start = page.text.index(marker) + len(marker)
         return page.text[start : page.text.index('"', start)]
+
+
+class ScriptedService:
+    """A PlugIt service whose pages are given by the test: path -> meta, template, data."""
+
+    def __init__(self) -> None:
+        self.version: dict[str, Any] = {"result": "Ok", "version": "1", "protocol": "EBUio-PlugIt"}
+        self.pages: dict[str, dict[str, Any]] = {}
+        self.seen: list[str] = []
+        self._lock = threading.Lock()
+
+    def page(self, path: str, template: str | None = "", data: Any = None, **meta: Any) -> None:
+        self.pages[path] = {"template": template, "data": data or {}, "meta": meta}
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        request = Request(environ)
+        with self._lock:
+            self.seen.append(request.path)
+        kind, _, path = request.path.lstrip("/").partition("/")
+        if kind == "version":
+            body: Any = self.version
+        elif kind == "media":
+            return Response(f"media {path}", mimetype="text/html")(environ, start_response)
+        elif path not in self.pages or kind not in ("meta", "template", "action"):
+            return Response("no", status=404)(environ, start_response)
+        else:
+            page = self.pages[path]
+            template = page["template"] or ""
+            if kind == "meta":
+                tag = hashlib.md5(template.encode()).hexdigest() if template else ""
+                body = {"template_tag": tag, **page["meta"]}
+            elif kind == "template":
+                return Response(template)(environ, start_response)
+            else:
+                body = page["data"]
+        return Response(json.dumps(body), mimetype="application/json")(environ, start_response)

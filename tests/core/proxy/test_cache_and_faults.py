@@ -123,6 +123,11 @@ def garbage_app(environ, start_response):
     return response(environ, start_response)
 
 
+def version_2_app(environ, start_response):
+    body = '{"result": "Ok", "version": "2", "protocol": "EBUio-PlugIt", "template_tag": ""}'
+    return Response(body, mimetype="application/json")(environ, start_response)
+
+
 def slow_app(environ, start_response):
     request = Request(environ)
     if request.path != "/version":
@@ -153,9 +158,8 @@ def test_broken_service_gets_its_own_error_page_and_others_keep_serving(service_
             broken_url = stack.enter_context(serve(garbage_app))
         elif kind == "slow":
             broken_url = stack.enter_context(serve(slow_app))
-        else:
-            other = PlugItService([], api_name="Other-Protocol")
-            broken_url = stack.enter_context(serve(other))
+        else:  # another protocol version (any name with version 1 is accepted)
+            broken_url = stack.enter_context(serve(version_2_app))
         services = [
             {"name": "good", "url": service_url, "mount": "/good/", "secret": SECRET},
             {

@@ -3,18 +3,14 @@ paths and render budgets, through a real proxy and a scripted service over HTTP.
 
 from __future__ import annotations
 
-import hashlib
 import http.client
-import json
 import re
-import threading
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from proxy_helpers import SECRET, Browser
-from werkzeug.wrappers import Request, Response
+from proxy_helpers import SECRET, Browser, ScriptedService
 
 from plugit_core.proxy.app import ProxyApp
 from plugit_core.testing import serve
@@ -31,41 +27,6 @@ HOSTILE_HTML = (
     '<form id="f" method="post" action="{{ ebuio_baseUrl }}vote">{{ csrf_field }}'
     '<button onclick="steal()">Vote</button></form>'
 )
-
-
-class ScriptedService:
-    """A PlugIt service whose pages are given by the test: path -> meta, template, data."""
-
-    def __init__(self) -> None:
-        self.pages: dict[str, dict[str, Any]] = {}
-        self.seen: list[str] = []
-        self._lock = threading.Lock()
-
-    def page(self, path: str, template: str | None = "", data: Any = None, **meta: Any) -> None:
-        self.pages[path] = {"template": template, "data": data or {}, "meta": meta}
-
-    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
-        request = Request(environ)
-        with self._lock:
-            self.seen.append(request.path)
-        kind, _, path = request.path.lstrip("/").partition("/")
-        if kind == "version":
-            body: Any = {"result": "Ok", "version": "1", "protocol": "EBUio-PlugIt"}
-        elif kind == "media":
-            return Response(f"media {path}", mimetype="text/html")(environ, start_response)
-        elif path not in self.pages or kind not in ("meta", "template", "action"):
-            return Response("no", status=404)(environ, start_response)
-        else:
-            page = self.pages[path]
-            template = page["template"] or ""
-            if kind == "meta":
-                tag = hashlib.md5(template.encode()).hexdigest() if template else ""
-                body = {"template_tag": tag, **page["meta"]}
-            elif kind == "template":
-                return Response(template)(environ, start_response)
-            else:
-                body = page["data"]
-        return Response(json.dumps(body), mimetype="application/json")(environ, start_response)
 
 
 @pytest.fixture

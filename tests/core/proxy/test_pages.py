@@ -39,10 +39,13 @@ def test_csrf_placeholder_replaced_by_the_users_token(browser):
         pytest.param("orga_admin", {"adm"}, id="only_orga_admin_user"),
     ],
 )
-def test_access_matrix_of_simulated_users(make_browser, service_url, path, allowed):
+@pytest.mark.parametrize("orga_mode", [True, False], ids=["orga-mode", "no-orga-mode"])
+def test_access_matrix_of_simulated_users(make_browser, service_url, path, allowed, orga_mode):
+    # As in the original, the simulated users' organisation rights are their service rights,
+    # whether orga mode is on (the current simulated organisation) or off.
     from proxy_helpers import proxy_config
 
-    browser = make_browser(proxy_config(service_url, mount_options={"orga_mode": True}))
+    browser = make_browser(proxy_config(service_url, mount_options={"orga_mode": orga_mode}))
     for mode in MODES:
         browser.as_user(mode)
         response = browser.get(f"/svc/{path}")
