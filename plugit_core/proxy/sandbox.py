@@ -334,6 +334,8 @@ class ServiceSandbox(ImmutableSandboxedEnvironment):
             return value  # the usual case, and no budget is below it
         if kind is int and -_SMALL_INT < value < _SMALL_INT:
             return value
+        if callable(value) and not isinstance(value, Undefined):
+            return ""  # a function or method printed: its repr would show a memory address
         return self.checked(value) if not isinstance(value, Iterator) else value
 
     def _range(self, *args: Any) -> range:
@@ -376,8 +378,33 @@ class ServiceSandbox(ImmutableSandboxedEnvironment):
                 pass
         if isinstance(obj, Undefined):
             return super().getattr(obj, attribute)
-        if isinstance(obj, TemplateReference):
-            return self.getitem(obj, attribute)  # ``self.blockname``
+        if isinstance(obj, TemplateReference):  # ``self.blockname``
+            return self._item(obj, attribute)
+        return self._attribute(obj, attribute)
+
+    def getitem(self, obj: Any, argument: Any) -> Any:
+        if isinstance(obj, Undefined):
+            return super().getitem(obj, argument)
+        if isinstance(obj, (dict, list, tuple, str, Namespace, TemplateReference)):
+            try:
+                return obj[argument]
+            except (TypeError, LookupError):
+                pass
+            if isinstance(obj, TemplateReference) or not isinstance(argument, str):
+                return self.undefined(obj=obj, name=argument)
+        elif not isinstance(argument, str):
+            return self.undefined(obj=obj, name=argument)
+        return self._attribute(obj, argument)
+
+    def _item(self, obj: Any, key: Any) -> Any:
+        try:
+            return obj[key]
+        except (TypeError, LookupError):
+            return self.undefined(obj=obj, name=key)
+
+    def _attribute(self, obj: Any, attribute: str) -> Any:
+        """``obj.attribute`` when the allow-list has it; an undefined value otherwise (one that
+        raises SecurityError when used, if ``obj`` has such an attribute)."""
         if self.is_safe_attribute(obj, attribute, None):
             try:
                 return getattr(obj, attribute)
@@ -386,21 +413,6 @@ class ServiceSandbox(ImmutableSandboxedEnvironment):
         if isinstance(obj, (str, list, tuple, int, float)) and not hasattr(type(obj), attribute):
             return self.undefined(obj=obj, name=attribute)
         return self.unsafe_undefined(obj, attribute)
-
-    def getitem(self, obj: Any, argument: Any) -> Any:
-        if isinstance(obj, (dict, list, tuple, str, TemplateReference, Namespace)):
-            try:
-                return obj[argument]
-            except (TypeError, LookupError):
-                pass
-            if isinstance(argument, str):
-                return self.getattr(obj, argument)
-            return self.undefined(obj=obj, name=argument)
-        if isinstance(obj, Undefined):
-            return super().getitem(obj, argument)
-        if isinstance(argument, str):
-            return self.getattr(obj, argument)
-        return self.undefined(obj=obj, name=argument)
 
     # -- what a template may run ----------------------------------------------------------------
 

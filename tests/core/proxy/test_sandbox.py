@@ -115,6 +115,21 @@ def test_objects_in_a_context_expose_nothing(source: str) -> None:
     assert "canary" not in output
 
 
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        ("{% block a %}A{% endblock %}|{{ self.a() }}|{{ self['a']() }}", "A|A|A"),
+        ("{{ self.missing }}|{{ self._TemplateReference__context }}", "|"),
+        ("{{ self['_TemplateReference__context'] }}", ""),
+        ("{% set ns = namespace(x=1) %}{{ ns['x'] }}{{ ns._Namespace__attrs }}", "1"),
+        ("{% for i in [1] %}{{ loop['index'] }}{{ loop._iterator }}{% endfor %}", "1"),
+        ("{{ d.items }}|{{ d['items'] }}|{{ d.keys }}|{{ cycler }}", "|2||"),
+    ],
+)
+def test_jinjas_own_objects_expose_only_their_documented_names(source: str, expected: str) -> None:
+    assert ServiceSandbox().from_string(source).render(d={"items": 2}) == expected
+
+
 def test_an_object_in_a_context_can_still_be_called() -> None:
     env = ServiceSandbox(autoescape=True)
     assert env.from_string("{{ h(3) }}").render(h=Helper()) == "called with 3"
