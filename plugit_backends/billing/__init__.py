@@ -24,6 +24,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from plugit_core.hookspecs import hookimpl
+from plugit_core.stores import StoreUnavailable
 
 from .sqlite import SQLiteBillingStore, factory
 from .store import (
@@ -77,6 +78,9 @@ def with_subscriptions(proxy: Any, user: PlugItUser) -> PlugItUser:
             found = store.labels_by_service(user.pk, orgas)
         else:
             found = {service: store.labels(service, user.pk, orgas) for service in services}
+    except StoreUnavailable as exc:  # an outage, logged by the store's guard: no traceback
+        log.info("billing: the subscriptions of user %s are left out: %s", user.pk, exc.reason)
+        return user
     except Exception:
         log.exception("billing: cannot read the subscriptions of user %s", user.pk)
         return user

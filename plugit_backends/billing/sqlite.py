@@ -29,6 +29,14 @@ from pathlib import Path
 from typing import Any
 
 from plugit_core.config import ProxyConfig
+from plugit_core.stores import (
+    DEFAULT_MAX_WAITERS,
+    DEFAULT_WAIT,
+    GUARD_KEYS,
+    StoreGuard,
+    read_guard_settings,
+    sqlite_is_outage,
+)
 
 from .store import (
     MAX_DESCRIPTION,
@@ -122,10 +130,28 @@ class SQLiteBillingStore:
     ``clock`` gives the current time as an aware datetime (tests move it).
     """
 
-    def __init__(self, path: str | Path, *, clock: Callable[[], datetime] = _now) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        clock: Callable[[], datetime] = _now,
+        wait: float = DEFAULT_WAIT,
+        max_waiters: int = DEFAULT_MAX_WAITERS,
+        required: bool = False,
+    ) -> None:
         self.path = str(path)
         if self.path == ":memory:" or self.path.startswith("file::memory:"):
             raise ValueError("the billing store needs a file: each thread opens its own connection")
+        self.guard = StoreGuard(
+            "billing_sqlite",
+            "billing",
+            wait=wait,
+            max_waiters=max_waiters,
+            is_outage=sqlite_is_outage,
+            probe=self._probe,
+            required=required,
+        )
+        self.store_guards = (self.guard,)
         self.clock = clock
         self._lock = threading.Lock()
         self._connections: dict[threading.Thread, sqlite3.Connection] = {}
@@ -157,7 +183,9 @@ class SQLiteBillingStore:
             stale = [self._connections.pop(t) for t in ended]
         for old in stale:  # their threads are gone: nobody else uses them
             old.close()
-        db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+        db = sqlite3.connect(
+            self.path, timeout=self.guard.wait, isolation_level=None, check_same_thread=False
+        )
         try:
             db.row_factory = sqlite3.Row
             db.execute("PRAGMA foreign_keys=ON")
@@ -171,15 +199,24 @@ class SQLiteBillingStore:
 
     @contextmanager
     def _transaction(self, begin: str) -> Iterator[sqlite3.Connection]:
-        db = self._db()
-        db.execute(begin)
-        try:
-            yield db
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
+        with self.guard.call():
+            db = self._db()
+            db.execute(begin)
+            try:
+                yield db
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+
+    def _fetchall(self, query: str, params: Any) -> list[sqlite3.Row]:
+        """One read statement through the guard."""
+        with self.guard.call():
+            return self._db().execute(query, params).fetchall()
+
+    def _probe(self) -> None:
+        self._db().execute("SELECT 1 FROM plans LIMIT 1").fetchall()
 
     def _write(self) -> Any:
         """One write transaction: it takes the write lock at once, so it never fails half-way
@@ -233,11 +270,7 @@ class SQLiteBillingStore:
         return self._plan(row)
 
     def list_plans(self, service: str) -> list[Plan]:
-        rows = (
-            self._db()
-            .execute("SELECT * FROM plans WHERE service = ? ORDER BY code", (service,))
-            .fetchall()
-        )
+        rows = self._fetchall("SELECT * FROM plans WHERE service = ? ORDER BY code", (service,))
         return [self._plan(row) for row in rows]
 
     # -- subscriptions ----------------------------------------------------------------------------
@@ -349,7 +382,8 @@ class SQLiteBillingStore:
 
     def get(self, subscription_id: int) -> Subscription | None:
         now = self._micros_now()
-        row = self._fetch(self._db(), subscription_id)
+        with self.guard.call():
+            row = self._fetch(self._db(), subscription_id)
         return None if row is None else self._subscription(row, now)
 
     def subscriptions(
@@ -371,11 +405,7 @@ class SQLiteBillingStore:
         if not include_inactive:
             where.append(_ACTIVE)
         params = {"service": service, "user": _pk(user_pk), "orga": _pk(orga_pk), "now": now}
-        rows = (
-            self._db()
-            .execute(_SELECT + "WHERE " + " AND ".join(where) + " ORDER BY s.id", params)
-            .fetchall()
-        )
+        rows = self._fetchall(_SELECT + "WHERE " + " AND ".join(where) + " ORDER BY s.id", params)
         return [self._subscription(row, now) for row in rows]
 
     # -- labels -----------------------------------------------------------------------------------
@@ -386,17 +416,17 @@ class SQLiteBillingStore:
 
     def labels(self, service: str, user_pk: Any, orga_pks: Iterable[Any] = ()) -> list[str]:
         params = {**self._holder(user_pk, orga_pks), "service": service}
-        rows = self._db().execute(_LABELS + "AND p.service = :service ORDER BY p.label", params)
+        rows = self._fetchall(_LABELS + "AND p.service = :service ORDER BY p.label", params)
         return [row["label"] for row in rows]
 
     def labels_by_service(self, user_pk: Any, orga_pks: Iterable[Any] = ()) -> dict[str, list[str]]:
         """The labels of every service at once (one query), for each request's user."""
-        rows = self._db().execute(_LABELS, self._holder(user_pk, orga_pks))
+        rows = self._fetchall(_LABELS, self._holder(user_pk, orga_pks))
         return group_labels((row["service"], row["label"]) for row in rows)
 
     def events(self, subscription_id: int) -> list[dict[str, Any]]:
         """The audit trail of one subscription: ``{"action", "at", "effective"}``, oldest first."""
-        rows = self._db().execute(
+        rows = self._fetchall(
             "SELECT action, at, effective FROM events WHERE subscription_id = ? ORDER BY id",
             (subscription_id,),
         )
@@ -413,9 +443,10 @@ class SQLiteBillingStore:
 def factory(config: ProxyConfig, section: Mapping[str, Any]) -> SQLiteBillingStore:
     """Build the store from ``[billing_sqlite]``."""
     reader = config.reader("billing_sqlite", section)
-    reader.known({"path"})
+    reader.known({"path", *GUARD_KEYS})
     path = reader.path("path", "plugit-billing.sqlite3")
+    guard = read_guard_settings(reader, required=False)
     try:
-        return SQLiteBillingStore(path)
+        return SQLiteBillingStore(path, **guard)
     except sqlite3.Error as exc:
         raise reader.error("path", f"cannot open {path!r}: {exc}") from None

@@ -63,6 +63,7 @@ from plugit_backends.pg import (
 )
 from plugit_core.config import ProxyConfig
 from plugit_core.hookspecs import hookimpl
+from plugit_core.stores import DEFAULT_MAX_WAITERS
 
 if PG_MISSING is None:
     from psycopg import sql
@@ -190,6 +191,8 @@ class PostgresBillingStore:
         pool_size: int = DEFAULT_POOL_SIZE,
         pool_timeout: float = DEFAULT_POOL_TIMEOUT,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        max_waiters: int = DEFAULT_MAX_WAITERS,
+        required: bool = False,
         clock: Callable[[], datetime] = _now,
     ) -> None:
         if PG_MISSING is not None:
@@ -207,7 +210,12 @@ class PostgresBillingStore:
             timeout=pool_timeout,
             connect_timeout=connect_timeout,
             name=f"plugit-billing-{schema}",
+            store="billing_postgres",
+            label="billing",
+            max_waiters=max_waiters,
+            required=required,
         )
+        self.store_guards = (self._pool.guard,)
 
     def __repr__(self) -> str:
         return f"<PostgresBillingStore schema={self.schema!r}>"

@@ -45,6 +45,7 @@ from plugit_backends.pg import (
     connect,
     migrate,
 )
+from plugit_core.stores import DEFAULT_MAX_WAITERS
 
 if PG_MISSING is None:
     from psycopg import sql
@@ -185,6 +186,8 @@ class PostgresMailQueue:
         pool_size: int = DEFAULT_POOL_SIZE,
         pool_timeout: float = DEFAULT_POOL_TIMEOUT,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        max_waiters: int = DEFAULT_MAX_WAITERS,
+        required: bool = False,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if PG_MISSING is not None:
@@ -203,7 +206,12 @@ class PostgresMailQueue:
             timeout=pool_timeout,
             connect_timeout=connect_timeout,
             name=f"plugit-mail-{schema}",
+            store="mail_postgres",
+            label="the mail queue",
+            max_waiters=max_waiters,
+            required=required,
         )
+        self.store_guards = (self._pool.guard,)
 
     def __repr__(self) -> str:
         return f"<PostgresMailQueue schema={self.schema!r}>"

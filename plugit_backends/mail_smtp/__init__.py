@@ -471,6 +471,11 @@ class MailBackend:
                 settings.host,
             )
 
+    @property
+    def store_guards(self) -> tuple[Any, ...]:
+        """The guards of the mail queue (for ``/_plugit/ready`` and ``/_plugit/metrics``)."""
+        return tuple(getattr(self.store, "store_guards", ()))
+
     # -- life cycle -------------------------------------------------------------------------------
 
     def attach(self, proxy: Any, *, start: bool = True) -> None:

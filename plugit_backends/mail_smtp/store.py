@@ -28,6 +28,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from plugit_core.stores import (
+    DEFAULT_MAX_WAITERS,
+    DEFAULT_WAIT,
+    StoreGuard,
+    sqlite_is_outage,
+)
+
 __all__ = [
     "LEASE_LOST",
     "SCHEMA_VERSION",
@@ -295,7 +302,24 @@ class MailStore:
     """A :class:`MailQueue` in the SQLite file at ``path`` (created with its schema when
     missing).  Each call opens its own connection: several processes share the file."""
 
-    def __init__(self, path: str | Path, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        clock: Callable[[], float] = time.time,
+        wait: float = DEFAULT_WAIT,
+        max_waiters: int = DEFAULT_MAX_WAITERS,
+    ) -> None:
+        self.guard = StoreGuard(
+            "mail_sqlite",
+            "the mail queue",
+            wait=wait,
+            max_waiters=max_waiters,
+            is_outage=sqlite_is_outage,
+            probe=self._probe,
+            required=False,
+        )
+        self.store_guards = (self.guard,)
         self.path = str(path)
         if self.path == ":memory:" or self.path.startswith("file::memory:"):
             raise ValueError("the mail queue needs a file: it must outlive the process")
@@ -322,7 +346,9 @@ class MailStore:
 
     @contextmanager
     def _open(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+        db = sqlite3.connect(
+            self.path, timeout=self.guard.wait, isolation_level=None, check_same_thread=False
+        )
         try:
             db.row_factory = sqlite3.Row
             db.execute("PRAGMA synchronous=FULL")
@@ -332,14 +358,19 @@ class MailStore:
 
     @contextmanager
     def _transaction(self, begin: str = "BEGIN IMMEDIATE") -> Iterator[sqlite3.Connection]:
-        with self._open() as db:
+        with self.guard.call(), self._open() as db:
             db.execute(begin)
             try:
                 yield db
             except BaseException:
-                db.execute("ROLLBACK")
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
                 raise
             db.execute("COMMIT")
+
+    def _probe(self) -> None:
+        with self._open() as db:
+            db.execute("SELECT 1 FROM outbox LIMIT 1").fetchall()
 
     # -- outbox -----------------------------------------------------------------------------------
 
@@ -505,7 +536,7 @@ class MailStore:
 
     def next_due(self) -> float | None:
         """When the next queued mail is due (a clock value), or None when nothing is queued."""
-        with self._open() as db:
+        with self.guard.call(), self._open() as db:
             row = db.execute(
                 "SELECT MIN(CASE WHEN state = 'queued' THEN next_try ELSE lease_until END) "
                 "FROM outbox WHERE state IN ('queued', 'sending')"
@@ -523,7 +554,7 @@ class MailStore:
 
     def outbox(self, state: str | None = None) -> list[dict[str, Any]]:
         """The outbox rows (for status reports and tests), oldest first."""
-        with self._open() as db:
+        with self.guard.call(), self._open() as db:
             if state is None:
                 rows = db.execute("SELECT * FROM outbox ORDER BY id").fetchall()
             else:
@@ -534,7 +565,7 @@ class MailStore:
 
     def counts(self) -> dict[str, dict[str, int]]:
         """How many outgoing and incoming mails are in each state."""
-        with self._open() as db:
+        with self.guard.call(), self._open() as db:
             outbox = db.execute("SELECT state, COUNT(*) FROM outbox GROUP BY state").fetchall()
             incoming = db.execute("SELECT state, COUNT(*) FROM incoming GROUP BY state").fetchall()
         return {
@@ -546,7 +577,7 @@ class MailStore:
 
     def incoming_state(self, key: str) -> tuple[str, int, float | None] | None:
         """(state, attempts, next try) of an incoming message already seen, or None."""
-        with self._open() as db:
+        with self.guard.call(), self._open() as db:
             row = db.execute(
                 "SELECT state, attempts, next_try FROM incoming WHERE key = ?", (key,)
             ).fetchone()
@@ -601,7 +632,7 @@ class MailStore:
 
     def incoming(self, state: str | None = None) -> list[dict[str, Any]]:
         """The incoming records (for status reports and tests)."""
-        with self._open() as db:
+        with self.guard.call(), self._open() as db:
             if state is None:
                 rows = db.execute("SELECT * FROM incoming ORDER BY first_seen").fetchall()
             else:

@@ -3,9 +3,10 @@
 * :func:`read_settings` reads a ``[<kind>_postgres]`` table (``dsn``, ``schema``, ``pool_size``,
   ``pool_timeout``, ``connect_timeout``); ``{ env = "NAME" }`` takes a value from the
   environment, and every error is a :class:`~plugit_core.config.ConfigError` naming the key.
-* :func:`open_pool` opens a ``psycopg_pool.ConnectionPool`` of autocommit connections whose rows
-  are dicts: a store runs a one-statement write as is and wraps a multi-statement write in
-  ``conn.transaction()``.
+* :class:`StorePool` hands out autocommit connections whose rows are dicts (a store runs a
+  one-statement write as is and wraps a multi-statement write in ``conn.transaction()``), each
+  call through a :class:`~plugit_core.stores.StoreGuard`: bounded, capped, failing fast with
+  :class:`~plugit_core.stores.StoreUnavailable` while the database is unavailable.
 * :func:`migrate` brings one component's tables (``users``, ``billing``, ``mail``) in a schema up
   to date, under an advisory lock, in one transaction, and records the version in the schema's
   ``schema_version`` table.  Two processes starting at once do not race; a database written by
@@ -18,20 +19,24 @@ ImportError and the stores' factories turn it into a configuration error.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+import socket
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from plugit_core.config import ConfigError, ProxyConfig
+from plugit_core.stores import DEFAULT_MAX_WAITERS, StoreGuard, read_guard_settings
 
 try:
     import psycopg
     from psycopg import sql
     from psycopg.rows import dict_row
-    from psycopg_pool import ConnectionPool
 except ImportError as exc:  # the optional ``postgres`` extra is not installed
     PG_MISSING: ImportError | None = exc
 else:
@@ -39,7 +44,6 @@ else:
 
 if TYPE_CHECKING:
     from psycopg import Connection
-    from psycopg_pool import ConnectionPool as Pool
 
 __all__ = [
     "DEFAULT_SCHEMA",
@@ -49,17 +53,25 @@ __all__ = [
     "StorePool",
     "build_store",
     "connect",
+    "is_outage",
     "migrate",
-    "open_pool",
     "read_settings",
     "redact_dsn",
 ]
 
 DEFAULT_SCHEMA = "plugit"
 DEFAULT_POOL_SIZE = 10
-DEFAULT_POOL_TIMEOUT = 10.0  # seconds a request waits for a free connection
-DEFAULT_CONNECT_TIMEOUT = 10.0  # seconds to establish one connection
-SETTINGS = ("dsn", "schema", "pool_size", "pool_timeout", "connect_timeout")
+DEFAULT_POOL_TIMEOUT = 2.0  # seconds a store call may take: a free connection, then the query
+DEFAULT_CONNECT_TIMEOUT = 2.0  # seconds to establish one connection (libpq's minimum)
+SETTINGS = (
+    "dsn",
+    "schema",
+    "pool_size",
+    "pool_timeout",
+    "connect_timeout",
+    "max_waiters",
+    "required",
+)
 _SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 
 
@@ -117,46 +129,21 @@ def connect(dsn: str, *, connect_timeout: float = DEFAULT_CONNECT_TIMEOUT) -> Co
     return psycopg.connect(dsn, **_connect_kwargs(connect_timeout))
 
 
-def open_pool(
-    dsn: str,
-    *,
-    max_size: int = DEFAULT_POOL_SIZE,
-    timeout: float = DEFAULT_POOL_TIMEOUT,
-    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
-    name: str | None = None,
-) -> Pool[Any]:
-    """An open pool of 1 to ``max_size`` autocommit, dict-row connections.
-
-    A connection is checked (an empty query) when it is handed out, so a pool survives a
-    database restart without failing the next request; ``timeout`` is how long a caller waits
-    for a free connection before ``psycopg_pool.PoolTimeout``.  Raises ``psycopg.Error`` (or
-    ``PoolTimeout``) when the first connection cannot be made.
-    """
-    require_psycopg()
-    if max_size < 1:
-        raise ValueError("a pool needs at least one connection")
-    pool: Pool[Any] = ConnectionPool(
-        dsn,
-        min_size=1,
-        max_size=max_size,
-        kwargs=_connect_kwargs(connect_timeout),
-        open=False,
-        check=ConnectionPool.check_connection,
-        timeout=timeout,
-        name=name,
-    )
-    try:
-        pool.open(wait=True, timeout=max(connect_timeout, 1.0))
-    except BaseException:
-        pool.close()
-        raise
-    return pool
-
-
 class StorePool:
-    """A store's pool: opened at once (bad settings show at start-up), closed by :meth:`close`,
-    and opened again on demand after that (a store may be used again once closed, like the
-    SQLite stores).  Connections in use when it closes are closed when given back."""
+    """A store's connections, each call through a :class:`~plugit_core.stores.StoreGuard`.
+
+    At most ``max_size`` connections; a call waits at most ``timeout`` seconds for a free one,
+    connects on demand (``connect_timeout``), checks an idle connection with an empty query as
+    it hands it out (a database restart costs a reconnection, not a failed request), and is cut
+    (its socket closed) when it lasts longer than the guard's wait: a frozen server holds a
+    thread for the wait at most.  Refused, unreachable, too slow or known to be down, a call
+    raises :class:`~plugit_core.stores.StoreUnavailable`; reconnection is attempted on demand,
+    at most a second apart while the database is down.
+
+    The first connection is made at once (bad settings show at start-up).  :meth:`close`
+    closes the idle connections (those in use close when given back); the pool is used again
+    on demand after that, like the SQLite stores.
+    """
 
     def __init__(
         self,
@@ -166,47 +153,139 @@ class StorePool:
         timeout: float = DEFAULT_POOL_TIMEOUT,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         name: str | None = None,
+        store: str = "postgres",
+        label: str = "the database",
+        max_waiters: int = DEFAULT_MAX_WAITERS,
+        required: bool = True,
     ) -> None:
-        self._options = {
-            "max_size": max_size,
-            "timeout": timeout,
-            "connect_timeout": connect_timeout,
-            "name": name,
-        }
+        require_psycopg()
+        if max_size < 1:
+            raise ValueError("a pool needs at least one connection")
+        self.max_size = max_size
+        self.timeout = timeout
+        self.connect_timeout = connect_timeout
+        self.name = name or store
+        self.guard = StoreGuard(
+            store,
+            label,
+            wait=timeout,
+            max_waiters=max_waiters,
+            is_outage=is_outage,
+            probe=self._probe,
+            required=required,
+        )
         self._dsn = dsn
         self._lock = threading.Lock()
-        self._pool: Pool[Any] | None = None
-        self.current()
+        self._slots = threading.BoundedSemaphore(max_size)
+        self._idle: list[Connection[Any]] = []
+        self._generation = 0
+        self._closed = False
+        conn = self._connect()
+        self._idle.append(conn)
 
-    def current(self) -> Pool[Any]:
-        """The open pool (opening a new one after :meth:`close`)."""
-        with self._lock:
-            if self._pool is None:
-                self._pool = open_pool(self._dsn, **self._options)  # type: ignore[arg-type]
-            return self._pool
+    def _connect(self) -> Connection[Any]:
+        return psycopg.connect(self._dsn, **_connect_kwargs(self.connect_timeout))
+
+    def _probe(self) -> None:
+        """An empty query on a pooled connection (run by the guard's :meth:`check`)."""
+        deadline = time.monotonic() + self.guard.wait
+        conn, generation = self._take(deadline)
+        try:
+            with self.guard.watch(partial(_cut, conn), deadline - time.monotonic()):
+                conn.execute("SELECT 1")
+        finally:
+            self._give(conn, generation)
+
+    def current(self) -> StorePool:
+        """The pool itself (kept for callers of the former psycopg_pool wrapper)."""
+        return self
+
+    def _take(self, deadline: float) -> tuple[Connection[Any], int]:
+        if not self._slots.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            raise self.guard.unavailable(
+                f"all {self.max_size} connections stayed busy for {self.timeout:g}s (pool_size)"
+            )
+        try:
+            with self._lock:
+                self._closed = False
+                generation = self._generation
+                conn = self._idle.pop() if self._idle else None
+            if conn is not None:
+                try:
+                    with self.guard.watch(partial(_cut, conn), deadline - time.monotonic()):
+                        conn.execute("")  # alive?  (a restarted server closed it)
+                    return conn, generation
+                except psycopg.Error:
+                    conn.close()
+            return self._connect(), generation
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def _give(self, conn: Connection[Any], generation: int) -> None:
+        try:
+            reusable = (
+                not conn.closed
+                and not conn.broken
+                and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+            )
+            with self._lock:
+                if reusable and generation == self._generation and not self._closed:
+                    self._idle.append(conn)
+                    return
+            conn.close()
+        finally:
+            self._slots.release()
 
     @contextmanager
     def connection(self) -> Iterator[Connection[Any]]:
         """A pooled autocommit connection, given back at the end of the block."""
-        with self.current().connection() as conn:
-            yield conn
+        with self.guard.call():
+            deadline = time.monotonic() + self.guard.wait
+            conn, generation = self._take(deadline)
+            try:
+                with self.guard.watch(partial(_cut, conn), deadline - time.monotonic()):
+                    yield conn
+            finally:
+                self._give(conn, generation)
 
     @contextmanager
     def transaction(self) -> Iterator[Connection[Any]]:
         """A pooled connection inside one transaction: committed at the end of the block, rolled
         back when it raises."""
-        with self.current().connection() as conn, conn.transaction():
+        with self.connection() as conn, conn.transaction():
             yield conn
 
     @property
     def closed(self) -> bool:
-        return self._pool is None
+        return self._closed
 
     def close(self) -> None:
         with self._lock:
-            pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.close()
+            self._generation += 1
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
+
+
+def _cut(conn: Connection[Any]) -> None:
+    """Close a connection's socket under a thread blocked on it (it then fails at once)."""
+    fd = conn.pgconn.socket
+    sock = socket.socket(fileno=os.dup(fd))
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    finally:
+        sock.close()
+
+
+def is_outage(exc: BaseException) -> bool:
+    """Does this error mean the database is unavailable (rather than a statement's mistake)?"""
+    if PG_MISSING is not None:
+        return isinstance(exc, OSError)
+    if isinstance(exc, psycopg.errors.TransactionRollback):  # a conflict, answered at once
+        return False
+    return isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError, OSError))
 
 
 def advisory_key(text: str) -> int:
@@ -290,6 +369,8 @@ class PgSettings:
     pool_size: int = DEFAULT_POOL_SIZE
     pool_timeout: float = DEFAULT_POOL_TIMEOUT
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    max_waiters: int = DEFAULT_MAX_WAITERS
+    required: bool = True
 
     def store_kwargs(self) -> dict[str, Any]:
         return {
@@ -297,14 +378,22 @@ class PgSettings:
             "pool_size": self.pool_size,
             "pool_timeout": self.pool_timeout,
             "connect_timeout": self.connect_timeout,
+            "max_waiters": self.max_waiters,
+            "required": self.required,
         }
 
 
 def read_settings(
-    config: ProxyConfig, section: Mapping[str, Any], name: str, *, extra: Sequence[str] = ()
+    config: ProxyConfig,
+    section: Mapping[str, Any],
+    name: str,
+    *,
+    extra: Sequence[str] = (),
+    required: bool = True,
 ) -> PgSettings:
     """Check the ``[name]`` table (``users_postgres``, ...).  ``extra`` are further keys the
-    caller reads itself."""
+    caller reads itself; ``required`` is the default of the ``required`` key (is the proxy
+    ready without this store?)."""
     reader = config.reader(name, section)
     reader.known({*SETTINGS, *extra})
     if "dsn" not in section:
@@ -337,6 +426,7 @@ def read_settings(
         connect_timeout=float(
             reader.number("connect_timeout", DEFAULT_CONNECT_TIMEOUT, minimum=1, text=True)
         ),
+        **read_guard_settings(reader, wait=False, required=required),
     )
 
 
@@ -345,6 +435,8 @@ def build_store(
     section: Mapping[str, Any],
     name: str,
     make: Callable[[PgSettings], Any],
+    *,
+    required: bool = True,
 ) -> Any:
     """A store from the ``[name]`` table: ``make(settings)``, with a missing psycopg, a server
     that cannot be reached and a newer schema turned into a ConfigError (the password never
@@ -355,7 +447,7 @@ def build_store(
             f"the {name} backend needs psycopg 3: pip install 'plugit[postgres]' ({PG_MISSING})",
             config.source,
         )
-    settings = read_settings(config, section, name)
+    settings = read_settings(config, section, name, required=required)
     try:
         return make(settings)
     except (psycopg.Error, SchemaError) as exc:  # psycopg_pool.PoolTimeout is a psycopg.Error

@@ -53,6 +53,7 @@ from plugit_backends.pg import (
 from plugit_core.config import ProxyConfig
 from plugit_core.hookspecs import hookimpl
 from plugit_core.identity import check_role, check_username, gravatar_url
+from plugit_core.stores import DEFAULT_MAX_WAITERS
 from plugit_core.users import ALL, Orga, PlugItUser
 
 if PG_MISSING is None:
@@ -215,6 +216,8 @@ class PostgresUserStore:
         pool_size: int = DEFAULT_POOL_SIZE,
         pool_timeout: float = DEFAULT_POOL_TIMEOUT,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        max_waiters: int = DEFAULT_MAX_WAITERS,
+        required: bool = True,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if PG_MISSING is not None:
@@ -232,7 +235,12 @@ class PostgresUserStore:
             timeout=pool_timeout,
             connect_timeout=connect_timeout,
             name=f"plugit-users-{schema}",
+            store="users_postgres",
+            label="the user directory",
+            max_waiters=max_waiters,
+            required=required,
         )
+        self.store_guards = (self._pool.guard,)
 
     def __repr__(self) -> str:
         return f"<PostgresUserStore schema={self.schema!r}>"

@@ -34,6 +34,14 @@ from typing import Any
 from plugit_core.config import ProxyConfig
 from plugit_core.hookspecs import hookimpl
 from plugit_core.identity import check_role, check_username, gravatar_url
+from plugit_core.stores import (
+    DEFAULT_MAX_WAITERS,
+    DEFAULT_WAIT,
+    GUARD_KEYS,
+    StoreGuard,
+    read_guard_settings,
+    sqlite_is_outage,
+)
 from plugit_core.users import ALL, Orga, PlugItUser
 
 __all__ = ["FAILURE_RETENTION", "SCHEMA_VERSION", "SQLiteUserStore"]
@@ -118,11 +126,28 @@ class SQLiteUserStore:
     """
 
     def __init__(
-        self, path: str | Path, *, clock: Callable[[], float] = time.time, pool_size: int = 8
+        self,
+        path: str | Path,
+        *,
+        clock: Callable[[], float] = time.time,
+        pool_size: int = 8,
+        wait: float = DEFAULT_WAIT,
+        max_waiters: int = DEFAULT_MAX_WAITERS,
+        required: bool = True,
     ) -> None:
         self.path = str(path)
         if self.path == ":memory:" or self.path.startswith("file::memory:"):
             raise ValueError("the user store needs a file: its connections share it")
+        self.guard = StoreGuard(
+            "users_sqlite",
+            "the user directory",
+            wait=wait,
+            max_waiters=max_waiters,
+            is_outage=sqlite_is_outage,
+            probe=self._probe,
+            required=required,
+        )
+        self.store_guards = (self.guard,)
         self.clock = clock
         self._pool_size = pool_size
         self._idle: list[sqlite3.Connection] = []
@@ -153,7 +178,9 @@ class SQLiteUserStore:
     # -- connections ------------------------------------------------------------------------------
 
     def _open(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+        db = sqlite3.connect(
+            self.path, timeout=self.guard.wait, isolation_level=None, check_same_thread=False
+        )
         try:
             db.row_factory = sqlite3.Row
             db.execute("PRAGMA foreign_keys=ON")
@@ -185,16 +212,26 @@ class SQLiteUserStore:
 
     @contextmanager
     def _connection(self, begin: str) -> Iterator[sqlite3.Connection]:
-        """A pooled connection inside one transaction (``BEGIN`` or ``BEGIN IMMEDIATE``)."""
+        """A pooled connection inside one transaction (``BEGIN`` or ``BEGIN IMMEDIATE``),
+        through the guard: a file locked past the wait is a StoreUnavailable."""
+        with self.guard.call():
+            db, generation = self._acquire()
+            try:
+                db.execute(begin)
+                try:
+                    yield db
+                except BaseException:
+                    if db.in_transaction:
+                        db.execute("ROLLBACK")
+                    raise
+                db.execute("COMMIT")
+            finally:
+                self._release(db, generation)
+
+    def _probe(self) -> None:
         db, generation = self._acquire()
         try:
-            db.execute(begin)
-            try:
-                yield db
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
+            db.execute("SELECT 1 FROM users LIMIT 1").fetchall()
         finally:
             self._release(db, generation)
 
@@ -601,10 +638,11 @@ class SQLiteUserStore:
 
 def _factory(config: ProxyConfig, section: Mapping[str, Any]) -> SQLiteUserStore:
     reader = config.reader("users_sqlite", section)
-    reader.known({"path"})
+    reader.known({"path", *GUARD_KEYS})
     path = reader.path("path", "plugit.sqlite3")
+    guard = read_guard_settings(reader)
     try:
-        return SQLiteUserStore(path)
+        return SQLiteUserStore(path, **guard)
     except sqlite3.Error as exc:
         raise reader.error("path", f"cannot open {path!r}: {exc}") from None
 

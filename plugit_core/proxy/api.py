@@ -41,6 +41,7 @@ from werkzeug.routing import Map, Rule
 from werkzeug.wrappers import Response
 
 from ..config import ServiceMount
+from ..stores import StoreUnavailable
 from ..users import SIMULATED_MODES, Orga, PlugItUser, simulated_user
 from .bodies import form_problem, read_body
 
@@ -234,6 +235,11 @@ class CallbackAPI:
             return _error(413, "too_large", "the request is too large")
         except HTTPException as exc:
             return _error(exc.code or 400, "bad_request", exc.description or "bad request")
+        except StoreUnavailable as exc:  # an outage: the service may retry, nothing was done
+            log.warning("API endpoint %s for %s: 503, %s", path, mount.name, exc)
+            response = _error(503, "store_unavailable", f"{exc.label} is unavailable; retry later")
+            response.headers["Retry-After"] = "1"
+            return response
         except Exception:
             log.exception("API endpoint %s failed for %s", path, mount.name)
             return _error(500, "internal", "the API failed; the error is logged")

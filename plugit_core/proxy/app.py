@@ -41,6 +41,7 @@ from ..config import ConfigError, ProxyConfig, ServiceMount, load_config
 from ..hookspecs import hookimpl
 from ..networks import NetworkList
 from ..plugins import make_plugin_manager
+from ..stores import StoreUnavailable, guards_of
 from ..users import (
     ANONYMOUS,
     SIMULATED_ORGAS,
@@ -54,7 +55,7 @@ from .api import CallbackAPI
 from .bodies import bound_body, close_body
 from .containment import common_headers, page_policy
 from .dev_guard import dev_guard
-from .health import render_prometheus
+from .health import render_prometheus, render_store_metrics
 from .pipeline import CSRF_FIELD_NAME, UNSAFE_METHODS, Pipeline
 from .routes import Route
 from .sandbox import RenderBudget
@@ -418,16 +419,67 @@ class ProxyApp:
         """Answer one request; never raises."""
         try:
             response = self._dispatch(request)
+        except StoreUnavailable as exc:  # an outage, not a bug: a 503 naming it, no traceback
+            response = self.outage_page(request, exc)
         except Exception:
             log.exception("unhandled error on %s %s", request.method, request.path)
             response = self.error_page(request, 500)
-        if request.session_loaded:
+        if request.session_loaded and not request.__dict__.get("_plugit_outage"):
             try:
                 self.sessions.save(request.session, request, response)
+            except StoreUnavailable as exc:  # never answer as if a login or a change was kept
+                log.warning(
+                    "%s %s: the session was not saved (%s); the %s answer became a 503",
+                    request.method,
+                    request.path,
+                    exc.reason,
+                    response.status_code,
+                )
+                response = self.outage_page(
+                    request,
+                    exc,
+                    message="Your session could not be saved, so nothing of this request was "
+                    "kept. Please try again in a moment.",
+                )
             except Exception:
                 log.exception("could not save the session")
                 response = self.error_page(request, 500)
         common_headers(response.headers, hsts=bool(getattr(self.sessions, "secure", False)))
+        return response
+
+    def outage_page(
+        self, request: ProxyRequest, exc: StoreUnavailable, *, message: str | None = None
+    ) -> Response:
+        """The themed 503 for a store that is unavailable (see plugit_core/stores.py): it names
+        the store, says to retry, and is rendered without asking the stores again."""
+        log.warning(
+            "%s %s: 503, %s (%s) is unavailable: %s",
+            request.method,
+            request.path,
+            exc.label,
+            exc.store,
+            exc.reason,
+        )
+        request.__dict__["_plugit_outage"] = True  # the session is not saved
+        request.__dict__.setdefault("user", ANONYMOUS)
+        request.__dict__.setdefault("session", Session())
+        try:
+            response = self.error_page(
+                request,
+                503,
+                reason="store_unavailable",
+                detail=str(exc),
+                message=message or exc.message,
+            )
+        except Exception:  # the layout needed the store too: a plain page
+            text = escape(message or exc.message)
+            response = Response(
+                f"<!doctype html><title>503</title><h1>Unavailable</h1><p>{text}</p>",
+                status=503,
+                mimetype="text/html",
+            )
+        response.headers["Retry-After"] = "1"
+        response.headers["Cache-Control"] = "no-store"
         return response
 
     def _dispatch(self, request: ProxyRequest) -> Response:
@@ -797,13 +849,30 @@ class ProxyApp:
         """``/_plugit/health``: the process is alive and answering."""
         return _json_response({"status": "ok"})
 
-    def ready(self, request: Request) -> Response:
-        """``/_plugit/ready``: the state of every service.
+    def store_guards(self) -> list[Any]:
+        """The guards of every store the proxy uses (plugit_core/stores.py)."""
+        return guards_of(self.users, self.billing, self.sessions, self.cache, self.mail, *self.auth)
 
-        Answers 200 while the proxy itself can serve, whatever its services do (one dead service
-        must not take the whole site out of a load balancer); ``ready`` is false for a service
-        that is incompatible or whose circuit is open.
+    def mail_backlog(self) -> dict[str, int] | None:
+        """The mail outbox by state (None without mail, or when the queue cannot be read)."""
+        if self.mail is None:
+            return None
+        try:
+            return dict(self.mail.store.counts().get("outbox", {}))
+        except StoreUnavailable:
+            return None
+
+    def ready(self, request: Request) -> Response:
+        """``/_plugit/ready``: the state of every store and service.
+
+        Each store is checked (a cheap query, within its wait; at once while it is known to be
+        down).  Answers 503 when a store marked ``required`` (the directory and the session
+        store by default) is unavailable: this process cannot log anyone in or recognise them.
+        A service never makes it 503 (one dead service must not take the whole site out of a
+        load balancer); ``ready`` is false for a service that is incompatible or whose circuit
+        is open.
         """
+        stores = {guard.store: guard.check() for guard in self.store_guards()}
         services = {}
         for name, client in self.clients.items():
             circuit = client.breaker.state
@@ -813,11 +882,23 @@ class ProxyApp:
                 "circuit": circuit,
                 "in_flight": client.in_flight,
             }
-        return _json_response({"status": "ok", "services": services})
+        body: dict[str, Any] = {"status": "ok", "stores": stores, "services": services}
+        if self.mail is not None:
+            backlog = self.mail_backlog()
+            body["mail"] = {"ready": backlog is not None, "outbox": backlog}
+        missing = sorted(
+            name for name, state in stores.items() if state["required"] and not state["ready"]
+        )
+        if missing:
+            body["status"] = "unavailable"
+            body["unavailable"] = missing
+        return _json_response(body, 503 if missing else 200)
 
     def metrics(self, request: Request) -> Response:
-        """``/_plugit/metrics``: per-service metrics in the Prometheus text format."""
+        """``/_plugit/metrics``: per-service and per-store metrics in the Prometheus text
+        format."""
         text = render_prometheus((c.metrics, c.breaker, c.in_flight) for c in self.clients.values())
+        text += render_store_metrics(self.store_guards(), self.mail_backlog())
         return Response(text, mimetype="text/plain", headers={"Cache-Control": "no-store"})
 
     def home(self, request: ProxyRequest) -> Response:

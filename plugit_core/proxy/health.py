@@ -5,6 +5,8 @@
   is let through (half-open): a success closes the circuit, a failure opens it again.
 * :class:`ServiceMetrics`: per service, requests and errors by kind, a latency histogram, the
   breaker state, rendered in the Prometheus text format at ``/_plugit/metrics``.
+* :func:`render_store_metrics`: the same for the stores (users, billing, mail queue, sessions,
+  cache: calls, errors by kind, latency, up or down, in flight) and the mail backlog.
 """
 
 from __future__ import annotations
@@ -13,9 +15,10 @@ import bisect
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
-__all__ = ["CircuitBreaker", "ServiceMetrics", "render_prometheus"]
+__all__ = ["CircuitBreaker", "ServiceMetrics", "render_prometheus", "render_store_metrics"]
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 _STATE_VALUE = {CLOSED: 0, HALF_OPEN: 1, OPEN: 2}
@@ -160,4 +163,66 @@ def render_prometheus(services: Iterable[tuple[ServiceMetrics, CircuitBreaker, i
         "# TYPE plugit_service_in_flight gauge",
     ]
     out += [f'plugit_service_in_flight{{service="{_label(m.service)}"}} {n}' for m, _, n in rows]
+    return "\n".join(out) + "\n"
+
+
+def render_store_metrics(
+    guards: Iterable[Any], mail_backlog: Mapping[str, int] | None = None
+) -> str:
+    """The stores' series (and the mail backlog) in the Prometheus text format.
+
+    ``guards`` are :class:`~plugit_core.stores.StoreGuard`; ``mail_backlog`` the outbox rows by
+    state (``waiting``, ``sending``, ...), or None without a mail backend or when the queue
+    cannot be read.
+    """
+    rows = list(guards)
+    out = [
+        "# HELP plugit_store_calls_total Calls to each store (refused ones not counted).",
+        "# TYPE plugit_store_calls_total counter",
+    ]
+    snapshots = [(guard, guard.metrics.snapshot()) for guard in rows]
+    out += [
+        f'plugit_store_calls_total{{store="{_label(g.store)}"}} {snap["count"]}'
+        for g, snap in snapshots
+    ]
+    out += [
+        "# HELP plugit_store_errors_total Failed or refused store calls, by kind "
+        "(timeout, error, down, busy).",
+        "# TYPE plugit_store_errors_total counter",
+    ]
+    for guard, snap in snapshots:
+        for kind, count in sorted(snap["errors"].items()):
+            labels = f'store="{_label(guard.store)}",kind="{_label(kind)}"'
+            out.append(f"plugit_store_errors_total{{{labels}}} {count}")
+    out += [
+        "# HELP plugit_store_latency_seconds Time of the calls to each store.",
+        "# TYPE plugit_store_latency_seconds histogram",
+    ]
+    for guard, snap in snapshots:
+        name = _label(guard.store)
+        out += [
+            f'plugit_store_latency_seconds_bucket{{store="{name}",le="{le}"}} {n}'
+            for le, n in snap["buckets"]
+        ]
+        out.append(f'plugit_store_latency_seconds_sum{{store="{name}"}} {snap["sum"]:.6f}')
+        out.append(f'plugit_store_latency_seconds_count{{store="{name}"}} {snap["count"]}')
+    out += [
+        "# HELP plugit_store_up 1 while the store answers, 0 while it is down.",
+        "# TYPE plugit_store_up gauge",
+    ]
+    out += [f'plugit_store_up{{store="{_label(g.store)}"}} {0 if g.down else 1}' for g in rows]
+    out += [
+        "# HELP plugit_store_in_flight Calls in progress to each store.",
+        "# TYPE plugit_store_in_flight gauge",
+    ]
+    out += [f'plugit_store_in_flight{{store="{_label(g.store)}"}} {g.in_flight}' for g in rows]
+    if mail_backlog is not None:
+        out += [
+            "# HELP plugit_mail_outbox Mails in the queue, by state.",
+            "# TYPE plugit_mail_outbox gauge",
+        ]
+        out += [
+            f'plugit_mail_outbox{{state="{_label(state)}"}} {count}'
+            for state, count in sorted(mail_backlog.items())
+        ]
     return "\n".join(out) + "\n"
