@@ -259,13 +259,11 @@ def _service(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from .testing import run_checks
+    from .testing import compatibility_report, run_checks
 
-    results = run_checks(
-        args.check,
-        secret=args.secret or os.environ.get("PLUGIT_SERVICE_SECRET"),
-        actions=args.action or ("",),
-    )
+    secret = args.secret or os.environ.get("PLUGIT_SERVICE_SECRET")
+    actions = args.action or ("",)
+    results = run_checks(args.check, secret=secret, actions=actions)
     failed = 0
     for result in results:
         if result.ok:
@@ -276,6 +274,14 @@ def _check(args: argparse.Namespace) -> int:
             mark = "FAIL"
             failed += 1
         print(f"{mark}  {result.name}: {result.message}")
+    # What works differently behind this proxy than behind the original PlugIt: advice, never a
+    # failure.
+    notes = compatibility_report(args.check, secret=secret, actions=actions)
+    print(f"compatibility with the original PlugIt: {len(notes) or 'no'} difference(s)")
+    for note in notes:
+        print(f"note  {note.where}: {note.what}")
+        print(f"      why: {note.why}")
+        print(f"      advice: {note.advice}")
     print(f"{len(results) - failed} passed, {failed} failed")
     return 1 if failed else 0
 

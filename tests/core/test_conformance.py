@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from werkzeug.wrappers import Request, Response
 
+from plugit_core.cli import main
 from plugit_core.service import (
     PlugItService,
     ServiceRequest,
@@ -27,6 +28,8 @@ from plugit_core.testing import (
     CHECK_NAMES,
     CheckResult,
     ServiceConformance,
+    compatibility_report,
+    free_port,
     run_checks,
     serve,
 )
@@ -203,9 +206,10 @@ def always(status: int, body: bytes = b"{}") -> Callable[..., Response]:
     ("transform", "expected"),
     [
         pytest.param(on("/version", edit_json(version=1)), {"version"}, id="version-as-number"),
-        pytest.param(
-            on("/version", edit_json(protocol="plugit-sample")), {"version"}, id="default-name"
-        ),
+        # Any protocol name is accepted with version 1 (the compatibility report notes it).
+        pytest.param(on("/version", edit_json(protocol="plugit-sample")), set(), id="other-name"),
+        pytest.param(on("/version", edit_json(protocol="")), {"version"}, id="empty-name"),
+        pytest.param(on("/version", edit_json(protocol=None)), {"version"}, id="no-name"),
         pytest.param(
             on("/ping", edit_json(data="nope")),
             {"ping", "signed_request_accepted"},
@@ -372,3 +376,154 @@ def test_ipv6_service(root: Path, served: Callable[..., str]) -> None:
     assert url.startswith("http://[::1]:")
     results = run_checks(url, secret=SECRET, actions=ACTIONS)
     assert [r for r in results if not r.ok] == []
+
+
+# -- the compatibility report: a service written for the original ---------------------------------
+
+ORIGINAL_TEMPLATES = {
+    # Django syntax the dialect reads: one note, set template_dialect.
+    "django.html": (
+        '{% extends "plugIt/base.html" %}{% load plugit_tags %}{% block content %}'
+        '{% for p in polls %}{{ forloop.counter }} {{ p.title|default:"?" }}{% endfor %}'
+        "<form method=post>{% csrf_token %}</form>{% endblock %}"
+    ),
+    # {% url %}: the dialect refuses it.
+    "url.html": '{% extends "plugIt/base.html" %}{% block content %}'
+    '<a href="{% url "home" %}">home</a>{% endblock %}',
+    # The original's jQuery and Bootstrap 3 habits, in Jinja syntax.
+    "jquery.html": (
+        '{% extends "plugit/base.html" %}{% block content %}'
+        '<button id="add" class="btn btn-default" onclick="add()">'
+        '<span class="glyphicon glyphicon-plus"></span></button>'
+        '<a href="https://example.org/help">help</a> <img src="//cdn.example/x.png">'
+        '<a href="javascript:add()">+</a><a href="mailto:team@example.org">mail</a>'
+        '<link rel="stylesheet" href="{{ MEDIA_URL }}s.css"><style>p {}</style>'
+        "<script>$(function () { $('#add').hide(); });</script>{% endblock %}"
+    ),
+    # What a port to this library looks like: no note.
+    "clean.html": (
+        '{% extends "plugit/base.html" %}{% block content %}'
+        '<a href="{{ ebuio_baseUrl }}show/1" class="btn btn-secondary">{{ x }}</a>'
+        '<a href="mailto:team@example.org">mail</a> <img src="{{ MEDIA_URL }}a.png">'
+        "{% for k, v in d.items() %}{{ k }}{% endfor %}{% endblock %}"
+    ),
+    "broken.html": "{% if %}{% endfor",
+}
+
+
+def _template_action(name: str) -> Any:
+    def fn(request: ServiceRequest) -> dict:
+        return {}
+
+    fn.__name__ = name.removesuffix(".html")
+    return action(f"/{fn.__name__}", template=name)(fn)
+
+
+@action("/cached", template="clean.html")
+@only_logged_user()
+@cache(time=60)
+@user_info(["username", "gravatar"])
+def cached(request: ServiceRequest) -> dict:
+    return {}
+
+
+def original_style(root: Path, **settings: Any) -> Any:
+    """Our library made to answer as the original's did: its meta carries cache_by_user null
+    and a key no proxy reads."""
+    (root / "templates").mkdir(exist_ok=True)
+    for name, text in ORIGINAL_TEMPLATES.items():
+        (root / "templates" / name).write_text(text)
+    service = PlugItService(
+        [*(_template_action(n) for n in ORIGINAL_TEMPLATES), cached, api], root=root, **settings
+    )
+
+    def original_meta(response: Response) -> Response:
+        data = json.loads(response.get_data())
+        if "cache_time" in data:
+            data["cache_by_user"] = None
+        if data.get("user_info"):
+            data["plugit_version"] = "0.3.12"
+        response.set_data(json.dumps(data))
+        return response
+
+    return mutate(service, on("/meta", original_meta))
+
+
+ORIGINAL_ACTIONS = ("django", "url", "jquery", "clean", "broken", "cached", "api")
+
+
+def test_compatibility_report_of_an_original_service(
+    tmp_path: Path, served: Callable[..., str]
+) -> None:
+    url = served(original_style(tmp_path, api_name="plugit-sample"))
+    notes = compatibility_report(url, actions=ORIGINAL_ACTIONS)
+    got = {(n.where, n.what.split(" (")[0]) for n in notes}
+    assert got == {
+        ("version", "protocol name 'plugit-sample'"),
+        ("ping", "unsigned requests accepted"),
+        ("/django (template)", "Django template syntax"),
+        ("/url (template)", "Django template syntax"),
+        ("/url (template)", "a construct the Django dialect does not support"),
+        ("/jquery (template)", "<script> elements"),
+        ("/jquery (template)", "inline event handlers"),
+        ("/jquery (template)", "javascript: URLs"),
+        ("/jquery (template)", "jQuery"),
+        ("/jquery (template)", "Bootstrap 3 classes or attributes"),
+        ("/jquery (template)", "<link>, <style> elements"),
+        ("/jquery (template)", "absolute links or sources"),
+        ("/broken (template)", "a template that compiles in neither dialect"),
+        ("/cached", "@cache(time) without byUser on a restricted action"),
+        ("/cached", "meta keys 'plugit_version'"),
+        ("/cached", "user_info 'gravatar'"),
+    }
+    by = {(n.where, n.what.split(" (")[0]): n for n in notes}
+    # Each line says what, why and the advice.
+    assert all(n.why and n.advice for n in notes)
+    assert "PI_API_NAME = 'EBUio-PlugIt'" in by["version", "protocol name 'plugit-sample'"].advice
+    assert (
+        'template_dialect = "django"' in by["/django (template)", "Django template syntax"].advice
+    )
+    assert (
+        "{% url %}" in by["/url (template)", "a construct the Django dialect does not support"].what
+    )
+    assert 'theme = "legacy"' in by["/jquery (template)", "jQuery"].advice
+    assert 'trust = "full"' in by["/jquery (template)", "<script> elements"].advice
+    assert "onclick" in by["/jquery (template)", "inline event handlers"].what
+    links = by["/jquery (template)", "absolute links or sources"].what
+    assert "https://example.org/help" in links and "//cdn.example/x.png" in links
+    assert "mailto" not in links
+    assert "secret" in by["ping", "unsigned requests accepted"].advice
+    assert str(notes[0]).startswith("version: protocol name 'plugit-sample'. the proxy accepts")
+
+
+def test_compatibility_report_of_a_ported_service(root: Path, good_url: str) -> None:
+    """A service written for this library, signed: nothing to report."""
+    assert compatibility_report(good_url, secret=SECRET, actions=ACTIONS) == []
+
+
+def test_compatibility_report_never_raises(served: Callable[..., str], not_http: str) -> None:
+    assert compatibility_report(served(garbage_app), actions=["", "x"]) == []
+    assert compatibility_report(not_http) == []
+    assert compatibility_report("ftp://example.org") == []
+    port = free_port()
+    assert compatibility_report(f"http://127.0.0.1:{port}") == []
+
+
+def test_check_command_prints_the_report(
+    tmp_path: Path, served: Callable[..., str], capsys
+) -> None:
+    url = served(original_style(tmp_path, api_name="plugit-sample"))
+    code = main(["service", "--check", url, "--action", "jquery", "--action", "django"])
+    out = capsys.readouterr().out
+    assert code == 0  # differences are advice, not failures
+    assert "ok    version: protocol 'plugit-sample' version 1" in out
+    assert "compatibility with the original PlugIt: 10 difference(s)" in out
+    assert "note  /jquery (template): jQuery ($ or jQuery)" in out
+    assert '      advice: set theme = "legacy" on its mount' in out
+    assert "note  version: protocol name 'plugit-sample'" in out
+    assert out.strip().splitlines()[-1].endswith("0 failed")
+
+
+def test_check_command_without_differences(good_url: str, capsys) -> None:
+    assert main(["service", "--check", good_url, "--secret", SECRET]) == 0
+    assert "compatibility with the original PlugIt: no difference(s)" in capsys.readouterr().out
