@@ -30,6 +30,7 @@ from hostile_site import (
     Visitor,
     make_healthy_service,
 )
+from served_proxy import ServedProxy
 from werkzeug.security import generate_password_hash
 
 from plugit_core.hookspecs import hookimpl
@@ -115,7 +116,7 @@ def site_config(
                 "mount": "/hostile/",
                 "secret": c.hostile_secret,
                 "api_key": c.hostile_api_key,
-                "timeout": 20,
+                "timeout": 5,
             },
             {
                 "name": "hostiledj",
@@ -124,7 +125,7 @@ def site_config(
                 "secret": c.django_secret,
                 "api_key": c.django_api_key,
                 "template_dialect": "django",
-                "timeout": 20,
+                "timeout": 5,
             },
             {
                 "name": "healthy",
@@ -240,3 +241,17 @@ def _directory(site: Site) -> list[Any]:
 @pytest.fixture
 def visitor(site: Site) -> Visitor:
     return site.visitor()
+
+
+@pytest.fixture(scope="session")
+def served(hostile_site: Site, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedProxy]:
+    config = {
+        key: value
+        for key, value in hostile_site.config.items()
+        if key in ("dev_mode", "secret_key", "site_name", "session_cookie")
+    }
+    config["services"] = hostile_site.config["services"]
+    proxy = ServedProxy(config, tmp_path_factory.mktemp("served-proxy"))
+    proxy.start()
+    yield proxy
+    proxy.stop()

@@ -205,8 +205,8 @@ class HostileService:
     def _action(script: Script) -> Response:
         content = script.body if script.body is not None else json.dumps(script.data).encode()
         response = Response(content, status=script.status, mimetype="application/json")
-        for name, value in script.headers.items():
-            response.headers[name] = value
+        for name, value in script.headers.items():  # (any text: UTF-8 bytes on the wire)
+            response.headers[name] = value.encode("utf-8").decode("latin-1")
         return response
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import concurrent.futures
 import itertools
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -89,20 +88,6 @@ BOMBS = [("jinja", name, source) for name, source in JINJA_BOMBS.items()] + [
     ("django", name, source) for name, source in DJANGO_BOMBS.items()
 ]
 _numbers = itertools.count()
-
-
-@pytest.fixture(scope="module")
-def served(hostile_site: Site, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedProxy]:
-    config = {
-        key: value
-        for key, value in hostile_site.config.items()
-        if key in ("dev_mode", "secret_key", "site_name", "session_cookie")
-    }
-    config["services"] = hostile_site.config["services"]
-    proxy = ServedProxy(config, tmp_path_factory.mktemp("served-proxy"))
-    proxy.start()
-    yield proxy
-    proxy.stop()
 
 
 def _healthy(
