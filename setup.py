@@ -7,8 +7,10 @@ from setuptools import find_packages, setup
 HERE = Path(__file__).parent
 
 EXTRAS = {
-    # A production WSGI server for `plugit service`, `plugit proxy` and `plugit demo`.
-    "server": ["gunicorn>=22"],
+    # The production HTTP server of `plugit service`, `plugit proxy` and `plugit demo` (granian:
+    # HTTP/1.1 and HTTP/2, connections held in Rust); gunicorn for `--server gunicorn`.
+    "server": ["granian>=2.8,<3"],
+    "gunicorn": ["gunicorn>=22"],
     # A C HTTP parser for the proxy's calls to services (http_client = "auto" takes it).
     "speedups": ["httptools>=0.6"],
     "redis": ["redis>=5"],
@@ -17,6 +19,15 @@ EXTRAS = {
     "oidc": ["joserfc>=1.6"],  # ID token checks (authlib is a core dependency)
     "flask": ["flask>=2.3"],
     "django": ["django>=4.2"],
+    # The legacy theme (theme = "legacy"): Bootstrap 3 and jQuery for original PlugIt services,
+    # served from these packages.  XStatic-Bootstrap 3.3.7.1 is a source package that needs
+    # setuptools < 81 to build: install with `--build-constraint build-constraints.txt` (kept
+    # out of "all" for that reason).
+    "legacy": [
+        "XStatic-Bootstrap==3.3.7.1",
+        "XStatic-jQuery>=3.5,<4",
+        "XStatic-JQuery-Migrate>=3.3,<4",
+    ],
     "test": [
         "pytest>=8",
         "selenium>=4.20",
@@ -24,10 +35,13 @@ EXTRAS = {
         "flask>=2.3",
         "django>=4.2",
         "gunicorn>=22",
+        "granian>=2.8,<3",
         "aiosmtpd>=1.4",
     ],
 }
-EXTRAS["all"] = sorted({req for name, reqs in EXTRAS.items() if name != "test" for req in reqs})
+EXTRAS["all"] = sorted(
+    {req for name, reqs in EXTRAS.items() if name not in {"test", "legacy"} for req in reqs}
+)
 
 setup(
     name="plugit",

@@ -7,6 +7,7 @@ SQLite, and prints its URL.
 
 from __future__ import annotations
 
+import functools
 import os
 import secrets
 import signal
@@ -16,7 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from plugit_core.cli import run_server
+from plugit_core.cli import ServeOptions, run_server
 from plugit_core.testing import free_port, wait_for_port
 
 __all__ = ["demo_config", "run_demo"]
@@ -40,11 +41,25 @@ def demo_config(service_url: str, secret: str) -> dict[str, Any]:
     }
 
 
-def run_demo(*, port: int = 8000, host: str = "127.0.0.1", data_dir: str | None = None) -> int:
-    """Start the service, then serve the proxy in the foreground until interrupted."""
+def run_demo(
+    *,
+    port: int = 8000,
+    host: str = "127.0.0.1",
+    data_dir: str | None = None,
+    options: ServeOptions | None = None,
+) -> int:
+    """Start the service, then serve the proxy in the foreground until interrupted.
+
+    ``options`` says how the proxy is served (granian, 16 threads, by default); when given, its
+    host and port win over ``host`` and ``port``.  The service is served by the same server.
+    """
     from plugit_contrib.examples.voting import db
     from plugit_core.proxy.app import ProxyApp
 
+    if options is None:
+        options = ServeOptions(host=host, port=port, threads=16, name="plugit-demo")
+    options.check()
+    host, port = options.host, options.port
     folder = Path(data_dir) if data_dir else Path(tempfile.mkdtemp(prefix="plugit-demo-"))
     folder.mkdir(parents=True, exist_ok=True)
     database = folder / "voting.sqlite3"
@@ -64,6 +79,8 @@ def run_demo(*, port: int = 8000, host: str = "127.0.0.1", data_dir: str | None 
             "127.0.0.1",
             "--port",
             str(service_port),
+            "--server",
+            options.server,
         ],
         env=env,
     )
@@ -71,8 +88,12 @@ def run_demo(*, port: int = 8000, host: str = "127.0.0.1", data_dir: str | None 
         wait_for_port("127.0.0.1", service_port, timeout=60)
         config = demo_config(f"http://127.0.0.1:{service_port}", secret)
         shown = f"[{host}]" if ":" in host else host
-        print(f"\n  PlugIt demo: http://{shown}:{port}/voting/   (data in {folder})\n", flush=True)
-        run_server(lambda: ProxyApp(config), host=host, port=port, threads=16, name="plugit-demo")
+        scheme = "https" if options.tls_cert else "http"
+        print(
+            f"\n  PlugIt demo: {scheme}://{shown}:{port}/voting/   (data in {folder})\n",
+            flush=True,
+        )
+        run_server(functools.partial(ProxyApp, config), options=options)
     finally:
         if service.poll() is None:
             service.send_signal(signal.SIGTERM)

@@ -3,18 +3,23 @@
 ::
 
     plugit service MODULE [--host H] [--port P] [--templates DIR] [--media DIR] [--secret S]
-                   [--base-url PATH] [--allowed-networks CIDR,...] [--debug]
+                   [--base-url PATH] [--allowed-networks CIDR,...] [--debug] [SERVING]
     plugit service --check URL [--secret S] [--action PATH ...]
-    plugit proxy --config FILE [--host H] [--port P] [--force]
+    plugit proxy --config FILE [--force] [SERVING]
     plugit users --config FILE add|passwd|grant|revoke|disable|enable|orga-add|orga-join|...
-    plugit demo [--port P]
+    plugit demo [SERVING]
 
-Servers run under gunicorn (threaded workers), installed with ``pip install plugit[server]``.
+    SERVING: [--host H] [--port P] [--server granian|gunicorn] [--workers N] [--threads N]
+             [--tls-cert FILE --tls-key FILE] [--http auto|1|2]
+
+Servers run under granian (``pip install plugit[server]``) or, with ``--server gunicorn``, under
+gunicorn's threaded workers (``pip install plugit[gunicorn]``).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import getpass
 import importlib
 import importlib.util
@@ -23,6 +28,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,7 +38,7 @@ if TYPE_CHECKING:
     from .backends import Backends
     from .config import ProxyConfig
 
-__all__ = ["main", "run_server"]
+__all__ = ["ServeOptions", "main", "run_server"]
 
 log = logging.getLogger("plugit")
 
@@ -43,40 +49,187 @@ class CommandError(Exception):
     """A user error: printed as one line, exit status 2."""
 
 
+SERVERS = ("granian", "gunicorn")
+HTTP_VERSIONS = ("auto", "1", "2")
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """How ``plugit proxy``, ``plugit service`` and ``plugit demo`` serve their WSGI app.
+
+    ``server`` is ``"granian"`` (the default: HTTP/1.1 and HTTP/2, connections and request
+    parsing in Rust, outside the GIL) or ``"gunicorn"`` (threaded workers, HTTP/1.1).  ``threads``
+    are the Python threads that run the app in each of the ``workers`` processes.  ``tls_cert`` and
+    ``tls_key`` (PEM files; granian wants the key in PKCS#8) serve HTTPS; ``tls_key_password``
+    opens an encrypted key (granian only).  ``http`` is ``"auto"`` (HTTP/1.1, and HTTP/2 for
+    clients that ask: ALPN over TLS, prior knowledge in clear), ``"1"`` or ``"2"`` (granian only).
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 1
+    threads: int = 8
+    server: str = "granian"
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_key_password: str | None = None
+    http: str = "auto"
+    timeout: int = 60
+    name: str = "plugit"
+
+    def check(self) -> None:
+        """Raise :class:`CommandError` naming the option that cannot be served."""
+        if self.server not in SERVERS:
+            raise CommandError(f"--server: {self.server!r} is not one of {', '.join(SERVERS)}")
+        if self.http not in HTTP_VERSIONS:
+            raise CommandError(f"--http: {self.http!r} is not one of {', '.join(HTTP_VERSIONS)}")
+        for option, value in (("--workers", self.workers), ("--threads", self.threads)):
+            if value < 1:
+                raise CommandError(f"{option}: must be 1 or more, not {value}")
+        if not 0 <= self.port <= 65535:
+            raise CommandError(f"--port: {self.port} is not a TCP port")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise CommandError("--tls-cert and --tls-key go together: give both, or neither")
+        for option, path in (("--tls-cert", self.tls_cert), ("--tls-key", self.tls_key)):
+            if path and not Path(path).is_file():
+                raise CommandError(f"{option}: no such file: {path}")
+        if self.tls_key_password and not self.tls_key:
+            raise CommandError("PLUGIT_TLS_KEY_PASSWORD is set but no --tls-key is given")
+        if self.server == "gunicorn":
+            if self.http == "2":
+                raise CommandError(
+                    "--http 2: HTTP/2 is served by granian (--server granian, the default); "
+                    "gunicorn serves HTTP/1.1 here"
+                )
+            if self.tls_key_password:
+                raise CommandError(
+                    "an encrypted TLS key (PLUGIT_TLS_KEY_PASSWORD) is read by granian only: "
+                    "use --server granian, or a key without a password"
+                )
+
+
+# What granian puts in every environ itself (from the request, or its own constants).
+_GRANIAN_KEYS = frozenset(
+    {
+        "GATEWAY_INTERFACE", "SCRIPT_NAME", "SERVER_SOFTWARE", "SERVER_PROTOCOL", "SERVER_NAME",
+        "SERVER_PORT", "REMOTE_ADDR", "REQUEST_METHOD", "PATH_INFO", "QUERY_STRING",
+        "CONTENT_LENGTH",
+    }
+)  # fmt: skip
+
+
+def _without_process_environment(app: Callable[..., Any]) -> Callable[..., Any]:
+    """``app`` without the process environment in its WSGI environ.
+
+    granian starts every request's environ from a copy of ``os.environ`` taken when the worker
+    starts: the process's secrets would travel with every request to whatever reads the environ,
+    and a variable named ``HTTP_X_SOMETHING`` (``HTTP_PROXY`` is a common one) would read as a
+    request header the client never sent.  Each inherited entry still holding its inherited value
+    is removed (so a request header equal to an ``HTTP_*`` variable of the process is dropped
+    too); a few microseconds per request.  Call it right after the app is made, in the worker.
+    """
+    inherited = tuple((k, v) for k, v in os.environ.items() if k not in _GRANIAN_KEYS)
+
+    def wsgi(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        for key, value in inherited:
+            if environ.get(key) == value:
+                del environ[key]
+        return app(environ, start_response)
+
+    return wsgi
+
+
 def run_server(
     factory: Callable[[], Any],
     *,
-    host: str,
-    port: int,
+    host: str = "127.0.0.1",
+    port: int = 8000,
     workers: int = 1,
     threads: int = 8,
     timeout: int = 60,
     name: str = "plugit",
+    options: ServeOptions | None = None,
 ) -> None:
-    """Serve the WSGI app made by ``factory`` with gunicorn's threaded workers.
+    """Serve the WSGI app made by ``factory`` until interrupted (SIGINT or SIGTERM).
 
-    ``factory`` runs in each worker process after the fork, so connection pools are never
-    shared between processes.
+    ``options`` says how (granian by default, see :class:`ServeOptions`); without it the
+    keyword arguments make one.  ``factory`` runs in each worker process, so connection pools are
+    never shared between processes: a module-level function or a :func:`functools.partial` of one
+    works with every start method; a closure only where processes fork (Linux before Python 3.14).
     """
+    if options is None:
+        options = ServeOptions(
+            host=host, port=port, workers=workers, threads=threads, timeout=timeout, name=name
+        )
+    options.check()
+    if options.server == "gunicorn":
+        _run_gunicorn(factory, options)
+    else:
+        _run_granian(factory, options)
+
+
+def _run_granian(factory: Callable[[], Any], options: ServeOptions) -> None:
+    try:
+        from granian.constants import HTTPModes, Interfaces
+        from granian.http import HTTP1Settings
+        from granian.server import Server
+    except ImportError:
+        raise CommandError(
+            "granian is needed to serve: pip install 'plugit[server]' (or --server gunicorn)"
+        ) from None
+    server = Server(
+        options.name,
+        address=options.host,
+        port=options.port,
+        interface=Interfaces.WSGI,
+        workers=options.workers,
+        blocking_threads=options.threads,
+        http={"auto": HTTPModes.auto, "1": HTTPModes.http1, "2": HTTPModes.http2}[options.http],
+        # Headers must arrive within 10 s: a client trickling them holds a connection (in Rust,
+        # no Python thread) for that long at most.
+        http1_settings=HTTP1Settings(header_read_timeout=10_000),
+        websockets=False,
+        ssl_cert=Path(options.tls_cert) if options.tls_cert else None,
+        ssl_key=Path(options.tls_key) if options.tls_key else None,
+        ssl_key_password=options.tls_key_password,
+        # A request still running this long after SIGTERM is abandoned.
+        workers_kill_timeout=options.timeout,
+    )
+    server.serve(target_loader=functools.partial(_granian_app, factory), wrap_loader=False)
+
+
+def _granian_app(factory: Callable[[], Any]) -> Callable[..., Any]:
+    """Runs in each granian worker: the app to serve."""
+    return _without_process_environment(factory())
+
+
+def _run_gunicorn(factory: Callable[[], Any], options: ServeOptions) -> None:
     try:
         from gunicorn.app.base import BaseApplication
     except ImportError:
-        raise CommandError("a production server is needed: pip install 'plugit[server]'") from None
+        raise CommandError(
+            "gunicorn is needed for --server gunicorn: pip install 'plugit[gunicorn]'"
+        ) from None
+
+    host, port = options.host, options.port
 
     class _Server(BaseApplication):  # type: ignore[misc]
         def load_config(self) -> None:
             bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-            settings = {
+            settings: dict[str, Any] = {
                 "bind": bind,
-                "workers": workers,
-                "threads": threads,
+                "workers": options.workers,
+                "threads": options.threads,
                 "worker_class": "gthread",
-                "timeout": timeout,
-                "proc_name": name,
+                "timeout": options.timeout,
+                "proc_name": options.name,
                 "accesslog": None,
                 "errorlog": "-",
                 "loglevel": "info",
             }
+            if options.tls_cert:
+                settings["certfile"] = options.tls_cert
+                settings["keyfile"] = options.tls_key
             if "control_socket_disable" in self.cfg.settings:  # gunicorn >= 25: one per server
                 settings["control_socket_disable"] = True
             for key, value in settings.items():
@@ -86,6 +239,52 @@ def run_server(
             return factory()
 
     _Server().run()
+
+
+def _add_serve_options(parser: argparse.ArgumentParser, *, port: int, threads: int) -> None:
+    """The options of the commands that serve: host, port, server, processes, TLS, HTTP/2."""
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=port)
+    parser.add_argument(
+        "--server",
+        choices=SERVERS,
+        default="granian",
+        help="the HTTP server (default: granian; gunicorn serves HTTP/1.1 only)",
+    )
+    parser.add_argument("--workers", type=int, default=1, help="processes (default: 1)")
+    parser.add_argument(
+        "--threads", type=int, default=threads, help=f"threads per process (default: {threads})"
+    )
+    parser.add_argument("--tls-cert", metavar="FILE", help="serve HTTPS with this certificate")
+    parser.add_argument(
+        "--tls-key",
+        metavar="FILE",
+        help="its private key (PEM, PKCS#8 for granian; password in PLUGIT_TLS_KEY_PASSWORD)",
+    )
+    parser.add_argument(
+        "--http",
+        choices=HTTP_VERSIONS,
+        default="auto",
+        help="HTTP versions (default: auto, HTTP/1.1 and HTTP/2; granian only for 2)",
+    )
+
+
+def serve_options(args: argparse.Namespace, name: str) -> ServeOptions:
+    """The :class:`ServeOptions` of a command's parsed arguments, checked."""
+    options = ServeOptions(
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        threads=args.threads,
+        server=args.server,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_key_password=os.environ.get("PLUGIT_TLS_KEY_PASSWORD") or None,
+        http=args.http,
+        name=name,
+    )
+    options.check()
+    return options
 
 
 # -- plugit service --------------------------------------------------------------------------------
@@ -246,15 +445,9 @@ def _service(args: argparse.Namespace) -> int:
     if not args.module:
         raise CommandError("give a MODULE to serve, or --check URL")
     overrides = _service_overrides(args)
+    options = serve_options(args, f"plugit-service:{args.module}")
     load_service(args.module, **overrides)  # fail now, in the master, with a clear message
-    run_server(
-        lambda: load_service(args.module, **overrides),
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        threads=args.threads,
-        name=f"plugit-service:{args.module}",
-    )
+    run_server(functools.partial(load_service, args.module, **overrides), options=options)
     return 0
 
 
@@ -312,22 +505,24 @@ def _proxy(args: argparse.Namespace) -> int:
                 "PlugIt proxy in DEV MODE (simulated users; never use in production)",
                 file=sys.stderr,
             )
+    options = serve_options(args, "plugit-proxy")
     ProxyApp(config, check_services=False).close()  # fail now with a clear message
-    run_server(
-        lambda: ProxyApp(load_config(args.config)),
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        threads=args.threads,
-        name="plugit-proxy",
-    )
+    run_server(functools.partial(_proxy_app, args.config), options=options)
     return 0
+
+
+def _proxy_app(config_path: str) -> Any:
+    """The proxy of ``config_path``: made in each worker process."""
+    from .config import load_config
+    from .proxy.app import ProxyApp
+
+    return ProxyApp(load_config(config_path))
 
 
 def _demo(args: argparse.Namespace) -> int:
     from plugit_contrib.demo import run_demo
 
-    return run_demo(port=args.port, data_dir=args.data_dir, host=args.host)
+    return run_demo(data_dir=args.data_dir, options=serve_options(args, "plugit-demo"))
 
 
 # -- commands on the backends of a configuration ---------------------------------------------------
@@ -553,24 +748,18 @@ def _parser() -> argparse.ArgumentParser:
         "--check", metavar="URL", help="run the protocol conformance checks on URL"
     )
     service.add_argument("--action", action="append", help="action path to check (repeatable)")
-    service.add_argument("--host", default="127.0.0.1")
-    service.add_argument("--port", type=int, default=5000)
+    _add_serve_options(service, port=5000, threads=8)
     service.add_argument("--templates", help="templates folder (default: templates)")
     service.add_argument("--media", help="media folder (default: media)")
     service.add_argument("--secret", help="shared secret with the proxy (or PLUGIT_SERVICE_SECRET)")
     service.add_argument("--base-url", help="prefix of the protocol endpoints (default: /)")
     service.add_argument("--allowed-networks", help="comma-separated CIDR allow-list")
     service.add_argument("--debug", action="store_true", help="no meta caching")
-    service.add_argument("--workers", type=int, default=1)
-    service.add_argument("--threads", type=int, default=8)
     service.set_defaults(handler=_service)
 
     proxy = commands.add_parser("proxy", help="serve the proxy")
     proxy.add_argument("--config", required=True, help="TOML configuration file")
-    proxy.add_argument("--host", default="127.0.0.1")
-    proxy.add_argument("--port", type=int, default=8000)
-    proxy.add_argument("--workers", type=int, default=1)
-    proxy.add_argument("--threads", type=int, default=16)
+    _add_serve_options(proxy, port=8000, threads=16)
     proxy.add_argument(
         "--force", action="store_true", help="allow dev mode on a non-loopback address"
     )
@@ -618,8 +807,7 @@ def _parser() -> argparse.ArgumentParser:
     make_plugin_manager().hook.plugit_add_commands(commands=commands)  # plugins' own commands
 
     demo = commands.add_parser("demo", help="run the proxy and the example voting service")
-    demo.add_argument("--host", default="127.0.0.1")
-    demo.add_argument("--port", type=int, default=8000)
+    _add_serve_options(demo, port=8000, threads=16)
     demo.add_argument(
         "--data-dir", help="where the demo keeps its SQLite file (default: a temp dir)"
     )

@@ -234,7 +234,7 @@ def _get(port, path, secret=None, source="127.0.0.1"):
     try:
         connection.request("GET", path, headers=headers)
         response = connection.getresponse()
-        return response.status, dict(response.getheaders()), response.read()
+        return response.status, response.headers, response.read()  # names case-insensitive
     finally:
         connection.close()
 
