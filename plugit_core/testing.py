@@ -5,6 +5,8 @@
 * :func:`run_checks` checks a running service against the protocol (PROTOCOL.md sections 2 and 3,
   plus request signatures) and returns one :class:`CheckResult` per check; it never raises.
   ``plugit service --check URL`` prints them.
+* :func:`compatibility_report` lists what a service written for the original PlugIt uses that
+  behaves differently behind this proxy, with the porting advice; ``--check`` prints it too.
 * :class:`ServiceConformance` is the same checks as a pytest test class: subclass it as
   ``TestMyService``, give it a ``plugit_service`` fixture returning ``(url, secret, actions)``,
   and each check runs as one test.  pytest is only imported when those tests run.

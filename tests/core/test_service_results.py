@@ -288,6 +288,28 @@ def test_not_modified_the_original_ways(http: requests.Session, url: str, raised
     assert "Content-Type" not in response.headers
 
 
+@action("/poll")
+@send_etag()
+def poll(request: ServiceRequest) -> dict:
+    """The original's idiom: compare the proxy's X-Plugit-If-None-Match with its own tag."""
+    if request.headers.get("X-Plugit-If-None-Match") == "poll-7":
+        abort(NotModified())
+    return {"_plugit_etag": "poll-7", "title": "Lunch?"}
+
+
+def test_etag_round_trip_as_the_original(
+    http: requests.Session, served: Callable[..., str]
+) -> None:
+    url = served(PlugItService([poll]))
+    first = http.get(f"{url}/action/poll")
+    assert (first.status_code, first.headers["ETag"]) == (200, "poll-7")
+    assert first.json() == {"title": "Lunch?"}
+    again = http.get(
+        f"{url}/action/poll", headers={"X-Plugit-If-None-Match": first.headers["ETag"]}
+    )
+    assert (again.status_code, again.content) == (304, b"")
+
+
 @pytest.mark.parametrize(
     ("raised", "status", "error"),
     [
