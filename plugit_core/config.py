@@ -274,6 +274,8 @@ class ServiceMount:
     options: Mapping[str, Any] = field(default_factory=dict)
     # How far the site trusts the service's HTML: "sandboxed" (sanitised, strict CSP) or "full".
     trust: str = "sandboxed"
+    # The theme of its pages (a registered theme backend), when not the site's.
+    theme: str | None = None
     # The budget of one render of its templates (plugit_core.proxy.sandbox.RenderBudget).
     render_cpu_time: float = 0.5
     render_max_iterations: int = 100_000
@@ -480,6 +482,7 @@ def _service(data: Any, index: int, source: str | None) -> ServiceMount:
         shadow_secret=r.str("shadow_secret"),
         options=dict(r.raw("options", {}) or {}),
         trust=r.choice("trust", "sandboxed", TRUST_LEVELS),
+        theme=r.str("theme") or None,
         render_cpu_time=r.number("render_cpu_time", 0.5, minimum=0.001),
         render_max_iterations=r.number("render_max_iterations", 100_000, minimum=1, integer=True),
         render_max_output=r.number("render_max_output", 5_000_000, minimum=1024, integer=True),

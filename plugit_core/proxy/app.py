@@ -67,6 +67,7 @@ __all__ = ["LogoutFields", "PlugItMiddleware", "ProxyApp", "ProxyRequest", "scri
 log = logging.getLogger("plugit.proxy")
 
 STATIC_PREFIX = "/_plugit/static/"
+THEMES_PREFIX = "/_plugit/themes/"  # the static files of the mounts' own themes
 SITE_CSRF_FIELD_NAME = "plugit_site_csrf"  # the layout's own forms (see csrf_token)
 # What stays unquoted of SCRIPT_NAME in the URLs we emit: RFC 3986 path characters ("%" is not,
 # since SCRIPT_NAME arrives percent-decoded).
@@ -246,6 +247,17 @@ class ProxyApp:
         self.dev_guard = dev_guard(config)  # dev mode: loopback and dev_allowed_clients only
         self.site_env = site_environment(self.theme)
         self.site_env.globals.update(static_url=self.static_url, site_name=config.site_name)
+        # Themes of their own for some mounts (``theme`` of a service: an original service in
+        # the legacy theme), each with its layout environment and its static files at
+        # /_plugit/themes/<name>/.
+        self.themes: dict[str, Theme] = {self.theme.name: self.theme}
+        self._theme_envs = {self.theme.name: self.site_env}
+        for name in sorted({m.theme for m in config.services if m.theme} - {config.theme}):
+            theme = self.backends.build("theme", name, config)
+            self.themes[name] = theme
+            env = site_environment(theme)
+            env.globals.update(site_name=config.site_name)
+            self._theme_envs[name] = env
         self.mounts = sorted(config.services, key=lambda m: len(m.mount), reverse=True)
         # Every client, by name: "<service>", "<service>:<variant>", "<service>:shadow".
         self.clients: dict[str, ServiceClient] = {}
@@ -274,7 +286,7 @@ class ProxyApp:
         self.templates = {
             m.name: ServiceTemplates(
                 m.name,
-                self.theme,
+                self.mount_theme(m),
                 dialect=m.template_dialect,
                 menu_block=m.menu_block,
                 budget=RenderBudget(
@@ -302,6 +314,7 @@ class ProxyApp:
         self.url_map = Map(
             [
                 Rule(STATIC_PREFIX + "<path:path>", endpoint="static", methods=["GET"]),
+                Rule(THEMES_PREFIX + "<name>/<path:path>", endpoint="theme", methods=["GET"]),
                 Rule("/_plugit/health", endpoint="health", methods=["GET"]),
                 Rule("/_plugit/ready", endpoint="ready", methods=["GET"]),
                 Rule("/_plugit/metrics", endpoint="metrics", methods=["GET"]),
@@ -318,6 +331,15 @@ class ProxyApp:
             self.check_services()
 
     def _check_sections(self) -> None:
+        themes = set(self.backends.names("theme"))
+        for i, mount in enumerate(self.config.services):
+            if mount.theme and mount.theme not in themes:
+                raise ConfigError(
+                    f"services[{i}].theme",
+                    f"no theme {mount.theme!r} is installed for service {mount.name!r} "
+                    f"(installed: {', '.join(sorted(themes))})",
+                    self.config.source,
+                )
         known = {f"{kind}_{name}" for kind in KINDS for name in self.backends.names(kind)}
         for section in self.config.sections:
             if section not in known:
@@ -499,6 +521,11 @@ class ProxyApp:
             return self.error_page(request, exc.code or 404)
         if endpoint == "static":
             return self.static(request, values["path"])
+        if endpoint == "theme":
+            theme = self.themes.get(values["name"])
+            if theme is None or theme is self.theme:
+                return self.error_page(request, 404)
+            return self.static(request, values["path"], theme)
         if endpoint == "home":
             return self.home(request)
         if endpoint in ("health", "ready", "metrics"):
@@ -717,14 +744,22 @@ class ProxyApp:
         url = STATIC_PREFIX + path.lstrip("/")
         return url if request is None else self.site_url(request, url)
 
-    def static(self, request: Request, path: str) -> Response:
+    def mount_theme(self, mount: ServiceMount | None) -> Theme:
+        """The theme of ``mount``'s pages: its own ``theme``, else the site's."""
+        if mount is not None and mount.theme:
+            return self.themes[mount.theme]
+        return self.theme
+
+    def static(self, request: Request, path: str, theme: Theme | None = None) -> Response:
+        """A static file of ``theme`` (the site's by default)."""
+        theme = theme or self.theme
         # a path whose first segment names one of the theme's static_roots is served from it
         first, _, rest = path.partition("/")
-        root = self.theme.static_roots.get(first) if rest else None
+        root = theme.static_roots.get(first) if rest else None
         if root is not None:
             target = safe_join(str(root), rest)
         else:
-            target = safe_join(str(self.theme.static), path)
+            target = safe_join(str(theme.static), path)
         if target is None or not Path(target).is_file():
             return self.error_page(request, 404)  # type: ignore[arg-type]
         response = send_file(target, request.environ, max_age=86400)
@@ -741,8 +776,11 @@ class ProxyApp:
         def site_url(target: str) -> str:
             return _prefixed(base, target)
 
+        theme = self.mount_theme(mount)
+        static_prefix = STATIC_PREFIX if theme is self.theme else f"{THEMES_PREFIX}{theme.name}/"
+
         def static_url(target: str) -> str:
-            return _prefixed(base, STATIC_PREFIX + target.lstrip("/"))
+            return _prefixed(base, static_prefix + target.lstrip("/"))
 
         return {
             "site_name": self.config.site_name,
@@ -820,7 +858,8 @@ class ProxyApp:
             if dev_user_mode is not None:
                 context["dev_user_mode"] = dev_user_mode
             name = "plugit/layout-menu.html" if mount.layout == "menu" else "plugit/layout.html"
-            skeleton = self.site_env.get_template(name).render(context)
+            env = self._theme_envs[self.mount_theme(mount).name]
+            skeleton = env.get_template(name).render(context)
             with self._skeleton_lock:
                 self._skeletons[key] = skeleton
         path = request.full_path if request.query_string else request.path
@@ -932,7 +971,8 @@ class ProxyApp:
                 plugit_content=Markup(""),
                 plugit_menu=Markup(""),
             )
-            html = self.site_env.get_template("plugit/error.html").render(context)
+            env = self._theme_envs[self.mount_theme(mount).name]
+            html = env.get_template("plugit/error.html").render(context)
         except Exception:
             log.exception("the error page itself failed")
             html = f"<!doctype html><title>{status}</title><h1>{status} {title}</h1>"
