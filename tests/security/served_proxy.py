@@ -1,5 +1,5 @@
-"""The attacked site's proxy as it runs in production: ``plugit proxy`` (gunicorn) in a process
-of its own, for the attacks that need a real server (request smuggling) or that may take a
+"""The attacked site's proxy as it runs in production: ``plugit proxy`` (its default server) in
+a process of its own, for the attacks that need a real server (request smuggling) or that may take a
 process down with them (bombs: the process is limited to 4 GB of memory, and started again after
 a bomb that did not end).
 """

@@ -1,5 +1,5 @@
 """Bombs: templates and data built to eat the proxy's CPU or memory, against the proxy served by
-``plugit proxy`` (gunicorn) with the default render budgets.
+``plugit proxy`` (its production server) with the default render budgets.
 
 Every bomb must end in the hostile service's themed 502 page, logged as ``over_budget`` (or, for
 data the proxy cannot read, as a bad reply), while the healthy service's page, asked again and

@@ -115,7 +115,7 @@ def _script_src(policy: str) -> str:
     return ""
 
 
-# -- request smuggling, against gunicorn -----------------------------------------------------------
+# -- request smuggling, against the production server (plugit proxy) -------------------------------
 
 
 def _raw(served: ServedProxy, data: bytes) -> bytes:
