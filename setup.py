@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from setuptools import find_packages, setup
+from setuptools import find_namespace_packages, setup
 
 HERE = Path(__file__).parent
 
@@ -44,14 +44,25 @@ EXTRAS["all"] = sorted(
 )
 
 setup(
-    name="plugit",
+    # The name `plugit` on the package index is the original PlugIt (2018): this project is
+    # `plugit-wsgi`; its import packages are plugit_core, plugit_backends and plugit_contrib.
+    name="plugit-wsgi",
     version="0.1.0",
     description="Put many independent web services behind one site: the PlugIt protocol on WSGI.",
     long_description=(HERE / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
-    license="BSD-3-Clause",
+    author="the PlugIt developers",
+    license_expression="BSD-3-Clause",
+    license_files=["LICENSE"],
+    keywords=["plugit", "wsgi", "proxy", "portal", "microservices", "sso"],
+    # No project URLs: the project has no public home yet.
     python_requires=">=3.10",
-    packages=find_packages(include=["plugit_core*", "plugit_backends*", "plugit_contrib*"]),
+    # Namespace discovery lists the data folders (templates, static files) too, so setuptools
+    # knows they are meant to be shipped (it warns about each one otherwise).
+    packages=find_namespace_packages(
+        include=["plugit_core*", "plugit_backends*", "plugit_contrib*"],
+        exclude=["*.__pycache__"],
+    ),
     include_package_data=True,
     package_data={
         "plugit_core": ["py.typed"],
@@ -63,6 +74,8 @@ setup(
         "werkzeug>=3.0",
         "jinja2>=3.1.6",  # every published sandbox advisory fixed
         "markupsafe>=2.1",
+        "urllib3>=2.0",  # the proxy's pooled calls to services (imported directly)
+        "idna>=3.4",  # redirect targets' host names, read as browsers read them
         "nh3>=0.2.14",  # the HTML sanitiser of sandboxed services (ammonia)
         "requests>=2.31",
         "cachetools>=5.3",
@@ -72,10 +85,25 @@ setup(
     ],
     extras_require=EXTRAS,
     entry_points={"console_scripts": ["plugit = plugit_core.cli:main"]},
+    # The license is the license_expression above (PEP 639): a "License ::" classifier beside it
+    # is refused by setuptools.
     classifiers=[
-        "Framework :: Flask",
+        "Development Status :: 3 - Alpha",
+        "Environment :: Web Environment",
         "Framework :: Django",
+        "Framework :: Flask",
+        "Intended Audience :: Developers",
+        "Intended Audience :: System Administrators",
+        "Operating System :: POSIX :: Linux",
         "Programming Language :: Python :: 3",
+        "Programming Language :: Python :: 3 :: Only",
+        "Programming Language :: Python :: 3.10",
+        "Programming Language :: Python :: 3.11",
+        "Programming Language :: Python :: 3.12",
+        "Programming Language :: Python :: 3.13",
+        "Topic :: Internet :: WWW/HTTP :: Dynamic Content",
+        "Topic :: Internet :: WWW/HTTP :: HTTP Servers",
+        "Topic :: Internet :: WWW/HTTP :: WSGI :: Application",
         "Topic :: Internet :: WWW/HTTP :: WSGI :: Middleware",
         "Typing :: Typed",
     ],
