@@ -62,7 +62,7 @@ CSRF_COOKIE = "csrftoken"  # readable by the mount's scripts, holds the mount's 
 MAX_SESSION_KEYS = 32
 MAX_SESSION_VALUE = 1024
 _SESSION_KEY = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-_PASS_STATUS_HEADERS = ("WWW-Authenticate", "Retry-After", "ETag")
+_PASS_STATUS_HEADERS = ("WWW-Authenticate", "Retry-After", "ETag", "Allow")
 
 
 @dataclass

@@ -360,3 +360,11 @@ def test_no_prefix_redirects_refuse_control_characters(browser, target):
     response = browser.get("/svc/redirect", params={"to": target, "np": "1"})
     assert response.status_code == 502
     assert "Location" not in response.headers
+
+
+def test_405_keeps_the_services_allow_header(browser):
+    response = browser.patch("/svc/echo", headers={"X-CSRFToken": browser.csrf()})
+    assert response.status_code == 405
+    allowed = {m.strip() for m in response.headers["Allow"].split(",")}
+    assert {"GET", "POST", "PUT", "DELETE"} <= allowed
+    assert "PATCH" not in allowed
