@@ -202,6 +202,8 @@ class StoreGuard:
         is_outage: Callable[[BaseException], bool] = _default_is_outage,
         probe: Callable[[], Any] | None = None,
         required: bool = True,
+        consequence: str = "requests that need it get a 503 meanwhile",
+        on_recover: Callable[[], None] | None = None,
         logger: logging.Logger | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -217,6 +219,9 @@ class StoreGuard:
         self.is_outage = is_outage
         self.probe = probe
         self.required = required
+        self.consequence = consequence
+        self.on_recover = on_recover
+        self.failures = 0  # every failure since start (tests, logs)
         self.log = logger or log
         self.metrics = StoreMetrics()
         self._clock = clock
@@ -359,18 +364,30 @@ class StoreGuard:
             )
             self._retry_at = now + self._backoff
             self._last_error = text
+            self.failures += 1
             warn = first or now - self._last_warning >= WARN_INTERVAL
             if warn:
                 self._last_warning = now
         if warn:
             self.log.warning(
-                "%s (%s) %s: %s; requests that need it get a 503 meanwhile",
+                "%s (%s) %s: %s; %s",
                 self.label,
                 self.store,
                 "is unavailable" if first else "is still unavailable",
                 text,
+                self.consequence,
             )
         return text
+
+    def warn(self, message: str, *args: Any) -> None:
+        """A warning about a consequence of the outage, at most once a minute (shared with the
+        outage's own warnings)."""
+        with self._lock:
+            now = self._clock()
+            if now - self._last_warning < WARN_INTERVAL:
+                return
+            self._last_warning = now
+        self.log.warning(message, *args)
 
     def _succeeded(self) -> None:
         if not self._down:
@@ -382,6 +399,8 @@ class StoreGuard:
             self._backoff = 0.0
             self._last_warning = -math.inf
         self.log.warning("%s (%s) answers again", self.label, self.store)
+        if self.on_recover is not None:
+            self.on_recover()
 
 
 def _describe(exc: BaseException) -> str:

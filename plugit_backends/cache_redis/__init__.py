@@ -8,17 +8,21 @@ Configuration (all optional)::
     url = "redis://127.0.0.1:6379/0"   # redis://, rediss:// (TLS) or unix://
     prefix = "plugit:cache:"            # every key starts with it; clear() removes only these
     socket_timeout = 0.25               # seconds: a cache must answer fast or be skipped
-    retry_interval = 5                  # seconds between two attempts while Redis is down
+    retry_interval = 1                  # at most this long between two attempts while down
     fallback_max_bytes = 16777216       # size of the in-process cache used while Redis is down
     max_connections = 0                 # 0: as many pooled connections as threads need
+    max_waiters = 8                     # threads in Redis calls at once; more use the fallback
+    required = false                    # /_plugit/ready is 503 while it is down (if true)
 
 When Redis does not answer (refused, timed out, any ``redis.RedisError``) the cache logs a
 warning (once, then at most once a minute while it lasts) and serves from an in-process
 :class:`~plugit_backends.cache_memory.MemoryCache` instead; it tries Redis again at most every
 ``retry_interval`` seconds, logs when Redis answers again and then drops the in-process copy.
-Requests never fail because of the cache.  See docs/redis.md.
+Requests never fail because of the cache.  Calls go through a
+:class:`~plugit_core.stores.StoreGuard` (``cache_redis`` in ``/_plugit/ready`` and
+``/_plugit/metrics``).  See docs/redis.md.
 
-The helpers :func:`connection_pool`, :func:`redact_url` and :class:`RedisHealth` are shared with
+The helpers :func:`connection_pool` and :func:`redact_url` are shared with
 ``plugit_backends.session_redis``.
 """
 
@@ -42,6 +46,12 @@ except ImportError:  # the optional ``redis`` extra is not installed
 from plugit_backends.cache_memory import MemoryCache
 from plugit_core.config import ConfigError, ProxyConfig, SectionReader
 from plugit_core.hookspecs import hookimpl
+from plugit_core.stores import (
+    DEFAULT_MAX_WAITERS,
+    StoreGuard,
+    StoreUnavailable,
+    read_guard_settings,
+)
 
 __all__ = ["RedisCache", "RedisHealth", "connection_pool", "redact_url"]
 
@@ -184,10 +194,12 @@ class RedisCache:
         *,
         prefix: str = "plugit:cache:",
         socket_timeout: float = 0.25,
-        retry_interval: float = 5.0,
+        retry_interval: float = 1.0,
         warn_interval: float = WARN_INTERVAL,
         fallback_max_bytes: int = 16 * 1024 * 1024,
         max_connections: int | None = None,
+        max_waiters: int = DEFAULT_MAX_WAITERS,
+        required: bool = False,
     ) -> None:
         self.url = url
         self.prefix = prefix
@@ -196,80 +208,75 @@ class RedisCache:
         )
         self._redis = redis.Redis(connection_pool=self._pool)
         self.fallback = MemoryCache(fallback_max_bytes)
-        self.health = RedisHealth(
+        self.guard = StoreGuard(
+            "cache_redis",
             f"the Redis cache at {redact_url(url)}",
-            log,
-            retry_interval=retry_interval,
-            warn_interval=warn_interval,
+            wait=socket_timeout,
+            max_waiters=max_waiters,
+            max_backoff=retry_interval,
+            is_outage=_redis_outage,
+            probe=lambda: self._redis.ping(),
+            required=required,
+            consequence="using the in-process cache meanwhile",
+            on_recover=self.fallback.clear,  # others wrote to Redis meanwhile: drop our copies
+            logger=log,
         )
+        self.store_guards = (self.guard,)
+        self.health = self.guard  # the former name
 
     def _key(self, key: str) -> str:
         return self.prefix + key
 
-    def _failed(self, error: BaseException) -> None:
-        self.health.failed(error, "using the in-process cache meanwhile")
-
-    def _recovered(self) -> None:
-        if self.health.succeeded():
-            self.fallback.clear()  # other processes wrote to Redis meanwhile: drop our copies
-
     def get(self, key: str) -> bytes | None:
-        if self.health.should_try():
-            try:
-                value = self._redis.get(self._key(key))
-            except redis.RedisError as error:
-                self._failed(error)
-            else:
-                self._recovered()
-                return value
-        return self.fallback.get(key)
+        try:
+            with self.guard.call():
+                return self._redis.get(self._key(key))  # type: ignore[no-any-return]
+        except StoreUnavailable:
+            return self.fallback.get(key)
 
     def set(self, key: str, value: bytes, ttl: float) -> None:
         if ttl <= 0:
             return
-        if self.health.should_try():
-            try:
+        try:
+            with self.guard.call():
                 self._redis.set(self._key(key), value, px=max(1, math.ceil(ttl * 1000)))
-            except redis.RedisError as error:
-                self._failed(error)
-            else:
-                self._recovered()
-                return
-        self.fallback.set(key, value, ttl)
+        except StoreUnavailable:
+            self.fallback.set(key, value, ttl)
 
     def delete(self, key: str) -> None:
         self.fallback.delete(key)
-        if self.health.should_try():
-            try:
+        try:
+            with self.guard.call():
                 self._redis.delete(self._key(key))
-            except redis.RedisError as error:
-                self._failed(error)
-            else:
-                self._recovered()
+        except StoreUnavailable:
+            pass
 
     def clear(self) -> None:
         """Delete every key under ``prefix`` (SCAN and UNLINK, never FLUSHDB)."""
         self.fallback.clear()
-        if not self.health.should_try():
-            self.health.warn("%s: not cleared, Redis is unavailable", self.health.what)
-            return
         try:
-            batch: list[bytes] = []
-            for name in self._redis.scan_iter(match=_glob_escape(self.prefix) + "*", count=500):
-                batch.append(name)
-                if len(batch) >= 500:
+            with self.guard.call():
+                batch: list[bytes] = []
+                pattern = _glob_escape(self.prefix) + "*"
+                for name in self._redis.scan_iter(match=pattern, count=500):
+                    batch.append(name)
+                    if len(batch) >= 500:
+                        self._redis.unlink(*batch)
+                        batch.clear()
+                if batch:
                     self._redis.unlink(*batch)
-                    batch.clear()
-            if batch:
-                self._redis.unlink(*batch)
-        except redis.RedisError as error:
-            self._failed(error)
-        else:
-            self._recovered()
+        except StoreUnavailable:
+            self.guard.warn("%s: not cleared, Redis is unavailable", self.guard.label)
 
     def close(self) -> None:
         """Close the pooled connections (the cache still works: they reopen on demand)."""
         self._pool.disconnect()
+
+
+def _redis_outage(exc: BaseException) -> bool:
+    """Every redis-py error is an outage of the store (refused, timed out, out of memory,
+    read-only replica, loading)."""
+    return redis is not None and isinstance(exc, (redis.RedisError, OSError))
 
 
 def _glob_escape(text: str) -> str:
@@ -300,6 +307,8 @@ def _factory(config: ProxyConfig, section: Mapping[str, Any]) -> RedisCache:
             "retry_interval",
             "fallback_max_bytes",
             "max_connections",
+            "max_waiters",
+            "required",
         }
     )
     if redis is None:
@@ -312,11 +321,12 @@ def _factory(config: ProxyConfig, section: Mapping[str, Any]) -> RedisCache:
     options = {
         "prefix": read_prefix(reader, "plugit:cache:"),
         "socket_timeout": reader.number("socket_timeout", 0.25, minimum=0.001),
-        "retry_interval": reader.number("retry_interval", 5, minimum=0),
+        "retry_interval": reader.number("retry_interval", 1, minimum=0),
         "fallback_max_bytes": reader.number(
             "fallback_max_bytes", 16 * 1024 * 1024, minimum=1024, integer=True
         ),
         "max_connections": reader.number("max_connections", 0, minimum=0, integer=True) or None,
+        **read_guard_settings(reader, wait=False, required=False),
     }
     try:
         return RedisCache(url, **options)

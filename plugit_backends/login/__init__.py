@@ -52,6 +52,7 @@ from plugit_core.identity import SESSION_BACKEND_KEY, SESSION_USER_KEY, AuthErro
 from plugit_core.proxy.bodies import read_body
 from plugit_core.proxy.redirects import is_local_path
 from plugit_core.proxy.routes import Route
+from plugit_core.stores import StoreUnavailable
 from plugit_core.users import PlugItUser
 
 __all__ = [
@@ -270,6 +271,10 @@ def login_view(request: Any) -> Response:
         except AuthError as exc:
             codes.append((backend.name, exc))
             continue
+        except StoreUnavailable as exc:  # an outage (logged by its guard): no traceback
+            log.warning("auth backend %s: %s", backend.name, exc)
+            codes.append((backend.name, AuthError("unavailable", MESSAGES["unavailable"])))
+            continue
         except Exception:  # a broken backend must not stop the others
             log.exception("auth backend %s failed", backend.name)
             codes.append((backend.name, AuthError("unavailable", MESSAGES["unavailable"])))
@@ -380,7 +385,9 @@ class EndableSessions:
             return session
         try:
             current = self.users.session_generation(pk)
-        except Exception:  # the directory is down: this request is anonymous, nothing is lost
+        except StoreUnavailable:  # an outage: a 503 naming the directory, not a silent logout
+            raise
+        except Exception:  # the directory is broken: this request is anonymous, nothing is lost
             log.exception("could not read the session generation of user %r", pk)
             return Session()
         if session.get(SESSION_GENERATION_KEY, 0) != current:  # logged out since

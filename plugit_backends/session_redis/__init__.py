@@ -16,16 +16,21 @@ Configuration (all optional)::
     url = "redis://127.0.0.1:6379/0"
     prefix = "plugit:session:"
     socket_timeout = 1.0     # seconds
-    retry_interval = 2       # seconds between two attempts while Redis is down
+    retry_interval = 1       # at most this long between two attempts while Redis is down
+    max_waiters = 8          # threads in session calls at once; more get a 503 at once
+    required = true          # /_plugit/ready is 503 while the sessions cannot be read
     cookie_name = "plugit_session"
     max_age = 1209600        # seconds (14 days)
     secure = true            # default: true, false in dev mode
     samesite = "Lax"         # "Lax", "Strict" or "None" (None requires secure)
     domain = ""              # default: the host only
 
-While Redis is unavailable a request's session is empty (the visitor is anonymous) and changes
-are not saved; the cookie is left alone, so the session is back once Redis is (if Redis kept
-it).  Each is logged as a warning, rate-limited.  See docs/redis.md.
+While Redis cannot be read, a request that carries a session cookie gets a 503 saying the
+session store is unavailable (never a silent logout, never a "form has expired"); visitors
+without a session are served as usual.  A request whose changed session cannot be stored
+(Redis refusing writes, or not answering) gets a 503 too, so a login is reported only once its
+session is stored.  Reads and writes have guards of their own (plugit_core/stores.py): a Redis
+refusing writes (out of memory) keeps serving the sessions it holds.  See docs/redis.md.
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ from itsdangerous import BadSignature, TimestampSigner
 from werkzeug.wrappers import Request, Response
 
 from plugit_backends.cache_redis import (
-    RedisHealth,
+    _redis_outage,
     connection_pool,
     read_prefix,
     read_url,
@@ -51,6 +56,12 @@ from plugit_backends.cache_redis import (
 from plugit_core.backends import Session
 from plugit_core.config import ConfigError, ProxyConfig
 from plugit_core.hookspecs import hookimpl
+from plugit_core.stores import (
+    DEFAULT_MAX_WAITERS,
+    StoreGuard,
+    StoreUnavailable,
+    read_guard_settings,
+)
 
 __all__ = ["RedisSession", "RedisSessionBackend"]
 
@@ -88,12 +99,14 @@ class RedisSessionBackend:
         url: str = "redis://127.0.0.1:6379/0",
         prefix: str = "plugit:session:",
         socket_timeout: float = 1.0,
-        retry_interval: float = 2.0,
+        retry_interval: float = 1.0,
         cookie_name: str = "plugit_session",
         max_age: int = 14 * 24 * 3600,
         secure: bool = True,
         samesite: str = "Lax",
         domain: str | None = None,
+        max_waiters: int = DEFAULT_MAX_WAITERS,
+        required: bool = True,
     ) -> None:
         self._signer = TimestampSigner(secret_key, salt="plugit.session.redis")
         self.url = url
@@ -105,9 +118,31 @@ class RedisSessionBackend:
         self.domain = domain or None
         self._pool = connection_pool(url, socket_timeout=socket_timeout)
         self._redis = redis.Redis(connection_pool=self._pool)
-        self.health = RedisHealth(
-            f"the Redis session store at {redact_url(url)}", log, retry_interval=retry_interval
+        guard = {
+            "wait": socket_timeout,
+            "max_waiters": max_waiters,
+            "max_backoff": retry_interval,
+            "is_outage": _redis_outage,
+            "required": required,
+            "logger": log,
+        }
+        label = f"the session store at {redact_url(url)}"
+        self.reads = StoreGuard(
+            "session_redis",
+            label,
+            probe=lambda: self._redis.ping(),
+            consequence="visitors with a session get a 503 meanwhile",
+            **guard,  # type: ignore[arg-type]
         )
+        # Writes have a guard of their own: a Redis that refuses writes (out of memory) keeps
+        # serving the sessions it holds.
+        self.writes = StoreGuard(
+            "session_redis_writes",
+            label,
+            consequence="requests that change a session get a 503 meanwhile",
+            **guard,  # type: ignore[arg-type]
+        )
+        self.store_guards = (self.reads, self.writes)
 
     def _sid(self, request: Request) -> str | None:
         raw = request.cookies.get(self.cookie_name)
@@ -120,18 +155,14 @@ class RedisSessionBackend:
         return sid if _SID.fullmatch(sid) else None
 
     def open(self, request: Request) -> Session:
+        """The request's session; StoreUnavailable (a 503 page) when it has a session cookie
+        but Redis cannot answer within ``socket_timeout``: the visitor is not shown logged out,
+        and no form of theirs is refused as expired, for an outage."""
         sid = self._sid(request)
         if sid is None:
             return RedisSession()
-        if not self.health.should_try():
-            self.health.warn("%s: sessions are empty meanwhile", self.health.what)
-            return RedisSession(unavailable=True)
-        try:
+        with self.reads.call():
             raw = self._redis.get(self.prefix + sid)
-        except redis.RedisError as error:
-            self.health.failed(error, "sessions are empty and not saved meanwhile")
-            return RedisSession(unavailable=True)
-        self.health.succeeded()
         if raw is None:  # expired, deleted, or Redis lost it
             return RedisSession()
         try:
@@ -143,17 +174,16 @@ class RedisSessionBackend:
         return RedisSession(data, new=False, sid=sid)
 
     def save(self, session: Session, request: Request, response: Response) -> None:
+        """Store a changed session; StoreUnavailable when Redis refuses or does not answer (the
+        proxy then answers 503 instead: a login is never reported before its session is
+        stored).  A session store refusing writes (out of memory, read-only) does not stop
+        the reads: the sessions already there keep working."""
         if not session.modified and not session.rotate:
-            return
-        if getattr(session, "unavailable", False):
-            self.health.warn("%s: a changed session was not saved", self.health.what)
             return
         old_sid: str | None = getattr(session, "sid", None)
         if not session:
-            if old_sid is not None and not self._run(
-                lambda pipe: pipe.delete(self.prefix + old_sid)
-            ):
-                return
+            if old_sid is not None:
+                self._run(lambda pipe: pipe.delete(self.prefix + old_sid))
             if self.cookie_name in request.cookies:
                 response.delete_cookie(
                     self.cookie_name,
@@ -175,7 +205,14 @@ class RedisSessionBackend:
             if old_sid is not None and old_sid != sid:
                 pipe.delete(self.prefix + old_sid)
 
-        if not self._run(write):
+        try:
+            self._run(write)
+        except StoreUnavailable:
+            if not session.new or session.rotate:
+                raise  # a login, or a change to a visitor's session: the request gets a 503
+            # A first visit (a CSRF secret for its forms, nothing of the visitor's own): the
+            # page is served without a session, as if sessions were not used.
+            self.writes.warn("%s: a new session was not stored", self.writes.label)
             return
         session.sid = sid  # type: ignore[attr-defined]
         session.modified = False
@@ -191,20 +228,11 @@ class RedisSessionBackend:
             path="/",
         )
 
-    def _run(self, commands: Any) -> bool:
-        """Run ``commands(pipeline)`` as one transaction; False (logged) when Redis fails."""
-        if not self.health.should_try():
-            self.health.warn("%s: a changed session was not saved", self.health.what)
-            return False
-        try:
-            with self._redis.pipeline(transaction=True) as pipe:
-                commands(pipe)
-                pipe.execute()
-        except redis.RedisError as error:
-            self.health.failed(error, "sessions are empty and not saved meanwhile")
-            return False
-        self.health.succeeded()
-        return True
+    def _run(self, commands: Any) -> None:
+        """Run ``commands(pipeline)`` as one transaction, through the write guard."""
+        with self.writes.call(), self._redis.pipeline(transaction=True) as pipe:
+            commands(pipe)
+            pipe.execute()
 
     def close(self) -> None:
         """Close the pooled connections (they reopen on demand)."""
@@ -224,6 +252,8 @@ def _factory(config: ProxyConfig, section: Mapping[str, Any]) -> RedisSessionBac
             "secure",
             "samesite",
             "domain",
+            "max_waiters",
+            "required",
         }
     )
     if redis is None:
@@ -236,7 +266,8 @@ def _factory(config: ProxyConfig, section: Mapping[str, Any]) -> RedisSessionBac
     max_age = reader.number("max_age", 14 * 24 * 3600, minimum=1, integer=True)
     timeouts = {
         "socket_timeout": reader.number("socket_timeout", 1.0, above=0),
-        "retry_interval": reader.number("retry_interval", 2.0, minimum=0),
+        "retry_interval": reader.number("retry_interval", 1.0, minimum=0),
+        **read_guard_settings(reader, wait=False),
     }
     samesite = reader.choice("samesite", "Lax", ("Lax", "Strict", "None"))
     secure = reader.bool("secure", not config.dev_mode)

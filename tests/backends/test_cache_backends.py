@@ -253,7 +253,7 @@ def test_defaults():
     try:
         assert cache.url == "redis://127.0.0.1:6379/0"
         assert cache.prefix == "plugit:cache:"
-        assert cache.health.retry_interval == 5
+        assert cache.guard.max_backoff == 1  # at most a second between two attempts
         kwargs = cache._pool.connection_kwargs
         assert kwargs["socket_timeout"] == 0.25
         assert kwargs["socket_connect_timeout"] == 0.25
@@ -276,7 +276,7 @@ def test_settings():
         assert cache.prefix == "site:"
         assert cache._pool.connection_kwargs["db"] == 3
         assert cache._pool.max_connections == 10
-        assert cache.health.retry_interval == 0.5
+        assert cache.guard.max_backoff == 0.5
     finally:
         cache.close()
 

@@ -26,6 +26,7 @@ from plugit_core.conformance import (
     free_port,
     redis_for_tests,
 )
+from plugit_core.stores import StoreUnavailable
 
 redis = pytest.importorskip("redis")  # the ``redis`` extra
 
@@ -82,7 +83,8 @@ class TestRedisSessions(SessionBackendConformance):
 
         try:
             yield make
-            assert all(b.health.failures == 0 for b in made), "Redis failed during the test"
+            failures = [g.failures for b in made for g in b.store_guards]
+            assert not any(failures), "Redis failed during the test"
         finally:
             for backend in made:
                 backend.close()
@@ -189,25 +191,32 @@ def test_unserialisable_values_raise(make_backend):
         SessionClient(make_backend()).request(lambda s: s.update(obj=object()))
 
 
-def test_unreachable_redis_is_an_anonymous_session_and_nothing_saved(make_backend, caplog):
+def test_unreachable_redis_is_a_503_for_sessions_never_a_silent_logout(make_backend, caplog):
     good = SessionClient(make_backend())
     cookie = good.request(lambda s: s.update(uid=1)).cookie("plugit_session").value
     down = make_backend(url=f"redis://127.0.0.1:{free_port()}/0", retry_interval=60)
     caplog.set_level(logging.WARNING, logger=LOGGER)
     client = SessionClient(down)
     client.cookies["plugit_session"] = cookie
-    exchange = client.request(lambda s: s.update(changed=True))
-    assert exchange.opened == {}  # anonymous, no exception
-    assert isinstance(exchange.session, RedisSession) and exchange.session.unavailable
-    assert exchange.set_cookies == []  # not saved, and the cookie is left alone
-    for _ in range(20):
-        client.request(lambda s: s.update(changed=True))
-    fresh = SessionClient(down).request(lambda s: s.update(a=1))  # a new visitor
-    assert fresh.set_cookies == []
+    for _ in range(20):  # the first fails on the refused connection, the others at once
+        with pytest.raises(StoreUnavailable) as info:
+            client.request(lambda s: s.update(changed=True))
+        assert info.value.store == "session_redis"
+        assert info.value.message.startswith("The session store at redis://127.0.0.1:")
+    first_visit = SessionClient(down).request(lambda s: s.update(a=1))  # nothing of theirs
+    assert first_visit.set_cookies == []  # served without a session
+
+    def log_in(session):
+        session.update(uid=2)
+        session.rotate = True
+
+    with pytest.raises(StoreUnavailable) as info:  # a login is never reported unstored
+        SessionClient(down).request(log_in)
+    assert info.value.store == "session_redis_writes"
+    assert SessionClient(down).request(lambda s: None).opened == {}  # no session: no Redis
     records = [r for r in caplog.records if r.name == LOGGER]
-    assert len(records) == 1, [r.getMessage() for r in records]  # rate-limited
-    assert "unavailable" in records[0].getMessage()
-    assert "not saved" in records[0].getMessage()
+    assert len(records) == 2, [r.getMessage() for r in records]  # reads, writes: rate-limited
+    assert all("is unavailable" in r.getMessage() for r in records)
 
 
 # -- configuration -----------------------------------------------------------------------------
@@ -260,7 +269,7 @@ def test_settings():
         assert (backend.prefix, backend.cookie_name, backend.max_age) == ("site:s:", "sid", 3600)
         assert (backend.secure, backend.samesite, backend.domain) == (True, "Strict", "example.org")
         assert backend._pool.connection_kwargs["db"] == 2
-        assert backend.health.retry_interval == 1
+        assert backend.reads.max_backoff == 1 and backend.writes.max_backoff == 1
     finally:
         backend.close()
 
