@@ -6,10 +6,10 @@ STAMP := $(VENV)/.plugit-installed
 
 .PHONY: demo test lint system-deps bench clean
 
-$(STAMP): setup.py pyproject.toml
+$(STAMP): setup.py pyproject.toml build-constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[all,test]'
+	$(PY) -m pip install --quiet --build-constraint build-constraints.txt -e '.[all,legacy,test]'
 	touch $(STAMP)
 
 demo: $(STAMP)

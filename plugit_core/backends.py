@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Mapping, MutableMapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -120,6 +120,11 @@ class Theme:
     templates: Path
     service_templates: Path
     static: Path
+    #: More folders served below the static URL, by the first segment of the path: with
+    #: ``{"jquery": Path(...)}``, ``jquery/jquery.min.js`` is that folder's ``jquery.min.js``.
+    #: Any other path is looked up in ``static``.  (Assets installed by other packages, such as
+    #: the XStatic ones, are served from where they are installed.)
+    static_roots: Mapping[str, Path] = field(default_factory=dict, hash=False)
 
 
 class Backends:

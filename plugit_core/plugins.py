@@ -19,6 +19,7 @@ BUILTIN_PLUGINS = (
     "plugit_backends.cache_memory",
     "plugit_backends.session_cookie",
     "plugit_backends.theme_bootstrap.plugin",
+    "plugit_backends.theme_legacy.plugin",
     "plugit_backends.dev_users",
     "plugit_backends.login",
     "plugit_backends.users_sqlite",
