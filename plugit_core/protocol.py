@@ -132,6 +132,8 @@ def parse_meta(data: Any) -> ActionMeta:
             data = json.loads(data)
         except ValueError as exc:
             raise ProtocolError(f"meta is not JSON: {exc}") from None
+        except RecursionError:
+            raise ProtocolError("meta is nested too deeply") from None
     if not isinstance(data, Mapping):
         raise ProtocolError(f"meta must be a JSON object, not {type(data).__name__}")
     kwargs: dict[str, Any] = {"raw": dict(data)}

@@ -520,9 +520,12 @@ class Pipeline:
         response = Response(
             self.proxy.with_csrf(request, html, page.mount.name), mimetype="text/html"
         )
+        sandboxed = page.mount.trust == "sandboxed"
         for name, value in headers:
+            if sandboxed and not raw and name.lower().startswith("access-control-"):
+                continue  # a page in the layout is the site's: no other site may read it
             response.headers[name] = value
-        if page.mount.trust == "sandboxed":
+        if sandboxed:
             policy = RAW_POLICY if raw else page_policy(request.csp_nonce)
             response.headers["Content-Security-Policy"] = policy
         return response
@@ -867,6 +870,8 @@ def normal_media_path(path: str) -> str | None:
         return None
     parts: list[str] = []
     for segment in path.split("/"):
+        if segment.split(";", 1)[0] in (".", "..") and ";" in segment:
+            return None  # "..;x": a climb for servers that strip path parameters (Tomcat)
         if segment in ("", "."):
             continue
         if segment == "..":

@@ -513,6 +513,9 @@ _GROWTH: dict[str, dict[str, str]] = {
 }
 
 
+_JOINS = frozenset({"join", "dj_join"})
+
+
 def _bounded(env: ServiceSandbox, name: str, function: Any) -> Any:
     """``function`` with its arguments checked before it runs and its result after."""
     if getattr(function, "plugit_bounded", False) or not callable(function):
@@ -523,10 +526,21 @@ def _bounded(env: ServiceSandbox, name: str, function: Any) -> Any:
     except (TypeError, ValueError):
         signature = None
 
+    subject_index = 1 if getattr(function, "jinja_pass_arg", None) is not None else 0
+
     @functools.wraps(function)
     def bounded(*args: Any, **kwargs: Any) -> Any:
         _tick()
         limit = env._limit()
+        if (
+            name in _JOINS
+            and len(args) > subject_index
+            and hasattr(args[subject_index], "__iter__")
+            and not _sized(args[subject_index])
+        ):
+            # an iterable of unknown length: read it once, counted, to measure what it makes
+            items = list(_MeteredIterator(args[subject_index], limit))
+            args = (*args[:subject_index], items, *args[subject_index + 1 :])
         for value in (*args[1:], *kwargs.values()):
             if isinstance(value, int) and not isinstance(value, bool) and abs(value) > limit:
                 raise OverBudget("size", f"{name}: a number larger than {limit}")
@@ -577,8 +591,7 @@ def _check_growth(
             lines = text.count("\n") + 1 if name == "indent" else len(text) // max(width, 1) + 1
             size = len(text) + lines * per
         elif kind == "per_item":
-            items = subject if isinstance(subject, (list, tuple, str, dict)) else ()
-            size = len(items) * len(str(value))
+            size = (len(subject) if _sized(subject) else 0) * len(str(value))
         elif kind == "replace" and text is not None:
             old = str(values.get("old", ""))
             count = text.count(old) if old else len(text) + 1
@@ -593,6 +606,12 @@ def _check_growth(
             size = len(str(value))
         if size > limit:
             raise OverBudget("size", f"{name}: the result would be larger than {limit}")
+
+
+def _sized(value: Any) -> bool:
+    return isinstance(value, (str, list, tuple, dict, range, Markup)) or (
+        hasattr(value, "__len__") and not isinstance(value, Iterator)
+    )
 
 
 def _as_int(value: Any) -> int:

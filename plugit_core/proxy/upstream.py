@@ -63,6 +63,8 @@ class ServiceReply:
             return json.loads(self.body)
         except ValueError as exc:
             raise ValueError(f"the reply is not JSON ({exc})") from None
+        except RecursionError:
+            raise ValueError("the reply's JSON is nested too deeply") from None
 
 
 class SingleFlight(Generic[T]):

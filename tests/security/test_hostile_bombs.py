@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import requests
-from conftest import MOUNTS, Site
+from security_site import MOUNTS, Site
 from served_proxy import ServedProxy
 
 BOMB_TIMEOUT = 12  # seconds for a bomb's page: far more than its CPU budget of 0.5 s

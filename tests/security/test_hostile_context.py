@@ -18,12 +18,12 @@ from collections import deque
 from typing import Any
 
 import pytest
-from conftest import MOUNTS, Site
 from hostile_site import Visitor
 from jinja2.runtime import BlockReference, LoopContext, Macro, TemplateReference, Undefined
 from jinja2.sandbox import SecurityError
 from jinja2.utils import Cycler, Joiner, Namespace
 from markupsafe import Markup
+from security_site import MOUNTS, Site
 
 MAX_DEPTH = 5
 DATA = (dict, list, tuple, str, Markup, int, float, bool, type(None))

@@ -15,8 +15,8 @@ from urllib.parse import urljoin, urlsplit
 
 import pytest
 import requests
-from conftest import MOUNTS, Site
 from hostile_site import Visitor, healthy_writes
+from security_site import MOUNTS, Site
 from served_proxy import ServedProxy
 
 _numbers = itertools.count()

@@ -11,9 +11,9 @@ from __future__ import annotations
 import itertools
 
 import pytest
-from conftest import MOUNTS, Site
 from hostile_site import Visitor
 from payloads import PAYLOADS
+from security_site import MOUNTS, Site
 
 _numbers = itertools.count()
 

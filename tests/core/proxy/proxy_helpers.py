@@ -65,6 +65,7 @@ class ScriptedService:
     def __init__(self) -> None:
         self.version: dict[str, Any] = {"result": "Ok", "version": "1", "protocol": "EBUio-PlugIt"}
         self.pages: dict[str, dict[str, Any]] = {}
+        self.reply_headers: dict[str, str] = {}  # added to every action's reply
         self.seen: list[str] = []
         self._lock = threading.Lock()
 
@@ -92,4 +93,7 @@ class ScriptedService:
                 return Response(template)(environ, start_response)
             else:
                 body = page["data"]
+                reply = Response(json.dumps(body), mimetype="application/json")
+                reply.headers.update(self.reply_headers)
+                return reply(environ, start_response)
         return Response(json.dumps(body), mimetype="application/json")(environ, start_response)

@@ -236,3 +236,23 @@ def test_secure_cookies_bring_strict_transport_security(scripted, service_url) -
                 assert headers["Strict-Transport-Security"] == "max-age=31536000", path
     finally:
         proxy.close()
+
+
+def test_a_sandboxed_page_never_lets_another_site_read_it(scripted, site) -> None:
+    service, _ = scripted
+    service.page("", "<p>hi</p>")
+    service.page("data", None, {"a": 1}, json_only=True)
+    for trust, page_cors in (("sandboxed", False), ("full", True)):
+        browser = site(trust=trust)
+        # The test service answers CORS headers the way a hostile one would, on every reply.
+        service.reply_headers = {
+            "Access-Control-Allow-Origin": "https://evil.example",
+            "Access-Control-Allow-Credentials": "true",
+        }
+        page = browser.get("/hostile/")
+        assert ("Access-Control-Allow-Origin" in page.headers) is page_cors, trust
+        assert ("Access-Control-Allow-Credentials" in page.headers) is page_cors, trust
+        # Raw replies keep them (a cross-domain JSON action is what they are for).
+        assert browser.get("/hostile/data").headers["Access-Control-Allow-Origin"] == (
+            "https://evil.example"
+        )
