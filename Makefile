@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.plugit-installed
 
-.PHONY: demo test lint system-deps bench clean
+.PHONY: demo test lint docs system-deps bench clean
 
 $(STAMP): setup.py pyproject.toml build-constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,9 @@ system-deps:
 lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+
+docs: $(STAMP)  # serves the documentation site on http://127.0.0.1:8001/, rebuilt on each edit
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve --dev-addr 127.0.0.1:8001
 
 test: $(STAMP) system-deps lint
 	$(PY) -m pytest

@@ -37,10 +37,15 @@ EXTRAS = {
         "gunicorn>=22",
         "granian>=2.8,<3",
         "aiosmtpd>=1.4",
+        # the documentation site, built in strict mode by tests/docs/test_site.py
+        "mkdocs>=1.6,<2",
+        "mkdocs-material>=9.5,<10",
+        "mkdocstrings-python>=1.10",
     ],
+    "docs": ["mkdocs>=1.6,<2", "mkdocs-material>=9.5,<10", "mkdocstrings-python>=1.10"],
 }
 EXTRAS["all"] = sorted(
-    {req for name, reqs in EXTRAS.items() if name not in {"test", "legacy"} for req in reqs}
+    {req for name, reqs in EXTRAS.items() if name not in {"test", "legacy", "docs"} for req in reqs}
 )
 
 setup(

@@ -354,7 +354,7 @@ def _check_signature_required(c: _Caller) -> Outcome:
                 "signature_required",
                 False,
                 "the service accepts unsigned requests: any caller its network allow-list lets "
-                "in can claim to be any user; give it a secret (PROTOCOL.md W1)",
+                "in can claim to be any user; give it a secret (docs/protocol.md, W1)",
                 "warning",
             )
         if reply.status == 403:
