@@ -63,13 +63,104 @@ _RESERVED_MOUNTS = ("/_plugit/",)
 
 
 class ConfigError(ValueError):
-    """The configuration is invalid.  ``key`` is the dotted path of the faulty setting."""
+    """The configuration is invalid.  ``key`` is the dotted path of the faulty setting.
+
+    When ``source`` is a file, the message says where in it: the service by its ``name`` for a
+    key of ``[[services]]``, and the line of the key (or of its table, when the key is missing):
+    ``services[1].url: must be an http:// or https:// URL, got 'ftp://x' (service 'wiki', in
+    plugit.toml, line 12)``.  ``line`` and ``service`` hold them (None when unknown).
+    """
 
     def __init__(self, key: str, message: str, source: str | None = None) -> None:
-        where = f" (in {source})" if source else ""
-        super().__init__(f"{key}: {message}{where}")
         self.key = key
         self.source = source
+        self.line, self.service = _locate(key, source)
+        where = []
+        if self.service is not None:
+            where.append(f"service {self.service!r}")
+        if source:
+            where.append(f"in {source}")
+        if self.line is not None:
+            where.append(f"line {self.line}")
+        super().__init__(f"{key}: {message}" + (f" ({', '.join(where)})" if where else ""))
+
+
+_ARRAY_TABLE = re.compile(r"^\[\[\s*(?P<name>[^\[\]]+?)\s*\]\]")
+_TABLE = re.compile(r"^\[\s*(?P<name>[^\[\]]+?)\s*\]")
+_KEY = re.compile(r"""^(?P<key>[A-Za-z0-9_\-]+|"[^"]*"|'[^']*')\s*=\s*(?P<value>.*)$""")
+_SERVICE_KEY = re.compile(r"^services\[(\d+)\]")
+
+
+def _toml_lines(text: str) -> dict[str, int]:
+    """Where each table and key of a TOML document starts: ``services[1].url`` -> line number.
+
+    A light reading of the usual layout (tables, arrays of tables, ``key = value`` lines,
+    multi-line strings skipped), enough to point at a line; what it cannot place is left out.
+    """
+    where: dict[str, int] = {}
+    arrays: dict[str, int] = {}  # path of an array of tables -> tables seen so far
+    table = ""
+    closing: str | None = None  # the delimiter ending the multi-line string being skipped
+    for number, line in enumerate(text.splitlines(), 1):
+        stripped = line.strip()
+        if closing is not None:
+            if closing in stripped:
+                closing = None
+            continue
+        if not stripped or stripped.startswith("#"):
+            continue
+        match = _ARRAY_TABLE.match(stripped) or _TABLE.match(stripped)
+        if match:
+            is_array = stripped.startswith("[[")
+            parts = [part.strip().strip("\"'") for part in match["name"].split(".")]
+            path = ""
+            for n, part in enumerate(parts):
+                path = f"{path}.{part}" if path else part
+                if is_array and n == len(parts) - 1:
+                    arrays[path] = arrays.get(path, 0) + 1
+                if path in arrays:
+                    path += f"[{arrays[path] - 1}]"
+            table = path
+            where.setdefault(table, number)
+            continue
+        match = _KEY.match(stripped)
+        if match:
+            key = match["key"].strip("\"'")
+            where.setdefault(f"{table}.{key}" if table else key, number)
+            value = match["value"]
+            for quote in ('"""', "'''"):
+                if value.startswith(quote) and value.count(quote) == 1:
+                    closing = quote
+    return where
+
+
+def _locate(key: str, source: str | None) -> tuple[int | None, str | None]:
+    """The line of ``key`` in the file ``source`` and, for a service's key, the service's name."""
+    if not source or key == "config":
+        return None, None
+    try:
+        text = Path(source).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None, None
+    line = None
+    lines = _toml_lines(text)
+    path = key
+    while path:
+        if path in lines:
+            line = lines[path]
+            break
+        path = path.rpartition(".")[0]
+    service = None
+    match = _SERVICE_KEY.match(key)
+    if match:
+        try:
+            entry = tomllib.loads(text).get("services", [])[int(match[1])]
+        except (tomllib.TOMLDecodeError, IndexError, AttributeError, TypeError, KeyError):
+            entry = None
+        name = entry.get("name") if isinstance(entry, dict) else None
+        if isinstance(name, str) and name:
+            service = name[:64]
+    return line, service
 
 
 class SectionReader:

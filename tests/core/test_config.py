@@ -244,3 +244,93 @@ def test_dev_allowed_clients():
         {"dev_mode": True, "dev_allowed_clients": ["10.1.2.0/24", "fd00::/8", "192.0.2.7"]}
     )
     assert config.dev_allowed_clients == ("10.1.2.0/24", "fd00::/8", "192.0.2.7")
+
+
+# -- where an error is: the service by its name, and the line --------------------------------------
+
+LOCATED = f'''# the site
+secret_key = "{STRONG}"
+
+[[services]]
+name = "polls"
+url = "http://127.0.0.1:5000"
+
+[[services]]
+name = "wiki"
+title = """A title
+timeout = "over two lines"
+"""
+url = "http://127.0.0.1:5001"
+timeout = TIMEOUT
+
+[[services.variants]]
+name = "beta"
+url = "http://127.0.0.1:5002"
+roles = ["admin"]
+cookie = "COOKIE"
+
+[cache_memory]
+max_items = ITEMS
+'''
+
+
+def _located(tmp_path, timeout="5", cookie="beta=1", items="100", **more):
+    path = tmp_path / "plugit.toml"
+    text = LOCATED.replace("TIMEOUT", timeout).replace("COOKIE", cookie)
+    text = text.replace("ITEMS", items)
+    for old, new in more.items():
+        text = text.replace(old, new)
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("changes", "key", "service", "line"),
+    [
+        pytest.param({"timeout": "-1"}, "services[1].timeout", "wiki", 14, id="value"),
+        pytest.param({"cookie": "beta"}, "services[1].variants[0].cookie", "wiki", 20, id="nested"),
+        pytest.param(
+            {"http://127.0.0.1:5000": "ftp://a"}, "services[0].url", "polls", 6, id="first"
+        ),
+        # A key that is missing: the line of its table.
+        pytest.param({'name = "beta"\n': ""}, "services[1].variants[0].name", "wiki", 16,
+                     id="missing-key"),
+    ],
+)  # fmt: skip
+def test_a_service_value_error_names_the_service_and_the_line(
+    tmp_path, changes, key, service, line
+):
+    simple = {k: v for k, v in changes.items() if k in ("timeout", "cookie")}
+    text_changes = {k: v for k, v in changes.items() if k not in simple}
+    path = _located(tmp_path, **simple, **text_changes)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    error = info.value
+    assert (error.key, error.service, error.line) == (key, service, line)
+    assert str(error).endswith(f"(service {service!r}, in {path}, line {line})")
+
+
+def test_a_backend_table_error_names_the_line(tmp_path):
+    path = _located(tmp_path, items="-3", **{"[cache_memory]": "[cache_memory]\n# items"})
+    config = load_config(path)
+    with pytest.raises(ConfigError) as info:
+        ProxyApp(config, check_services=False)
+    assert info.value.key.startswith("cache_memory.")
+    assert info.value.service is None
+    assert info.value.line == 24
+    assert str(info.value).endswith(f"(in {path}, line 24)")
+
+
+def test_a_key_inside_a_multi_line_string_is_not_taken_for_one(tmp_path):
+    # `timeout = "over two lines"` (line 11) is text of the title: the real timeout is line 14.
+    path = _located(tmp_path, timeout='"soon"')
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert (info.value.key, info.value.line) == ("services[1].timeout", 14)
+
+
+def test_errors_without_a_file_name_the_key_only():
+    with pytest.raises(ConfigError) as info:
+        ProxyConfig.from_mapping({"secret_key": STRONG, "services": [service(timeout=-1)]})
+    assert str(info.value) == "services[0].timeout: must be at least 0.001, got -1"
+    assert (info.value.line, info.value.service) == (None, None)
