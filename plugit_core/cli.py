@@ -5,15 +5,22 @@
     plugit service MODULE [--host H] [--port P] [--templates DIR] [--media DIR] [--secret S]
                    [--base-url PATH] [--allowed-networks CIDR,...] [--debug] [SERVING]
     plugit service --check URL [--secret S] [--action PATH ...]
-    plugit proxy --config FILE [--force] [SERVING]
-    plugit users --config FILE add|passwd|grant|revoke|disable|enable|orga-add|orga-join|...
+    plugit proxy [--config FILE] [--force] [--reload] [SERVING]
+    plugit config check [--config FILE]
+    plugit users [--config FILE] add|passwd|grant|revoke|disable|enable|orga-add|orga-join|...
     plugit demo [SERVING]
+    plugit --version
 
     SERVING: [--host H] [--port P] [--server granian|gunicorn] [--workers N] [--threads N]
              [--tls-cert FILE --tls-key FILE] [--http auto|1|2]
 
-Servers run under granian (``pip install plugit[server]``) or, with ``--server gunicorn``, under
-gunicorn's threaded workers (``pip install plugit[gunicorn]``).
+Servers run under granian (``pip install 'plugit-wsgi[server]'``) or, with ``--server gunicorn``,
+under gunicorn's threaded workers (``pip install 'plugit-wsgi[gunicorn]'``).  ``--reload`` serves
+with werkzeug's development server instead, restarted when a Python file or the configuration
+changes.
+
+A command that reads a configuration takes ``--config FILE`` anywhere on its line (before or
+after its sub-command); without it, the file named by ``$PLUGIT_CONFIG``, else ``./plugit.toml``.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import argparse
 import functools
 import getpass
 import importlib
+import importlib.metadata
 import importlib.util
 import inspect
 import logging
@@ -30,7 +38,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from .networks import is_loopback_host
 
@@ -48,6 +56,14 @@ _ORGA_HINT = " (plugit users orga-add NAME creates one)"
 class CommandError(Exception):
     """A user error: printed as one line, exit status 2."""
 
+
+# The access log, one line per request on standard output: the Common Log Format (address,
+# -, user, [time], "request line", status, bytes) followed by the duration in milliseconds.
+# granian knows neither the user nor the size (-) and logs the path without its query string.
+GRANIAN_ACCESS_LOG = (
+    '%(addr)s - - [%(time)s] "%(method)s %(path)s %(protocol)s" %(status)d - %(dt_ms).1f'
+)
+GUNICORN_ACCESS_LOG = '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s %(M)s'
 
 SERVERS = ("granian", "gunicorn")
 HTTP_VERSIONS = ("auto", "1", "2")
@@ -76,6 +92,7 @@ class ServeOptions:
     http: str = "auto"
     timeout: int = 60
     name: str = "plugit"
+    access_log: bool = True
 
     def check(self) -> None:
         """Raise :class:`CommandError` naming the option that cannot be served."""
@@ -175,7 +192,7 @@ def _run_granian(factory: Callable[[], Any], options: ServeOptions) -> None:
         from granian.server import Server
     except ImportError:
         raise CommandError(
-            "granian is needed to serve: pip install 'plugit[server]' (or --server gunicorn)"
+            "granian is needed to serve: pip install 'plugit-wsgi[server]' (or --server gunicorn)"
         ) from None
     server = Server(
         options.name,
@@ -194,6 +211,8 @@ def _run_granian(factory: Callable[[], Any], options: ServeOptions) -> None:
         ssl_key_password=options.tls_key_password,
         # A request still running this long after SIGTERM is abandoned.
         workers_kill_timeout=options.timeout,
+        log_access=options.access_log,
+        log_access_format=GRANIAN_ACCESS_LOG,
     )
     server.serve(target_loader=functools.partial(_granian_app, factory), wrap_loader=False)
 
@@ -208,7 +227,7 @@ def _run_gunicorn(factory: Callable[[], Any], options: ServeOptions) -> None:
         from gunicorn.app.base import BaseApplication
     except ImportError:
         raise CommandError(
-            "gunicorn is needed for --server gunicorn: pip install 'plugit[gunicorn]'"
+            "gunicorn is needed for --server gunicorn: pip install 'plugit-wsgi[gunicorn]'"
         ) from None
 
     host, port = options.host, options.port
@@ -223,7 +242,8 @@ def _run_gunicorn(factory: Callable[[], Any], options: ServeOptions) -> None:
                 "worker_class": "gthread",
                 "timeout": options.timeout,
                 "proc_name": options.name,
-                "accesslog": None,
+                "accesslog": "-" if options.access_log else None,
+                "access_log_format": GUNICORN_ACCESS_LOG,
                 "errorlog": "-",
                 "loglevel": "info",
             }
@@ -239,6 +259,65 @@ def _run_gunicorn(factory: Callable[[], Any], options: ServeOptions) -> None:
             return factory()
 
     _Server().run()
+
+
+def _reloader_child() -> bool:
+    """True in the process werkzeug's reloader starts (and restarts) to serve."""
+    return os.environ.get("WERKZEUG_RUN_MAIN") == "true"
+
+
+def _broken_app(message: str) -> Callable[..., Any]:
+    """What ``--reload`` serves while the code or the configuration is broken: the error, in
+    plain text, until the next save restarts the server."""
+    body = f"plugit: error: {message}\n\nFix it and save: the server restarts.\n".encode()
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        headers = [("Content-Type", "text/plain; charset=utf-8"), ("Cache-Control", "no-store")]
+        start_response("500 Internal Server Error", headers)
+        return [body]
+
+    return app
+
+
+def serve_reloading(factory: Callable[[], Any], options: ServeOptions, watch: list[str]) -> int:
+    """Serve ``factory()`` for development (``--reload``): werkzeug's server in one process,
+    restarted when a loaded Python file or one of the ``watch`` files changes.
+
+    The first process only watches; each restart runs in a new child, whose app is made anew
+    (an edit that breaks it is served as an error page and the watch goes on).  The serving
+    options other than host, port and the access log do not apply.
+    """
+    from werkzeug.serving import run_simple
+
+    from .config import ConfigError
+
+    app: Callable[..., Any] = _broken_app("not started")
+    if _reloader_child():
+        try:
+            app = factory()
+        except (CommandError, ConfigError) as exc:
+            log.error("%s", exc)
+            app = _broken_app(str(exc))
+        except Exception as exc:
+            log.exception("the app cannot be made")
+            app = _broken_app(f"{type(exc).__name__}: {exc}")
+    if not options.access_log:
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    try:
+        run_simple(
+            options.host,
+            options.port,
+            app,
+            use_reloader=True,
+            reloader_type="stat",
+            extra_files=watch,
+            threaded=True,
+        )
+    except OSError as exc:
+        raise CommandError(
+            f"--port: cannot listen on {options.host}:{options.port}: {exc.strerror or exc}"
+        ) from None
+    return 0
 
 
 def _add_serve_options(parser: argparse.ArgumentParser, *, port: int, threads: int) -> None:
@@ -267,6 +346,12 @@ def _add_serve_options(parser: argparse.ArgumentParser, *, port: int, threads: i
         default="auto",
         help="HTTP versions (default: auto, HTTP/1.1 and HTTP/2; granian only for 2)",
     )
+    parser.add_argument(
+        "--access-log",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="one line per request on standard output, in the Common Log Format",
+    )
 
 
 def serve_options(args: argparse.Namespace, name: str) -> ServeOptions:
@@ -281,6 +366,7 @@ def serve_options(args: argparse.Namespace, name: str) -> ServeOptions:
         tls_key=args.tls_key,
         tls_key_password=os.environ.get("PLUGIT_TLS_KEY_PASSWORD") or None,
         http=args.http,
+        access_log=getattr(args, "access_log", True),
         name=name,
     )
     options.check()
@@ -446,8 +532,15 @@ def _service(args: argparse.Namespace) -> int:
         raise CommandError("give a MODULE to serve, or --check URL")
     overrides = _service_overrides(args)
     options = serve_options(args, f"plugit-service:{args.module}")
+    factory = functools.partial(load_service, args.module, **overrides)
+    module_file = args.module.partition(":")[0]
+    watched = [module_file] if Path(module_file).is_file() else []
+    if args.reload and _reloader_child():
+        return serve_reloading(factory, options, watched)  # a broken edit is shown, not fatal
     load_service(args.module, **overrides)  # fail now, in the master, with a clear message
-    run_server(functools.partial(load_service, args.module, **overrides), options=options)
+    if args.reload:
+        return serve_reloading(factory, options, watched)
+    run_server(factory, options=options)
     return 0
 
 
@@ -486,6 +579,9 @@ def _proxy(args: argparse.Namespace) -> int:
     from .config import load_config
     from .proxy.app import ProxyApp
 
+    if args.reload and _reloader_child():  # the parent checked all below; a broken edit is shown
+        factory = functools.partial(_proxy_app, args.config)
+        return serve_reloading(factory, serve_options(args, "plugit-proxy"), [args.config])
     config = load_config(args.config)
     if config.dev_mode:
         if not is_loopback_host(args.host):
@@ -507,6 +603,9 @@ def _proxy(args: argparse.Namespace) -> int:
             )
     options = serve_options(args, "plugit-proxy")
     ProxyApp(config, check_services=False).close()  # fail now with a clear message
+    if args.reload:
+        factory = functools.partial(_proxy_app, args.config)
+        return serve_reloading(factory, options, [args.config])
     run_server(functools.partial(_proxy_app, args.config), options=options)
     return 0
 
@@ -733,14 +832,143 @@ def _list_users(store: Any) -> None:
         print("  ".join([*cells, row[-1]]).rstrip())
 
 
+# -- plugit config check ---------------------------------------------------------------------------
+
+
+def _config_command(args: argparse.Namespace) -> int:
+    """``plugit config check``: the configuration is read and its proxy built (backends, themes,
+    plugins), then every service is asked its protocol version; one line per service, exit status
+    1 when one fails."""
+    import concurrent.futures
+
+    from .config import load_config
+    from .proxy.app import ProxyApp
+
+    config = load_config(args.config)
+    try:
+        proxy = ProxyApp(config, check_services=False)
+    except (RuntimeError, OSError) as exc:
+        raise CommandError(f"{args.config}: the proxy cannot start: {exc}") from None
+    try:
+        print(f"ok    {args.config}: a valid configuration, {len(config.services)} service(s)")
+        clients = proxy.clients
+        workers = max(1, min(8, len(clients)))
+        with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+            futures = {name: pool.submit(client.check_version) for name, client in clients.items()}
+        failed = 0
+        for mount in config.services:
+            ok, message = futures[mount.name].result()
+            failed += not ok
+            print(f"{'ok  ' if ok else 'FAIL'}  service {mount.name} ({mount.url}): {message}")
+    finally:
+        proxy.close()
+    if failed:
+        print(f"{failed} of {len(config.services)} service(s) failed", file=sys.stderr)
+    return 1 if failed else 0
+
+
 # -- main ------------------------------------------------------------------------------------------
+
+DISTRIBUTION = "plugit-wsgi"
+CONFIG_ENV = "PLUGIT_CONFIG"
+DEFAULT_CONFIG = "plugit.toml"
+_CONFIG_HELP = f"TOML configuration file (default: ${CONFIG_ENV}, else ./{DEFAULT_CONFIG})"
+_RELOAD_HELP = (
+    "development: serve with werkzeug's server, restarted when a Python file or the "
+    "configuration changes (one process; --server, --workers, TLS and HTTP/2 do not apply)"
+)
+# Help for the options that have none, so that --help can show their defaults.
+_OPTION_HELP = {"host": "address to listen on", "port": "TCP port to listen on"}
+
+
+def version_text() -> str:
+    """The distribution's name and installed version, as ``plugit --version`` prints them."""
+    try:
+        version = importlib.metadata.version(DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:
+        version = "(not installed: run from a source tree)"
+    return f"{DISTRIBUTION} {version}"
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Help that shows each option's default, unless its text already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS):
+            return action.help
+        return super()._get_help_string(action)
+
+
+class _Parser(argparse.ArgumentParser):
+    """A parser whose errors are one line naming the option, and whose help shows defaults.
+
+    Sub-command parsers are made of the same class (argparse uses the parent's class).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    found: list[argparse.ArgumentParser] = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            found.extend(dict.fromkeys(action.choices.values()))  # aliases appear twice
+    return found
+
+
+def _finish(parser: argparse.ArgumentParser, config: argparse.Action | None = None) -> None:
+    """Every parser below ``parser`` (plugins' commands too): options without help get some, so
+    their defaults show; a command with ``--config`` takes it before or after its sub-commands
+    and never requires it (:func:`config_path` finds the default)."""
+    for action in parser._actions:
+        if action.help is None and action.option_strings and action.dest in _OPTION_HELP:
+            action.help = _OPTION_HELP[action.dest]
+        if "--config" in action.option_strings:
+            action.required = False
+            action.default = argparse.SUPPRESS
+            action.metavar = "FILE"
+            action.help = _CONFIG_HELP
+            config = action
+    if config is not None:
+        parser.set_defaults(takes_config=True)
+        if not any("--config" in action.option_strings for action in parser._actions):
+            parser.add_argument(
+                "--config", default=argparse.SUPPRESS, metavar="FILE", help=_CONFIG_HELP
+            )
+    for sub in _subparsers(parser):
+        _finish(sub, config)
+
+
+def config_path(given: str | None) -> str:
+    """The configuration file: ``given`` (``--config``), else ``$PLUGIT_CONFIG``, else
+    ``./plugit.toml``; a :class:`CommandError` naming where it looked when there is none."""
+    if given:
+        if not Path(given).is_file():
+            raise CommandError(f"--config: no such file: {given}")
+        return given
+    from_environment = os.environ.get(CONFIG_ENV)
+    if from_environment:
+        if not Path(from_environment).is_file():
+            raise CommandError(f"{CONFIG_ENV}: no such file: {from_environment}")
+        return from_environment
+    if Path(DEFAULT_CONFIG).is_file():
+        return DEFAULT_CONFIG
+    raise CommandError(
+        f"--config: no configuration file given, {CONFIG_ENV} is not set and there is no "
+        f"./{DEFAULT_CONFIG} in {Path.cwd()}"
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="plugit", description="PlugIt: many web services, one site."
-    )
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="plugit", description="PlugIt: many web services, one site.")
+    parser.add_argument("--version", action="version", version=version_text())
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     service = commands.add_parser("service", help="serve a PlugIt service, or check one")
     service.add_argument("module", nargs="?", help="module, module:attribute or path/to/file.py")
@@ -755,20 +983,22 @@ def _parser() -> argparse.ArgumentParser:
     service.add_argument("--base-url", help="prefix of the protocol endpoints (default: /)")
     service.add_argument("--allowed-networks", help="comma-separated CIDR allow-list")
     service.add_argument("--debug", action="store_true", help="no meta caching")
+    service.add_argument("--reload", action="store_true", help=_RELOAD_HELP)
     service.set_defaults(handler=_service)
 
     proxy = commands.add_parser("proxy", help="serve the proxy")
-    proxy.add_argument("--config", required=True, help="TOML configuration file")
+    proxy.add_argument("--config", help="TOML configuration file")
     _add_serve_options(proxy, port=8000, threads=16)
     proxy.add_argument(
         "--force", action="store_true", help="allow dev mode on a non-loopback address"
     )
+    proxy.add_argument("--reload", action="store_true", help=_RELOAD_HELP)
     proxy.set_defaults(handler=_proxy)
 
     users = commands.add_parser(
         "users", help="manage the directory: local accounts, roles, organisations"
     )
-    users.add_argument("--config", required=True, help="TOML configuration file")
+    users.add_argument("--config", help="TOML configuration file")
     actions = users.add_subparsers(dest="action", required=True, metavar="ACTION")
     add = actions.add_parser("add", help="add a local account (asks the password twice)")
     add.add_argument("username")
@@ -802,6 +1032,14 @@ def _parser() -> argparse.ArgumentParser:
     actions.add_parser("list", help="every user, with state, roles and organisations")
     users.set_defaults(handler=_users_command)
 
+    config = commands.add_parser("config", help="check a configuration")
+    config.add_argument("--config", help="TOML configuration file")
+    config_actions = config.add_subparsers(dest="action", required=True, metavar="ACTION")
+    config_actions.add_parser(
+        "check", help="read the configuration, build the proxy, ask every service its version"
+    )
+    config.set_defaults(handler=_config_command)
+
     from .plugins import make_plugin_manager
 
     make_plugin_manager().hook.plugit_add_commands(commands=commands)  # plugins' own commands
@@ -812,6 +1050,10 @@ def _parser() -> argparse.ArgumentParser:
         "--data-dir", help="where the demo keeps its SQLite file (default: a temp dir)"
     )
     demo.set_defaults(handler=_demo)
+    _finish(parser)
+    # Before the command too (plugit --config FILE users list); a command that reads no
+    # configuration refuses it (main).
+    parser.add_argument("--config", default=argparse.SUPPRESS, metavar="FILE", help=_CONFIG_HELP)
     return parser
 
 
@@ -824,6 +1066,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .config import ConfigError
 
     try:
+        if getattr(args, "takes_config", False):
+            args.config = config_path(getattr(args, "config", None))
+        elif hasattr(args, "config"):
+            raise CommandError(f"--config: plugit {args.command} reads no configuration file")
         return args.handler(args)
     except (CommandError, ConfigError) as exc:
         print(f"plugit: error: {exc}", file=sys.stderr)
