@@ -517,7 +517,7 @@ def _check_httptools(reader: SectionReader, services: tuple[ServiceMount, ...]) 
     from .proxy.transport import httptools_available  # (the proxy package imports this module)
 
     if not httptools_available():
-        raise reader.error("http_client", "'httptools' needs: pip install 'plugit[speedups]'")
+        raise reader.error("http_client", "'httptools' needs: pip install 'plugit-wsgi[speedups]'")
     for mount in services:
         urls = [mount.url, *(v.url for v in mount.variants), mount.shadow_url]
         for url in filter(None, urls):

@@ -575,8 +575,8 @@ def redis_for_tests() -> Iterator[str]:
         import redis  # noqa: F401
     except ImportError:
         if os.environ.get("PLUGIT_REQUIRE_REDIS") == "1":
-            pytest.fail("the redis package is not installed (pip install 'plugit[redis]')")
-        pytest.skip("the redis package is not installed (pip install 'plugit[redis]')")
+            pytest.fail("the redis package is not installed (pip install 'plugit-wsgi[redis]')")
+        pytest.skip("the redis package is not installed (pip install 'plugit-wsgi[redis]')")
     url = os.environ.get("PLUGIT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
     if _answers(url):
         yield url

@@ -220,7 +220,7 @@ def settings_from_config(config: ProxyConfig, section: Mapping[str, Any]) -> LDA
     if LDAP3_MISSING is not None:
         raise ConfigError(
             SECTION,
-            f"the ldap auth backend needs ldap3: pip install 'plugit[ldap]' ({LDAP3_MISSING})",
+            f"the ldap auth backend needs ldap3: pip install 'plugit-wsgi[ldap]' ({LDAP3_MISSING})",
             config.source,
         )
     reader = _Reader(config, section)

@@ -232,7 +232,8 @@ def settings_from_config(config: ProxyConfig, section: Mapping[str, Any]) -> OID
     if JOSERFC_MISSING is not None:
         raise ConfigError(
             SECTION,
-            f"the oidc auth backend needs joserfc: pip install 'plugit[oidc]' ({JOSERFC_MISSING})",
+            "the oidc auth backend needs joserfc: pip install 'plugit-wsgi[oidc]' "
+            f"({JOSERFC_MISSING})",
             config.source,
         )
     reader = _Reader(config, section)

@@ -197,7 +197,8 @@ class PostgresBillingStore:
     ) -> None:
         if PG_MISSING is not None:
             raise RuntimeError(
-                f"billing_postgres needs psycopg 3: pip install 'plugit[postgres]' ({PG_MISSING})"
+                "billing_postgres needs psycopg 3: pip install 'plugit-wsgi[postgres]' "
+                f"({PG_MISSING})"
             )
         self.schema = check_schema_name(schema)
         self.clock = clock

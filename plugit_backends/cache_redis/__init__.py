@@ -81,7 +81,7 @@ def connection_pool(url: str, *, socket_timeout: float, max_connections: int | N
     installed.
     """
     if redis is None:
-        raise RuntimeError("the redis package is not installed: pip install 'plugit[redis]'")
+        raise RuntimeError("the redis package is not installed: pip install 'plugit-wsgi[redis]'")
     options: dict[str, Any] = {
         "socket_timeout": socket_timeout,
         "socket_connect_timeout": socket_timeout,
@@ -314,7 +314,7 @@ def _factory(config: ProxyConfig, section: Mapping[str, Any]) -> RedisCache:
     if redis is None:
         raise ConfigError(
             "cache",
-            "the redis cache needs the redis package: pip install 'plugit[redis]'",
+            "the redis cache needs the redis package: pip install 'plugit-wsgi[redis]'",
             config.source,
         )
     url = read_url(reader)

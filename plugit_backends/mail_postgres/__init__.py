@@ -192,7 +192,7 @@ class PostgresMailQueue:
     ) -> None:
         if PG_MISSING is not None:
             raise RuntimeError(
-                f"mail_postgres needs psycopg 3: pip install 'plugit[postgres]' ({PG_MISSING})"
+                f"mail_postgres needs psycopg 3: pip install 'plugit-wsgi[postgres]' ({PG_MISSING})"
             )
         self.schema = check_schema_name(schema)
         self.clock = clock

@@ -341,7 +341,8 @@ def _check_queue(r: _Reader, section: Mapping[str, Any], settings: MailSettings)
     if pg.PG_MISSING is not None:
         raise r.error(
             "queue",
-            f"the postgres queue needs psycopg 3: pip install 'plugit[postgres]' ({pg.PG_MISSING})",
+            "the postgres queue needs psycopg 3: pip install 'plugit-wsgi[postgres]' "
+            f"({pg.PG_MISSING})",
         )
     dsn = r.str("queue_dsn")
     if dsn is None or not dsn.strip():

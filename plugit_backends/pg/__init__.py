@@ -84,7 +84,7 @@ def require_psycopg() -> None:
     if PG_MISSING is not None:
         raise RuntimeError(
             "the PostgreSQL stores need psycopg 3 and psycopg_pool: "
-            f"pip install 'plugit[postgres]' ({PG_MISSING})"
+            f"pip install 'plugit-wsgi[postgres]' ({PG_MISSING})"
         )
 
 
@@ -444,7 +444,8 @@ def build_store(
     if PG_MISSING is not None:
         raise ConfigError(
             name.split("_")[0],
-            f"the {name} backend needs psycopg 3: pip install 'plugit[postgres]' ({PG_MISSING})",
+            f"the {name} backend needs psycopg 3: pip install 'plugit-wsgi[postgres]' "
+            f"({PG_MISSING})",
             config.source,
         )
     settings = read_settings(config, section, name, required=required)

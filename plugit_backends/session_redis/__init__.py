@@ -259,7 +259,7 @@ def _factory(config: ProxyConfig, section: Mapping[str, Any]) -> RedisSessionBac
     if redis is None:
         raise ConfigError(
             "session",
-            "the redis session store needs the redis package: pip install 'plugit[redis]'",
+            "the redis session store needs the redis package: pip install 'plugit-wsgi[redis]'",
             config.source,
         )
     url = read_url(reader)

@@ -222,7 +222,8 @@ class PostgresUserStore:
     ) -> None:
         if PG_MISSING is not None:
             raise RuntimeError(
-                f"users_postgres needs psycopg 3: pip install 'plugit[postgres]' ({PG_MISSING})"
+                "users_postgres needs psycopg 3: pip install 'plugit-wsgi[postgres]' "
+                f"({PG_MISSING})"
             )
         self.schema = check_schema_name(schema)
         self.clock = clock

@@ -5,7 +5,7 @@ Two implementations of one small interface, chosen by the top-level ``http_clien
 * ``urllib3``: urllib3's connection pool (what a ``requests.Session`` pools with), always
   available;
 * ``httptools``: plain sockets and the llhttp parser through ``httptools``
-  (``pip install 'plugit[speedups]'``).  It costs a fifth of urllib3's CPU per call
+  (``pip install 'plugit-wsgi[speedups]'``).  It costs a fifth of urllib3's CPU per call
   (``benchmarks/README.md``), which on an uncached page is most of what the proxy does.
 
 ``auto`` (the default) takes ``httptools`` when it is installed.  Both give the same
@@ -277,7 +277,7 @@ class HttptoolsTransport:
             import httptools
         except ImportError:
             raise ValueError(
-                "http_client 'httptools' needs: pip install 'plugit[speedups]'"
+                "http_client 'httptools' needs: pip install 'plugit-wsgi[speedups]'"
             ) from None
 
         self.parser_class = httptools.HttpResponseParser

@@ -49,7 +49,7 @@ from plugit_core.users import PlugItUser
 if auth_ldap.LDAP3_MISSING is not None:
     if os.environ.get("PLUGIT_REQUIRE_SERVERS") == "1":
         raise auth_ldap.LDAP3_MISSING
-    pytest.skip("ldap3 is not installed: pip install 'plugit[ldap]'", allow_module_level=True)
+    pytest.skip("ldap3 is not installed: pip install 'plugit-wsgi[ldap]'", allow_module_level=True)
 
 REQUIRED = os.environ.get("PLUGIT_REQUIRE_SERVERS") == "1"
 ROOT = Path(__file__).resolve().parents[2]
@@ -727,7 +727,7 @@ except ConfigError as exc:
         )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("auth_ldap "), result.stdout
-    assert "pip install 'plugit[ldap]'" in result.stdout
+    assert "pip install 'plugit-wsgi[ldap]'" in result.stdout
 
 
 def test_the_admin_is_not_a_user(slapd: Slapd, request_for: Any) -> None:

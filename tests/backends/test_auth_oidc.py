@@ -1102,4 +1102,4 @@ except ConfigError as exc:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("auth_oidc "), result.stdout
-    assert "pip install 'plugit[oidc]'" in result.stdout
+    assert "pip install 'plugit-wsgi[oidc]'" in result.stdout

@@ -28,7 +28,9 @@ DAY = timedelta(days=1)
 if pg.PG_MISSING is not None:
     if REQUIRED:
         raise pg.PG_MISSING
-    pytest.skip("psycopg is not installed: pip install 'plugit[postgres]'", allow_module_level=True)
+    pytest.skip(
+        "psycopg is not installed: pip install 'plugit-wsgi[postgres]'", allow_module_level=True
+    )
 
 import psycopg  # noqa: E402
 from psycopg import sql  # noqa: E402

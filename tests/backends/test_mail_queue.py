@@ -37,7 +37,7 @@ SENDER = "PlugIt <no-reply@example.org>"
 
 def _server_problem() -> str | None:
     if pg.PG_MISSING is not None:
-        return f"psycopg is not installed: pip install 'plugit[postgres]' ({pg.PG_MISSING})"
+        return f"psycopg is not installed: pip install 'plugit-wsgi[postgres]' ({pg.PG_MISSING})"
     import psycopg
 
     try:
@@ -352,4 +352,4 @@ def test_without_psycopg_the_postgres_queue_explains(monkeypatch: pytest.MonkeyP
     with pytest.raises(ConfigError) as error:
         read_settings(_config(), section)
     assert error.value.key == "mail_smtp.queue"
-    assert "pip install 'plugit[postgres]'" in str(error.value)
+    assert "pip install 'plugit-wsgi[postgres]'" in str(error.value)

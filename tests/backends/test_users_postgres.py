@@ -26,7 +26,9 @@ STRONG_KEY = "k3y-for-pg-tests-9f8e7d6c5b4a39281706f5e4d3c2b1a0"
 if pg.PG_MISSING is not None:
     if REQUIRED:
         raise pg.PG_MISSING
-    pytest.skip("psycopg is not installed: pip install 'plugit[postgres]'", allow_module_level=True)
+    pytest.skip(
+        "psycopg is not installed: pip install 'plugit-wsgi[postgres]'", allow_module_level=True
+    )
 
 import psycopg  # noqa: E402
 from psycopg import sql  # noqa: E402
@@ -431,7 +433,7 @@ for make in (users_factory, billing_factory):
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert [line.split(" |")[0] for line in lines] == ["users", "billing"]
-    assert all("pip install 'plugit[postgres]'" in line for line in lines)
+    assert all("pip install 'plugit-wsgi[postgres]'" in line for line in lines)
 
 
 def test_a_proxy_uses_the_directory_in_postgres(schema, monkeypatch):

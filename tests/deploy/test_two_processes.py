@@ -60,7 +60,7 @@ def servers_available() -> str | None:
         import psycopg  # noqa: F401
         import redis  # noqa: F401
     except ImportError as exc:
-        return f"{exc.name} is not installed (pip install 'plugit[redis,postgres]')"
+        return f"{exc.name} is not installed (pip install 'plugit-wsgi[redis,postgres]')"
     return None
 
 
