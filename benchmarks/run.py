@@ -1,19 +1,25 @@
-"""Throughput and latency of the proxy against the service it fronts, side by side.
+"""Throughput and latency of the proxy against what it fronts, side by side, on one server.
 
-Everything runs on this machine under the same WSGI server (gunicorn, 1 worker, gthread, 8
-threads), loaded by wrk over loopback.  Scenarios:
+Every process (services, proxy, the comparison apps) runs on the same server, as ``plugit proxy``
+serves (granian by default, or gunicorn; 1 worker, 8 threads), loaded by wrk over loopback
+(1 thread, 8 connections).  Scenarios:
 
-* ``direct``     the service's JSON action, called directly (the baseline);
-* ``cache-hit``  a page through the proxy, served from the page cache;
-* ``uncached``   a page through the proxy, the action called and its template rendered each time;
-* ``signed``     the same uncached page with request signing on (service secret set);
-* ``forward``    the JSON action forwarded through the proxy's transport, nothing else (the
-                 floor of any proxy calling the service per request);
-* ``werkzeug``   the JSON action through werkzeug's ProxyMiddleware (forwards bytes only).
+* ``hello``           a hello-world WSGI app (``hello_app.py``): the server's own limit;
+* ``direct``          the benchmark service's JSON action, called directly;
+* ``cache-hit``       a page through the proxy, served from the page cache;
+* ``uncached``        a page through the proxy, the action called and its template rendered;
+* ``signed``          the same uncached page with request signing on (service secret set);
+* ``forward``         the JSON action forwarded through the proxy's transport, nothing else
+                      (``forward_app.py``: the floor of any proxy calling the service);
+* ``werkzeug``        the JSON action through werkzeug's ProxyMiddleware (forwards bytes only);
+* ``voting-direct``   the voting example (SQLite) ``show/1`` JSON action, called directly;
+* ``voting-uncached`` its ``show/1`` page through the proxy (not cacheable: called each time);
+* ``voting-cached``   its home page ``/`` through the proxy (cached by the proxy for 5 s).
 
-Rounds are interleaved (every scenario once per round) and the median round is reported, so a
-slow moment of the machine does not favour one scenario.  Prints req/s, median latency and the
-ratio to ``direct``.  Usage: ``python benchmarks/run.py [--duration 8] [--rounds 3]``.
+Rounds are interleaved (every scenario of every server once per round) and the median round is
+reported, so a slow moment of the machine does not favour one scenario.  Prints req/s, median
+latency and the ratios, then the targets.  Usage:
+``python benchmarks/run.py [--server granian|gunicorn|both] [--duration 8] [--rounds 3]``.
 """
 
 from __future__ import annotations
@@ -40,6 +46,29 @@ from plugit_core.testing import free_port, wait_for_port  # noqa: E402
 
 THREADS = 8
 CONNECTIONS = 8
+SERVERS = ("granian", "gunicorn")
+
+# scenario: (what it is, the scenario it is compared with)
+SCENARIOS: dict[str, tuple[str, str | None]] = {
+    "hello": ("hello-world WSGI app (the server's limit)", None),
+    "direct": ("benchmark service JSON action, direct", "hello"),
+    "cache-hit": ("page through the proxy, page cache hit", "hello"),
+    "uncached": ("page through the proxy, uncached", "direct"),
+    "signed": ("the same, signed requests", "direct"),
+    "forward": ("JSON action through the proxy's transport", "direct"),
+    "werkzeug": ("JSON action through werkzeug ProxyMiddleware", "direct"),
+    "voting-direct": ("voting show/1 JSON action, direct", None),
+    "voting-uncached": ("voting show/1 page through the proxy", "voting-direct"),
+    "voting-cached": ("voting home page through the proxy, cached", "voting-direct"),
+}
+
+# (scenario, compared with, the least ratio the issue asks for on granian)
+TARGETS = (
+    ("cache-hit", "hello", 0.5),
+    ("uncached", "direct", 0.35),
+    ("voting-uncached", "voting-direct", 0.95),
+    ("voting-cached", "voting-direct", 8.0),
+)
 
 
 @contextlib.contextmanager
@@ -70,18 +99,18 @@ def plugit(*args: str) -> list[str]:
     return [sys.executable, "-m", "plugit_core.cli", *args]
 
 
-def gunicorn(app: str, port: int) -> list[str]:
+def serve_app(target: str, port: int, server: str) -> list[str]:
+    """Any WSGI app served as `plugit proxy` serves (``serve_app.py``)."""
     return [
-        sys.executable, "-m", "gunicorn", "--workers", "1", "--worker-class", "gthread",
-        "--threads", str(THREADS), "--bind", f"127.0.0.1:{port}", "--log-level", "warning",
-        "--no-control-socket", app,
+        sys.executable, str(HERE / "serve_app.py"), target, "--port", str(port),
+        "--server", server, "--threads", str(THREADS),
     ]  # fmt: skip
 
 
-def wrk(url: str, duration: int) -> tuple[float, float]:
+def wrk(url: str, duration: int, connections: int = CONNECTIONS) -> tuple[float, float]:
     """(requests per second, median latency in ms)."""
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{duration}s", "--latency", url],
+        ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", url],
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
@@ -93,85 +122,118 @@ def wrk(url: str, duration: int) -> tuple[float, float]:
     return rps, median
 
 
-def proxy_config(path: Path, service_url: str, signed_url: str, secret: str) -> None:
+def proxy_config(path: Path, urls: dict[str, str], secret: str) -> None:
     key = secrets.token_urlsafe(48)
     path.write_text(
         f'secret_key = "{key}"\n'
         "[session_cookie]\nsecure = false\n"
-        f'[[services]]\nname = "bench"\nurl = "{service_url}"\nmount = "/bench/"\n'
-        f'[[services]]\nname = "signed"\nurl = "{signed_url}"\nmount = "/signed/"\n'
+        f'[[services]]\nname = "bench"\nurl = "{urls["service"]}"\nmount = "/bench/"\n'
+        f'[[services]]\nname = "signed"\nurl = "{urls["signed"]}"\nmount = "/signed/"\n'
         f'secret = "{secret}"\n'
+        f'[[services]]\nname = "voting"\nurl = "{urls["voting"]}"\nmount = "/voting/"\n'
     )
+
+
+def start(stack: contextlib.ExitStack, server: str, folder: Path) -> dict[str, str]:
+    """Every process of one server's set; the URL of each scenario."""
+    folder.mkdir()
+    secret = secrets.token_urlsafe(32)
+    names = ("service", "signed", "voting", "proxy", "forward", "werkzeug", "hello")
+    ports = {name: free_port() for name in names}
+    urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
+    service_app = str(HERE / "bench_service.py") + ":create_app"
+    on = ["--server", server, "--threads", str(THREADS)]
+
+    def service(name: str, *args: str, env: dict[str, str] | None = None) -> None:
+        command = plugit("service", *args, "--port", str(ports[name]), *on)
+        stack.enter_context(process(command, ports[name], env=env))
+
+    service("service", service_app)
+    service("signed", service_app, "--secret", secret)
+    from plugit_contrib.examples.voting import db
+
+    database = folder / "voting.sqlite3"
+    db.seed(str(database))
+    service(
+        "voting",
+        "plugit_contrib.examples.voting.app:create_app",
+        env={"PLUGIT_DATABASE": str(database)},
+    )
+    config = folder / "bench.toml"
+    proxy_config(config, urls, secret)
+    proxy_args = ["--config", str(config), "--port", str(ports["proxy"]), *on]
+    stack.enter_context(process(plugit("proxy", *proxy_args), ports["proxy"]))
+    env = {"BENCH_SERVICE_URL": urls["service"], "PYTHONPATH": str(ROOT)}
+    for name, target in (
+        ("forward", "forward_app:app"),
+        ("werkzeug", "proxy_middleware_app:app"),
+        ("hello", "hello_app:app"),
+    ):
+        command = serve_app(target, ports[name], server)
+        stack.enter_context(process(command, ports[name], env=env, cwd=HERE))
+    proxy = urls["proxy"]
+    return {
+        "hello": f"{urls['hello']}/",
+        "direct": f"{urls['service']}/action/data",
+        "cache-hit": f"{proxy}/bench/cached",
+        "uncached": f"{proxy}/bench/page",
+        "signed": f"{proxy}/signed/page",
+        "forward": f"{urls['forward']}/action/data",
+        "werkzeug": f"{urls['werkzeug']}/action/data",
+        "voting-direct": f"{urls['voting']}/action/show/1",
+        "voting-uncached": f"{proxy}/voting/show/1",
+        "voting-cached": f"{proxy}/voting/",
+    }
+
+
+def table(server: str, results: dict[str, list[tuple[float, float]]]) -> dict[str, float]:
+    """Print one server's table; return the median req/s of each scenario."""
+    rps = {name: statistics.median(r for r, _ in values) for name, values in results.items()}
+    latency = {name: statistics.median(m for _, m in values) for name, values in results.items()}
+    print(f"\n{server}")
+    print("| scenario | req/s | median latency | ratio |\n| --- | --- | --- | --- |")
+    for name, (_, reference) in SCENARIOS.items():
+        ratio = f"{rps[name] / rps[reference]:.2f}x {reference}" if reference else "(reference)"
+        print(f"| {name} | {rps[name]:.0f} | {latency[name]:.2f} ms | {ratio} |")
+    return rps
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--server", choices=(*SERVERS, "both"), default="granian")
     parser.add_argument("--duration", type=int, default=8, help="seconds per measurement")
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         print("wrk is needed: apt-get install wrk", file=sys.stderr)
         return 2
-    secret = secrets.token_urlsafe(32)
-    ports = {name: free_port() for name in ("service", "signed", "proxy", "forward", "werkzeug")}
-    service_url = f"http://127.0.0.1:{ports['service']}"
-    signed_url = f"http://127.0.0.1:{ports['signed']}"
-    service_app = str(HERE / "bench_service.py") + ":create_app"
+    servers = SERVERS if args.server == "both" else (args.server,)
+    results = {s: {name: [] for name in SCENARIOS} for s in servers}
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
-        config = Path(tmp) / "bench.toml"
-        proxy_config(config, service_url, signed_url, secret)
-        stack.enter_context(
-            process(
-                plugit("service", service_app, "--port", str(ports["service"])), ports["service"]
-            )
-        )
-        stack.enter_context(
-            process(
-                plugit("service", service_app, "--port", str(ports["signed"]), "--secret", secret),
-                ports["signed"],
-            )
-        )
-        proxy_args = [
-            "--config",
-            str(config),
-            "--port",
-            str(ports["proxy"]),
-            "--threads",
-            str(THREADS),
-        ]
-        stack.enter_context(process(plugit("proxy", *proxy_args), ports["proxy"]))
-        for name, app in (("forward", "forward_app:app"), ("werkzeug", "proxy_middleware_app:app")):
-            stack.enter_context(
-                process(gunicorn(app, ports[name]), ports[name],
-                        env={"BENCH_SERVICE_URL": service_url, "PYTHONPATH": str(ROOT)}, cwd=HERE)
-            )  # fmt: skip
-        proxy = f"http://127.0.0.1:{ports['proxy']}"
-        scenarios = {
-            "direct": f"{service_url}/action/data",
-            "cache-hit": f"{proxy}/bench/cached",
-            "uncached": f"{proxy}/bench/page",
-            "signed": f"{proxy}/signed/page",
-            "forward": f"http://127.0.0.1:{ports['forward']}/action/data",
-            "werkzeug": f"http://127.0.0.1:{ports['werkzeug']}/action/data",
-        }
-        for url in scenarios.values():  # warm up: pools, caches, compiled templates
-            wrk(url, 1)
-        results: dict[str, list[tuple[float, float]]] = {name: [] for name in scenarios}
+        urls = {server: start(stack, server, Path(tmp) / server) for server in servers}
+        for server in servers:  # warm up: pools, caches, compiled templates
+            for url in urls[server].values():
+                wrk(url, 1)
         for round_ in range(args.rounds):
-            for name, url in scenarios.items():
-                results[name].append(wrk(url, args.duration))
+            for name in SCENARIOS:
+                for server in servers:
+                    results[server][name].append(wrk(urls[server][name], args.duration))
             print(f"round {round_ + 1}/{args.rounds} done", file=sys.stderr)
-    base_rps = statistics.median(r for r, _ in results["direct"])
-    print(f"\n{'scenario':<10} {'req/s':>9} {'median ms':>10} {'vs direct':>10}")
-    for name, values in results.items():
-        rps = statistics.median(r for r, _ in values)
-        latency = statistics.median(m for _, m in values)
-        print(f"{name:<10} {rps:>9.0f} {latency:>10.2f} {rps / base_rps:>9.2f}x")
+    medians = {server: table(server, results[server]) for server in servers}
+    if len(servers) == 2:
+        print("\n| scenario | granian / gunicorn |\n| --- | --- |")
+        for name in SCENARIOS:
+            print(f"| {name} | {medians['granian'][name] / medians['gunicorn'][name]:.2f}x |")
+    for server in servers:
+        print(f"\ntargets ({server}; the issue sets them on granian):")
+        for name, reference, least in TARGETS:
+            ratio = medians[server][name] / medians[server][reference]
+            mark = "met" if ratio >= least else "NOT met"
+            print(f"  {name} >= {least}x {reference}: {ratio:.2f}x  {mark}")
     print(
-        f"\ngunicorn 1 worker gthread {THREADS} threads per server; "
-        f"wrk 1 thread {CONNECTIONS} connections; {args.rounds} rounds of {args.duration}s, "
-        f"median shown; {os.cpu_count()} cores shared by all; proxy http_client "
-        f"{'httptools' if httptools_available() else 'urllib3'} (auto)."
+        f"\n1 worker {THREADS} threads per server; wrk 1 thread {CONNECTIONS} connections; "
+        f"{args.rounds} rounds of {args.duration}s, median shown; {os.cpu_count()} cores shared "
+        f"by all; proxy http_client {'httptools' if httptools_available() else 'urllib3'} (auto)."
     )
     return 0
 
