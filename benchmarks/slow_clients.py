@@ -1,12 +1,13 @@
 """Slowloris against `plugit proxy`: does a healthy page still answer, and how fast?
 
 For each server (granian, the default, and gunicorn), one proxy (``--workers`` and ``--threads``
-as given, default 1 and 16: `plugit proxy`'s own) mounts the benchmark service.  The script measures the median latency
-of a cached page (sequential requests from one client), then opens ``--clients`` connections (80)
-that each send a request's headers a byte per second and never finish them, and measures the same
-page again while they are connected.  A request that takes more than ``--timeout`` seconds counts
-as timed out.  Everything stays on loopback and is bounded: the slow clients stop after
-``--seconds`` (default 30) whatever happens, and each measurement sends ``--requests`` requests.
+as given, default 1 and 16 as ``plugit proxy``) mounts the benchmark service.  The script
+measures the median latency of a cached page (sequential requests from one client), then opens
+``--clients`` connections (80) that each send a request's headers a byte per second and never
+finish them, and measures the same page again while they are connected.  A request that takes
+more than ``--timeout`` seconds counts as timed out.  Everything stays on loopback and is
+bounded: the slow clients stop after ``--seconds`` (default 30) whatever happens, and each
+measurement sends ``--requests`` requests.
 
 Target (the issue's): on the default server, the page stays within 2x its normal latency.
 Usage: ``python benchmarks/slow_clients.py [--server granian|gunicorn|both] [--clients 80]``.
