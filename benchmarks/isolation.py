@@ -1,14 +1,15 @@
 """A hanging service must not slow the others down.
 
-One proxy (gunicorn, 1 worker, gthread, 16 threads) mounts the benchmark service and a service
-whose every action hangs.  wrk loads a healthy page of the benchmark service twice, side by side
-in interleaved rounds: alone, and while 8 clients keep calling the hanging service (each calls
-again one second after its previous call ended, like a user clicking again).  The hanging
-service has a concurrency cap of 4 and a timeout of 2 s, so it never holds more than 4 of the
-proxy's threads; the other calls to it are refused at once.
+One proxy (granian by default, or ``--server gunicorn``; 1 worker, 16 threads) mounts the benchmark
+service and a service whose every action hangs. wrk loads a healthy page of the benchmark service
+twice, side by side in interleaved rounds: alone, and while 8 clients keep calling the hanging
+service (each calls again one second after its previous call ended, like a user clicking again). The
+hanging service has a concurrency cap of 4 and a timeout of 2 s, so it never holds more than 4 of
+the proxy's threads; the other calls to it are refused at once.
 
 Prints the healthy page's req/s in both runs and their ratio (target: within 10%).
-Usage: ``python benchmarks/isolation.py [--duration 8] [--rounds 3] [--path /bench/cached]``.
+Usage: ``python benchmarks/isolation.py [--server granian|gunicorn] [--duration 8] [--rounds 3]
+[--path /bench/page]``.
 """
 
 from __future__ import annotations
@@ -75,6 +76,7 @@ class HangingClients:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--server", choices=("granian", "gunicorn"), default="granian")
     parser.add_argument("--duration", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--path", default="/bench/page", help="the healthy page to load")
@@ -95,14 +97,20 @@ def main() -> int:
             'mount = "/hang/"\ntimeout = 2\nmax_concurrency = 4\n'
         )
         service_app = str(HERE / "bench_service.py") + ":create_app"
-        stack.enter_context(
-            process(
-                plugit("service", service_app, "--port", str(ports["service"])), ports["service"]
-            )
-        )
-        hang_args = [str(hang_file), "--port", str(ports["hang"]), "--threads", "64"]
+        on = ["--server", args.server]
+        service_args = [service_app, "--port", str(ports["service"]), *on]
+        stack.enter_context(process(plugit("service", *service_args), ports["service"]))
+        hang_args = [str(hang_file), "--port", str(ports["hang"]), "--threads", "64", *on]
         stack.enter_context(process(plugit("service", *hang_args), ports["hang"]))
-        proxy_args = ["--config", str(config), "--port", str(ports["proxy"]), "--threads", "16"]
+        proxy_args = [
+            "--config",
+            str(config),
+            "--port",
+            str(ports["proxy"]),
+            "--threads",
+            "16",
+            *on,
+        ]
         stack.enter_context(process(plugit("proxy", *proxy_args), ports["proxy"]))
         proxy = f"http://127.0.0.1:{ports['proxy']}"
         healthy = proxy + args.path
@@ -119,7 +127,7 @@ def main() -> int:
     base, hung = statistics.median(alone), statistics.median(loaded)
     refused = sum(1 for s in statuses if s == 503)
     timed_out = sum(1 for s in statuses if s == 504)
-    print(f"\nhealthy page {args.path}")
+    print(f"\nhealthy page {args.path} ({args.server})")
     print(f"  alone:                     {base:8.0f} req/s")
     print(f"  with a hanging service:    {hung:8.0f} req/s   ({hung / base:.2f}x)")
     print(

@@ -1,17 +1,18 @@
 """Two proxy processes against one, sharing Redis, on page-cache hits.
 
-The proxy runs under gunicorn with 1, then 2 worker processes (gthread, 8 threads each) on the
-same port, with `cache = "redis"` and `session = "redis"`: the page cache and the sessions live in
-Redis, shared by the processes.  wrk (2 threads, 16 connections) loads a cached page.  Rounds are
-interleaved; the median is reported with the ratio (target: 2 processes >= 1.4x one).
+The proxy runs (on granian by default, or ``--server gunicorn``) with 1, then 2 worker processes (8
+threads each) on the same port, with `cache = "redis"` and `session = "redis"`: the page cache and
+the sessions live in Redis, shared by the processes. wrk (2 threads, 16 connections) loads a cached
+page. Rounds are interleaved; the median is reported with the ratio (target: 2 processes >= 1.4x
+one).
 
 On this 2-core machine wrk shares the cores with the proxies, so two processes can at best use
 what wrk leaves; with N cores and the load generator elsewhere, throughput grows with the number
 of processes until Redis or the network is the limit (each hit is one Redis GET at most, or none
 once a process holds the wrapped page in memory).
 
-Usage: ``python benchmarks/scaleout.py [--duration 8] [--rounds 3]`` (needs Redis on
-127.0.0.1:6379 and wrk).
+Usage: ``python benchmarks/scaleout.py [--server granian|gunicorn] [--duration 8] [--rounds 3]``
+(needs Redis on 127.0.0.1:6379 and wrk).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ def wrk(url: str, duration: int) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--server", choices=("granian", "gunicorn"), default="granian")
     parser.add_argument("--duration", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
@@ -77,7 +79,8 @@ def main() -> int:
                     "--workers",
                     str(workers),
                 ]
-                with process(plugit("proxy", *proxy_args, "--threads", "8"), port):
+                proxy_args += ["--threads", "8", "--server", args.server]
+                with process(plugit("proxy", *proxy_args), port):
                     url = f"http://127.0.0.1:{port}/bench/cached"
                     wrk(url, 1)  # warm up every worker
                     results[workers].append(wrk(url, args.duration))
@@ -88,7 +91,7 @@ def main() -> int:
         for key in client.scan_iter(match=prefix + "*"):
             client.delete(key)
     one, two = statistics.median(results[1]), statistics.median(results[2])
-    print("\npage-cache hits, Redis shared")
+    print(f"\npage-cache hits, Redis shared ({args.server})")
     print(f"  1 proxy process:   {one:8.0f} req/s")
     print(f"  2 proxy processes: {two:8.0f} req/s   ({two / one:.2f}x; target >= 1.4x)")
     return 0
