@@ -90,6 +90,16 @@ _STATUS_TITLES = {
     503: ("Service busy", "This service is busy right now. Please try again in a moment."),
     504: ("Service too slow", "This service did not answer in time. Please try again later."),
 }
+# A service's failure named by what happened, whatever the status: a service that is down is
+# unreachable (502, or 503 once its circuit breaker is open), not busy.
+_FAILURE_TITLES = {
+    "unreachable": (
+        "Service unreachable",
+        "This service cannot be reached right now. Please try again later.",
+    ),
+    "timeout": _STATUS_TITLES[504],
+    "error": _STATUS_TITLES[502],
+}
 
 
 def strip_plugit_headers(environ: dict[str, Any]) -> None:
@@ -955,6 +965,8 @@ class ProxyApp:
     ) -> Response:
         """The themed error page.  Internal reasons are shown in dev mode only (W17)."""
         title, default_message = _STATUS_TITLES.get(status, ("Error", "Something went wrong."))
+        if mount is not None and status in (502, 503, 504) and reason in _FAILURE_TITLES:
+            title, default_message = _FAILURE_TITLES[reason]
         if mount is not None and status in (502, 503, 504):
             default_message = f"{mount.title}: {default_message}"
         shown_reason = None

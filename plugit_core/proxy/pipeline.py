@@ -99,11 +99,18 @@ class PageRequest:
 class _RefusedError(Exception):
     """Stops the pipeline with a themed error page."""
 
-    def __init__(self, status: int, reason: str | None = None, message: str | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        reason: str | None = None,
+        message: str | None = None,
+        detail: str | None = None,
+    ) -> None:
         super().__init__(reason or str(status))
         self.status = status
         self.reason = reason
         self.message = message
+        self.detail = detail  # what was tried, shown in dev mode after the reason
 
 
 class Pipeline:
@@ -140,7 +147,12 @@ class Pipeline:
             response = self.proxy_mode_page(page) if mount.proxy_mode else self.page(page)
         except _RefusedError as refused:
             response = self.proxy.error_page(
-                request, refused.status, reason=refused.reason, message=refused.message, mount=mount
+                request,
+                refused.status,
+                reason=refused.reason,
+                message=refused.message,
+                detail=refused.detail,
+                mount=mount,
             )
         except ServiceError as error:
             response = self.service_failed(page, error)
@@ -193,7 +205,11 @@ class Pipeline:
             response.headers["Cache-Control"] = "no-store"
             return response
         return self.proxy.error_page(
-            page.request, error.status, reason=error.kind, detail=error.message, mount=page.mount
+            page.request,
+            error.status,
+            reason=error.cause or error.kind,
+            detail=error.message,
+            mount=page.mount,
         )
 
     # -- CSRF, user, organisation -----------------------------------------------------------------
@@ -287,7 +303,13 @@ class Pipeline:
         request = page.request
         meta = page.client.meta(page.path)
         if meta is None:
-            raise _RefusedError(404, "meta", "This page does not exist.")
+            tried = f"{page.mount.url}/meta/{page.path}"
+            log.info(
+                "service %s has no action at %r: %s answered 404", page.mount.name, page.path, tried
+            )
+            raise _RefusedError(
+                404, "meta", "This page does not exist.", f"no action at {page.path!r} ({tried})"
+            )
         page.meta = meta
         service_user = page.service_user
         if page.mount.orga_mode and page.orga is None and not meta.public:
@@ -345,8 +367,21 @@ class Pipeline:
         template = None
         if meta.template_tag and not (meta.json_only or meta.xml_only):
             template = self.template(page, page.path, meta.template_tag)
-            if template is None:
-                raise _RefusedError(404, "template", "This page does not exist.")
+            if template is None:  # the action is not called: its page could not be shown
+                tried = f"{page.mount.url}/template/{page.path}"
+                log.warning(
+                    "service %s: the action %r names a template, but %s answered 404 "
+                    "(the action was not called)",
+                    page.mount.name,
+                    page.path,
+                    tried,
+                )
+                raise _RefusedError(
+                    404,
+                    "template",
+                    "This page does not exist.",
+                    f"the template of {page.path!r} is missing ({tried})",
+                )
         upstream = self.build_upstream(page, f"action/{page.path}")
         self.proxy.shadow(page.mount, upstream)
         reply = self.call(page, upstream)

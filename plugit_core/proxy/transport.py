@@ -66,12 +66,23 @@ class ServiceError(Exception):
         "circuit_open": 503,
     }
 
-    def __init__(self, service: str, kind: str, message: str, status: int | None = None) -> None:
+    def __init__(
+        self,
+        service: str,
+        kind: str,
+        message: str,
+        status: int | None = None,
+        *,
+        cause: str | None = None,
+    ) -> None:
         super().__init__(f"{service}: {message}")
         self.service = service
         self.kind = kind
         self.message = message
         self.status = status or self.STATUS.get(kind, 502)
+        # What the service did to get here: for ``circuit_open``, the kind of its last failure
+        # (``unreachable``, ``timeout``, ``error``), so a dead service is called unreachable.
+        self.cause = cause
 
 
 class Exchange(Protocol):

@@ -127,6 +127,7 @@ class ServiceClient:
         )
         self._headers = {"User-Agent": user_agent, "Accept-Encoding": "identity"}
         self.breaker = CircuitBreaker(mount.breaker_failures, mount.breaker_reset)
+        self.last_failure = "unreachable"  # the kind of the last failure the breaker counted
         self.metrics = ServiceMetrics(mount.name)
         self.in_flight = 0
         self._count_lock = threading.Lock()
@@ -177,7 +178,9 @@ class ServiceClient:
             raise ServiceError(
                 self.name,
                 "circuit_open",
-                f"the service failed repeatedly; next try in {self.breaker.retry_in():.0f}s",
+                f"the service failed repeatedly (the last time: {self.last_failure}); "
+                f"next try in {self.breaker.retry_in():.0f}s",
+                cause=self.last_failure,
             )
         # A full cap fails fast: waiting for a slot would tie up the caller's thread, which
         # is what the cap is there to prevent.
@@ -193,6 +196,7 @@ class ServiceClient:
             reply = self._send(upstream, stream)
         except ServiceError as error:
             if error.kind in ("unreachable", "timeout"):
+                self.last_failure = error.kind
                 self.breaker.failure()
             self.metrics.observe(time.monotonic() - started, error.kind)
             raise
@@ -200,6 +204,7 @@ class ServiceClient:
             with self._count_lock:
                 self.in_flight -= 1
         if reply.status >= 500:
+            self.last_failure = "error"
             self.breaker.failure()
             self.metrics.observe(time.monotonic() - started, f"status_{reply.status}")
         else:
