@@ -29,6 +29,8 @@ def driver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
+    # The console's messages (driver.get_log("browser")): tests check that pages raise no error.
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     for flag in (
         "--headless=new",
         "--no-sandbox",
