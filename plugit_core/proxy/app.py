@@ -272,7 +272,9 @@ class ProxyApp:
         # Every client, by name: "<service>", "<service>:<variant>", "<service>:shadow".
         self.clients: dict[str, ServiceClient] = {}
         for mount in config.services:
-            self.clients[mount.name] = ServiceClient(mount, http_client=config.http_client)
+            self.clients[mount.name] = ServiceClient(
+                mount, http_client=config.http_client, cache_meta=not config.dev_mode
+            )
             for variant in mount.variants:
                 derived = replace(
                     mount,
@@ -280,7 +282,9 @@ class ProxyApp:
                     url=variant.url,
                     secret=variant.secret or mount.secret,
                 )
-                self.clients[derived.name] = ServiceClient(derived, http_client=config.http_client)
+                self.clients[derived.name] = ServiceClient(
+                    derived, http_client=config.http_client, cache_meta=not config.dev_mode
+                )
             if mount.shadow_url:
                 derived = replace(
                     mount,
@@ -289,7 +293,9 @@ class ProxyApp:
                     secret=mount.shadow_secret or mount.secret,
                     max_concurrency=4,
                 )
-                self.clients[derived.name] = ServiceClient(derived, http_client=config.http_client)
+                self.clients[derived.name] = ServiceClient(
+                    derived, http_client=config.http_client, cache_meta=not config.dev_mode
+                )
         self._shadow_pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=2, thread_name_prefix="plugit-shadow"
         )

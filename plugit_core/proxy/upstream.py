@@ -113,7 +113,12 @@ class ServiceClient:
     META_DEFAULT_TTL = 300.0
 
     def __init__(
-        self, mount: ServiceMount, *, user_agent: str = "PlugIt-proxy", http_client: str = "auto"
+        self,
+        mount: ServiceMount,
+        *,
+        user_agent: str = "PlugIt-proxy",
+        http_client: str = "auto",
+        cache_meta: bool = True,
     ) -> None:
         self.mount = mount
         self.name = mount.name
@@ -141,6 +146,8 @@ class ServiceClient:
         self._meta_lock = threading.Lock()
         self._flight: SingleFlight[Any] = SingleFlight()
         self.compatible: bool | None = None  # set by check_version
+        # Dev mode keeps no meta: an edited template (a new tag) shows on the next reload.
+        self.cache_meta = cache_meta
         self._warned_name = False
 
     # -- low level --------------------------------------------------------------------------------
@@ -379,7 +386,7 @@ class ServiceClient:
                 raise ServiceError(self.name, "bad_reply", f"meta/{path}: {exc}") from None
         ttl = _meta_ttl(reply.headers, self.META_DEFAULT_TTL)
         with self._meta_lock:
-            if ttl > 0:
+            if ttl > 0 and self.cache_meta:
                 self._meta[path] = (meta, time.monotonic() + ttl)
             if meta is not None:
                 self._last_meta[path] = meta

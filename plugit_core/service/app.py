@@ -73,6 +73,8 @@ __all__ = [
 ]
 
 log = logging.getLogger("plugit.service")
+#: The template tag of an action whose template file is missing (any non-empty value would do).
+MISSING_TEMPLATE_TAG = "missing-template"
 
 MailCallback = Callable[["ServiceRequest"], Any]
 
@@ -628,14 +630,20 @@ class PlugItService:
         return safe_join(str(self.templates_dir), act.spec.template)
 
     def template_tag(self, act: _Action) -> str:
-        """MD5 of the template file (the original's tag), cached until the file changes."""
+        """MD5 of the template file (the original's tag), cached until the file changes.
+
+        An action whose template file is missing gets :data:`MISSING_TEMPLATE_TAG`: not empty,
+        so the proxy asks for the template (before calling the action) and gets a 404 naming
+        it, instead of calling the action and then finding nothing to render.
+        """
         path = self._template_path(act)
         if path is None:
             return ""
         try:
             stat = os.stat(path)
         except OSError:
-            return ""
+            self._log_missing_template(act, path)
+            return MISSING_TEMPLATE_TAG
         key = (stat.st_mtime_ns, stat.st_ctime_ns, stat.st_size, stat.st_ino)
         cached = act._tag_cache.get(path)
         if cached and cached[0] == key:
@@ -659,9 +667,28 @@ class PlugItService:
         response.headers["Cache-Control"] = f"public, max-age={seconds}"
         return response
 
-    def _template(self, act: _Action, request: Request) -> Response:
+    def _log_missing_template(self, act: _Action, path: str | None) -> None:
+        log.error(
+            "action %r: its template %r is missing (looked for %s)",
+            act.name,
+            act.spec.template,
+            path or f"{act.spec.template} below {self.templates_dir}",
+        )
+
+    def _missing_template(self, act: _Action) -> NotFound | None:
+        """A 404 naming the action's template when its file is missing (and the log line)."""
         path = self._template_path(act)
-        if path is None or not os.path.isfile(path):
+        if act.spec.template and (path is None or not os.path.isfile(path)):
+            self._log_missing_template(act, path)
+            return NotFound(f"the template {act.spec.template!r} of this action is missing")
+        return None
+
+    def _template(self, act: _Action, request: Request) -> Response:
+        missing = self._missing_template(act)
+        if missing is not None:
+            raise missing
+        path = self._template_path(act)
+        if path is None:
             raise NotFound("this action has no template")
         with open(path, "rb") as fh:
             body = fh.read()
@@ -683,6 +710,9 @@ class PlugItService:
             return self._add_cors(json_response({}), spec, request)
         if request.method in ("POST", "PUT", "PATCH", "DELETE"):
             self._load_form(request)
+        missing = self._missing_template(act)
+        if missing is not None:
+            raise missing  # its page could not be shown: the action is not run
         try:
             result = act.fn(request, **values)
             response = self._result_response(result, act, request)

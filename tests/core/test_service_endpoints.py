@@ -16,6 +16,7 @@ import pytest
 import requests
 
 from plugit_core.service import PlugItService, ServiceConfig, ServiceRequest, action
+from plugit_core.service.app import MISSING_TEMPLATE_TAG
 from plugit_core.testing import serve
 
 HOME_TAG = "c2dca2db9bb94ffbd128ee5c1644c8bb"  # md5("home_template\n"), PROTOCOL.md 2.7
@@ -186,7 +187,9 @@ def test_mail_callback(
         pytest.param("/meta/", HOME_TAG, id="home_template"),
         pytest.param("/meta/game", GAME_TAG, id="thegame"),
         pytest.param("/meta/show/5/five", "", id="no-template"),
-        pytest.param("/meta/ghost", "", id="missing-template-file"),
+        # not empty: the proxy asks for the template first, gets a 404 naming it, and does not
+        # call the action
+        pytest.param("/meta/ghost", MISSING_TEMPLATE_TAG, id="missing-template-file"),
     ],
 )
 def test_meta_template_tag(base: str, http: requests.Session, path: str, tag: str) -> None:
@@ -206,8 +209,11 @@ def test_template_tag_follows_file_changes(
     template.write_bytes(b"thegame\n")
     assert http.get(f"{url}/meta/").json()["template_tag"] == GAME_TAG
     template.unlink()
-    assert http.get(f"{url}/meta/").json()["template_tag"] == ""
-    assert http.get(f"{url}/template/").status_code == 404
+    assert http.get(f"{url}/meta/").json()["template_tag"] == MISSING_TEMPLATE_TAG
+    missing = http.get(f"{url}/template/")
+    assert missing.status_code == 404
+    assert "the template 'home.html' of this action is missing" in missing.text
+    assert http.get(f"{url}/action/").status_code == 404  # its page cannot be shown: not run
 
 
 @pytest.mark.parametrize(

@@ -112,3 +112,59 @@ def test_a_dead_service_is_unreachable_not_busy():
             assert "busy" not in page.text.lower()
         # dev mode says the circuit is open because of what the service did
         assert "the last time: unreachable" in pages[-1].text
+
+
+def test_the_service_library_names_a_missing_template_and_runs_no_action(tmp_path, caplog):
+    """The same through this library's own service: its template file is missing."""
+    from plugit_core.service import PlugItService, action
+
+    ran: list[str] = []
+
+    @action("/", template="home.html")
+    def home(request):
+        ran.append("home")
+        return {"title": "Polls"}
+
+    (tmp_path / "templates").mkdir()
+    service = PlugItService([home], secret=SECRET, templates=str(tmp_path / "templates"))
+    with contextlib.ExitStack() as stack:
+        url = stack.enter_context(serve(service))
+        proxy = ProxyApp(proxy_config(url), load_entry_points=False)
+        stack.callback(proxy.close)
+        base = stack.enter_context(serve(proxy))
+        with caplog.at_level(logging.INFO):
+            page = requests.get(base + "/svc/", timeout=10)
+        assert page.status_code == 404
+        assert ran == []  # not by the proxy, and the service refuses it anyway
+        assert f"is missing ({url}/template/)" in page.text  # dev mode's reason: where asked
+        service_log = [r.getMessage() for r in caplog.records if r.name == "plugit.service"]
+        assert any(
+            "'home.html' is missing" in m and str(tmp_path / "templates") in m for m in service_log
+        )
+        # Added, the template shows at once in dev mode (no meta or template kept).
+        (tmp_path / "templates" / "home.html").write_text("<h1>{{ title }}</h1>")
+        assert "<h1>Polls</h1>" in requests.get(base + "/svc/", timeout=10).text
+        assert ran == ["home"]
+
+
+def test_dev_mode_keeps_no_meta_so_an_edited_template_shows_at_once(tmp_path):
+    from plugit_core.service import PlugItService, action
+
+    @action("/", template="home.html")
+    def home(request):
+        return {"title": "Polls"}
+
+    (tmp_path / "home.html").write_text("<h1>{{ title }}</h1>")
+    service = PlugItService([home], secret=SECRET, templates=str(tmp_path))  # meta: 300 s
+    with contextlib.ExitStack() as stack:
+        url = stack.enter_context(serve(service))
+        for dev_mode, shows_edit in ((True, True), (False, False)):
+            top = {} if dev_mode else {"dev_mode": False, "secret_key": STRONG_KEY}
+            (tmp_path / "home.html").write_text("<h1>{{ title }}</h1>")
+            proxy = ProxyApp(proxy_config(url, **top), load_entry_points=False)
+            stack.callback(proxy.close)
+            base = stack.enter_context(serve(proxy))
+            assert "<h1>Polls</h1>" in requests.get(base + "/svc/", timeout=10).text
+            (tmp_path / "home.html").write_text("<h2>{{ title }}</h2>")
+            edited = "<h2>Polls</h2>" in requests.get(base + "/svc/", timeout=10).text
+            assert edited is shows_edit, dev_mode
