@@ -387,9 +387,16 @@ def test_list_show_vote_json_file_and_media(driver, site, tmp_path):
             ["Salad", "1"],
         ]
 
-    # no script error on any page; the original idioms ran through jQuery Migrate
+    # an administrator also sees who voted (the service reads ebuio_u_ebuio_admin == "True")
+    assert not all_css(driver, "#voters")
+    switch_user(driver, "adm")
+    assert [v.text for v in all_css(driver, "#voters li")] == ["Member"]
+
+    # no script error on any page
     entries += console(driver)
     assert errors(entries) == [], errors(entries)
+    # the service's protocol name was accepted, with a warning in the proxy's log
+    assert "'plugit-sample'" in site.logs[1].read_text()
     assert site.server_errors() == []
 
 
