@@ -1554,6 +1554,7 @@ class MailQueueConformance:
             "last_error": None,
             "created": clock.now,
             "done": None,
+            "stale_since": None,
         }
         (plain,) = self._enqueue(queue)
         assert plain > mail_id and self._row(queue, plain)["html"] == 0
@@ -1791,6 +1792,65 @@ class MailQueueConformance:
         assert queue.mark_retry(mail_id, "late", 1, 0) == "lost"
         assert other_queue.mark_sent(mail_id) is True
         assert self._row(queue, mail_id)["attempts"] == 1
+
+    def test_renew_extends_the_leases_it_holds(self, queue: Any, other_queue: Any) -> None:
+        clock = self._clock(queue, other_queue)
+        first, second, third = self._enqueue(queue, 3)
+        assert queue.renew(60) == []  # holds nothing
+        queue.claim(2, 10, started=clock.now)
+        other_queue.claim(1, 10, started=clock.now)
+        clock.advance(8)
+        assert queue.renew(10) == [first, second]
+        assert {self._row(queue, i)["lease_until"] for i in (first, second)} == {clock.now + 10}
+        assert self._row(queue, third)["lease_until"] == clock.now + 2  # not its mail
+        clock.advance(5)  # past the first lease, within the renewed one
+        (taken,) = queue.claim(5, 10, started=clock.now)  # the other's lease ended
+        assert taken.id == third
+        assert other_queue.claim(5, 10, started=clock.now) == []
+        assert other_queue.renew(10) == []  # it lost its mail
+        assert queue.mark_sent(first) is True
+        assert queue.renew(10) == [second, third]
+
+    def test_grace_notices_an_expired_lease_before_taking_it(
+        self, queue: Any, other_queue: Any
+    ) -> None:
+        clock = self._clock(queue, other_queue)
+        first, second = self._enqueue(queue, 2)
+        queue.claim(2, 10, started=clock.now)
+        clock.advance(10)  # both leases ended (the holder was cut off from the queue)
+        assert other_queue.claim(5, 10, started=clock.now, grace=6, max_attempts=3) == []
+        row = self._row(queue, first)
+        assert (row["state"], row["owner"], row["attempts"], row["last_error"]) == (
+            "sending",
+            queue.owner,
+            0,
+            None,
+        )
+        assert (row["stale_since"], row["lease_until"]) == (clock.now, clock.now + 6)
+        assert other_queue.next_due() == clock.now + 6
+        clock.advance(3)
+        assert other_queue.claim(5, 10, started=clock.now, grace=6) == []  # within the grace
+        assert queue.mark_sent(first) is True  # the holder records its result in time
+        assert queue.renew(10) == [second]  # and shows it lives: the notice is gone
+        assert self._row(queue, second)["stale_since"] is None
+        clock.advance(10)
+        assert other_queue.claim(5, 10, started=clock.now, grace=6) == []  # noticed anew
+        clock.advance(5.9)
+        assert other_queue.claim(5, 10, started=clock.now, grace=6) == []
+        clock.advance(0.1)  # the holder stayed silent through the grace: taken over
+        (mail,) = other_queue.claim(5, 10, started=clock.now, grace=6, max_attempts=3)
+        assert (mail.id, mail.attempts) == (second, 1)
+        row = self._row(queue, second)
+        assert (row["owner"], row["lease_until"], row["stale_since"]) == (
+            other_queue.owner,
+            clock.now + 10,
+            None,
+        )
+        assert (
+            row["last_error"] == "its sender stopped before recording the result (the lease ended)"
+        )
+        assert queue.mark_sent(second) is False and queue.renew(10) == []
+        assert self._row(queue, first)["state"] == "sent"
 
     def test_two_queues_never_claim_the_same_mail(self, queue: Any, other_queue: Any) -> None:
         import concurrent.futures

@@ -104,13 +104,15 @@ CREATE TABLE IF NOT EXISTS {schema}.mail_locks (
     until double precision NOT NULL
 );
 """,
+    # 2: leases renewed while their sender lives; an expired one is noticed before it is taken
+    "ALTER TABLE {schema}.mail_outbox ADD COLUMN IF NOT EXISTS stale_since double precision;",
 )
 SCHEMA_VERSION = len(STEPS)
 
 _OUTBOX = (
     "SELECT id, service, sender, recipients, n_recipients, subject, body, html::int AS html, "
     "reply_to, message_id, state, attempts, next_try, owner, lease_until, last_try, last_error, "
-    "created, done FROM {s}.mail_outbox "
+    "created, done, stale_since FROM {s}.mail_outbox "
     "WHERE (%(state)s::text IS NULL OR state = %(state)s) ORDER BY id"
 )
 _INCOMING = (
@@ -118,32 +120,40 @@ _INCOMING = (
     "first_seen, updated, raw FROM {s}.mail_incoming "
     "WHERE (%(state)s::text IS NULL OR state = %(state)s) ORDER BY first_seen, seq"
 )
-# An expired lease counts as an attempt when %(max)s > 0 (lost), and may end the mail (gone).
+# With %(grace)s > 0 an expired lease not noticed yet is only noticed (its holder gets the
+# grace); otherwise it counts as an attempt when %(max)s > 0 (lost), and may end the mail (gone).
 _CLAIM = (
-    "WITH due AS (SELECT id, (state = 'sending' AND %(max)s > 0) AS lost, "
-    "(state = 'sending' AND %(max)s > 0 AND attempts + 1 >= %(max)s) AS gone "
+    "WITH due AS (SELECT id, "
+    "(state = 'sending' AND %(grace)s > 0 AND stale_since IS NULL) AS notice, "
+    "(state = 'sending' AND %(max)s > 0 "
+    "AND NOT (%(grace)s > 0 AND stale_since IS NULL)) AS lost, "
+    "(state = 'sending' AND %(max)s > 0 "
+    "AND NOT (%(grace)s > 0 AND stale_since IS NULL) AND attempts + 1 >= %(max)s) AS gone "
     "FROM {s}.mail_outbox "
     "WHERE ((state = 'queued' AND (next_try <= %(now)s OR %(retry_now)s)) "
     "OR (state = 'sending' AND lease_until <= %(now)s)) "
     "AND (last_try IS NULL OR last_try < %(started)s) "
     "ORDER BY next_try, id LIMIT %(limit)s FOR UPDATE SKIP LOCKED) "
     "UPDATE {s}.mail_outbox o SET "
-    "state = CASE WHEN due.gone THEN 'failed' ELSE 'sending' END, "
-    "owner = CASE WHEN due.gone THEN NULL ELSE %(owner)s END, "
-    "lease_until = CASE WHEN due.gone THEN NULL ELSE %(until)s END, "
+    "state = CASE WHEN due.notice THEN o.state WHEN due.gone THEN 'failed' ELSE 'sending' END, "
+    "owner = CASE WHEN due.notice THEN o.owner WHEN due.gone THEN NULL ELSE %(owner)s END, "
+    "lease_until = CASE WHEN due.notice THEN %(now)s + %(grace)s "
+    "WHEN due.gone THEN NULL ELSE %(until)s END, "
     "done = CASE WHEN due.gone THEN %(now)s ELSE o.done END, "
     "attempts = o.attempts + CASE WHEN due.lost THEN 1 ELSE 0 END, "
     "last_error = CASE WHEN due.lost THEN %(lost)s ELSE o.last_error END, "
-    "last_try = CASE WHEN due.gone THEN o.last_try ELSE %(now)s END "
+    "last_try = CASE WHEN due.gone OR due.notice THEN o.last_try ELSE %(now)s END, "
+    "stale_since = CASE WHEN due.notice THEN %(now)s END "
     "FROM due WHERE o.id = due.id "
     "RETURNING o.id, o.service, o.sender, o.recipients, o.subject, o.body, o.html, o.reply_to, "
-    "o.message_id, o.attempts, o.created, o.next_try, o.state"
+    "o.message_id, o.attempts, o.created, o.next_try, o.state, due.notice AS noticed"
 )
 _RETRY = (
     "UPDATE {s}.mail_outbox SET attempts = attempts + 1, "
     "state = CASE WHEN %(max)s > 0 AND attempts + 1 >= %(max)s THEN 'failed' ELSE 'queued' END, "
     "done = CASE WHEN %(max)s > 0 AND attempts + 1 >= %(max)s THEN %(now)s END, "
-    "next_try = %(next)s, last_error = %(error)s, owner = NULL, lease_until = NULL "
+    "next_try = %(next)s, last_error = %(error)s, owner = NULL, lease_until = NULL, "
+    "stale_since = NULL "
     "WHERE id = %(id)s AND state = 'sending' AND owner = %(owner)s RETURNING state"
 )
 _RECORD = (
@@ -299,6 +309,7 @@ class PostgresMailQueue:
         started: float,
         retry_now: bool = False,
         max_attempts: int = 0,
+        grace: float = 0.0,
     ) -> list[Outgoing]:
         now = self.clock()
         rows, _ = self._run(
@@ -312,9 +323,11 @@ class PostgresMailQueue:
                 "until": now + lease,
                 "max": max_attempts,
                 "lost": LEASE_LOST,
+                "grace": float(grace),
             },
         )
-        rows = [row for row in rows if row["state"] == "sending"]  # not those just failed
+        # not those just failed, nor those only noticed
+        rows = [row for row in rows if row["state"] == "sending" and not row["noticed"]]
         rows.sort(key=lambda row: (row["next_try"], row["id"]))  # RETURNING has no order
         return [
             Outgoing(
@@ -333,10 +346,18 @@ class PostgresMailQueue:
             for row in rows
         ]
 
+    def renew(self, lease: float) -> list[int]:
+        rows, _ = self._run(
+            "UPDATE {s}.mail_outbox SET lease_until = %s, stale_since = NULL "
+            "WHERE state = 'sending' AND owner = %s RETURNING id",
+            (self.clock() + lease, self.owner),
+        )
+        return sorted(int(row["id"]) for row in rows)
+
     def mark_sent(self, mail_id: int, note: str | None = None) -> bool:
         _, count = self._run(
             "UPDATE {s}.mail_outbox SET state = 'sent', attempts = attempts + 1, done = %s, "
-            "last_error = %s, owner = NULL, lease_until = NULL "
+            "last_error = %s, owner = NULL, lease_until = NULL, stale_since = NULL "
             "WHERE id = %s AND state = 'sending' AND owner = %s",
             (self.clock(), _text(note), mail_id, self.owner),
         )
@@ -360,15 +381,15 @@ class PostgresMailQueue:
     def mark_failed(self, mail_id: int, error: str) -> None:
         self._run(
             "UPDATE {s}.mail_outbox SET state = 'failed', attempts = attempts + 1, "
-            "last_error = %s, done = %s, owner = NULL, lease_until = NULL "
+            "last_error = %s, done = %s, owner = NULL, lease_until = NULL, stale_since = NULL "
             "WHERE id = %s AND state = 'sending' AND owner = %s",
             (_text(error, MAX_ERROR), self.clock(), mail_id, self.owner),
         )
 
     def release(self, mail_id: int) -> None:
         self._run(
-            "UPDATE {s}.mail_outbox SET state = 'queued', owner = NULL, lease_until = NULL "
-            "WHERE id = %s AND state = 'sending' AND owner = %s",
+            "UPDATE {s}.mail_outbox SET state = 'queued', owner = NULL, lease_until = NULL, "
+            "stale_since = NULL WHERE id = %s AND state = 'sending' AND owner = %s",
             (mail_id, self.owner),
         )
 

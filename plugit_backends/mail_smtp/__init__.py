@@ -67,6 +67,7 @@ from plugit_core.config import ConfigError, ProxyConfig
 from plugit_core.hookspecs import hookimpl
 from plugit_core.proxy.api import ApiCall, ApiError
 from plugit_core.proxy.upstream import ServiceClient, ServiceError, UpstreamRequest
+from plugit_core.stores import StoreUnavailable
 from plugit_core.users import SIMULATED_MODES, simulated_user
 
 from .mailbox import Mailbox, MailboxError, open_mailbox, tls_context
@@ -106,6 +107,9 @@ MAX_SENDER = 320
 FAILED_SHOWN = 20  # failed mails listed by plugit mail status, the latest
 UNEXPECTED_ATTEMPTS = 3  # attempts of a mail that fails in an unforeseen way before it fails
 BATCH = 50
+# The least time a sender cut off from the queue gets, once the queue answers again, to record its
+# results before another sender takes its mails: a few of the store guard's trial intervals.
+MIN_GRACE = 5.0
 QUEUES = ("sqlite", "postgres")  # where the mail queue lives: [mail_smtp] queue
 DEFAULT_QUEUE_SCHEMA = "plugit"
 
@@ -137,6 +141,7 @@ class MailSettings:
     retry_interval: float = 60.0
     max_retry_interval: float = 3600.0
     max_attempts: int = 100
+    sender_lease: float = 10.0
     send_in_background: bool = True
     keep_sent: float = 7 * 86400.0
     allowed_recipient_domains: tuple[str, ...] = ()
@@ -286,6 +291,7 @@ def read_settings(config: ProxyConfig, section: Mapping[str, Any]) -> MailSettin
         retry_interval=r.number("retry_interval", 60.0, minimum=0.01),
         max_retry_interval=r.number("max_retry_interval", 3600.0, minimum=0.01),
         max_attempts=r.number("max_attempts", 100, integer=True),
+        sender_lease=r.number("sender_lease", 10.0, minimum=0.2),
         send_in_background=r.bool("send_in_background", True),
         keep_sent=r.number("keep_sent", 7 * 86400.0, minimum=3600),
         allowed_recipient_domains=domains,
@@ -466,6 +472,14 @@ class MailBackend:
         self._threads: list[threading.Thread] = []
         self._background = threading.local()  # .on: this thread is one of the backend's own
         self._last_purge = 0.0
+        # Results the queue could not record (it was unavailable): mail id -> (method, args).
+        # A mail the SMTP server took is in here until its mark is written: never sent again.
+        self._unrecorded: dict[int, tuple[str, tuple[Any, ...]]] = {}
+        self._unrecorded_lock = threading.Lock()
+        self._writing = threading.Lock()  # one writer of the unrecorded results at a time
+        self._holding = 0  # mails claimed by this object's flushes, not finished yet
+        self._beat: threading.Thread | None = None
+        self._beat_stop = threading.Event()
         if settings.username and not (settings.ssl or settings.starttls):
             log.warning(
                 "mail_smtp: the SMTP password is sent in clear text to %s (set starttls or ssl)",
@@ -513,9 +527,22 @@ class MailBackend:
             thread.join(max(0.0, deadline - time.monotonic()))
         still = [thread.name for thread in self._threads if thread.is_alive()]
         self._threads = []
-        if still:  # a thread stuck in a call: leave it its connections
+        while self.unrecorded and time.monotonic() < deadline:  # the queue may be back
+            if not self.write_unrecorded():
+                time.sleep(0.2)
+        if self.unrecorded:
+            log.error(
+                "mail: stopping while the mail queue is unavailable: the results of mails %s "
+                "are not recorded; the mails the SMTP server took will be sent again",
+                ", ".join(map(str, sorted(self.unrecorded))),
+            )
+        if still:  # a thread stuck in a call: leave it its connections (and its leases)
             log.warning("mail: %s did not stop within %gs", ", ".join(still), timeout)
             return
+        self._beat_stop.set()
+        beat, self._beat = self._beat, None
+        if beat is not None:
+            beat.join(max(0.0, deadline - time.monotonic()))
         self.store.close()
 
     def _send_loop(self) -> None:
@@ -528,9 +555,92 @@ class MailBackend:
                 due = self.store.next_due()
                 if due is not None:
                     wait = min(30.0, max(0.05, due - self.clock()))
+            except StoreUnavailable as exc:  # an outage, not a bug: no traceback
+                wait = 1.0
+                log.warning("mail: the sender waits for the mail queue: %s", exc)
             except Exception:
                 log.exception("mail: the sender loop failed; trying again in %gs", wait)
             self._wake.wait(wait)
+
+    # -- leases and results the queue could not record -------------------------------------------
+
+    @property
+    def unrecorded(self) -> dict[int, str]:
+        """The mails whose result is waiting to be written to the queue: id -> the queue method
+        (``mark_sent``: the SMTP server took the mail, which is never sent again)."""
+        with self._unrecorded_lock:
+            return {mail_id: method for mail_id, (method, _) in self._unrecorded.items()}
+
+    def _record(self, mail: Outgoing, method: str, *args: Any) -> Any:
+        """``store.<method>(mail.id, *args)``; when the queue fails, the result is kept in
+        memory (the claim renewed meanwhile) and written by :meth:`write_unrecorded`."""
+        try:
+            return getattr(self.store, method)(mail.id, *args)
+        except Exception as exc:
+            with self._unrecorded_lock:
+                self._unrecorded[mail.id] = (method, args)
+            log.warning(
+                "mail %d from %s: the mail queue did not take its result (%s: %s); "
+                "kept in memory, written when the queue answers",
+                mail.id,
+                mail.service,
+                method,
+                _why(exc),
+            )
+            self._start_heartbeat()
+            return None
+
+    def write_unrecorded(self) -> bool:
+        """Write the results kept in memory, oldest first; True when none is left."""
+        with self._writing:
+            return self._write_unrecorded()
+
+    def _write_unrecorded(self) -> bool:
+        with self._unrecorded_lock:
+            pending = list(self._unrecorded.items())
+        for mail_id, (method, args) in pending:
+            try:
+                result = getattr(self.store, method)(mail_id, *args)
+            except Exception as exc:
+                log.debug("mail %d: its result is still not recorded: %s", mail_id, _why(exc))
+                return False
+            with self._unrecorded_lock:
+                self._unrecorded.pop(mail_id, None)
+            if result is False or result == "lost":  # recorded by a cut reply, or taken over
+                log.warning(
+                    "mail %d: its result (%s) was not written: recorded already (the queue's "
+                    "answer was lost) or the mail was taken over by another sender",
+                    mail_id,
+                    method,
+                )
+            else:
+                log.info("mail %d: its result (%s) is recorded at last", mail_id, method)
+        return True
+
+    def _start_heartbeat(self) -> None:
+        """Renew this object's leases a few times per ``sender_lease`` while it holds mails,
+        and write the results kept in memory (a thread, started on demand)."""
+        with self._unrecorded_lock:
+            if self._beat is not None and self._beat.is_alive():
+                return
+            self._beat_stop.clear()
+            self._beat = threading.Thread(
+                target=self._heartbeat, name="plugit-mail-lease", daemon=True
+            )
+            self._beat.start()
+
+    def _heartbeat(self) -> None:
+        lease = self.settings.sender_lease
+        while not self._beat_stop.is_set():
+            waiting = bool(self._unrecorded)
+            if waiting:
+                self.write_unrecorded()
+            if self._holding or self._unrecorded:
+                try:
+                    self.store.renew(lease)
+                except Exception as exc:
+                    log.warning("mail: the sender's leases could not be renewed: %s", _why(exc))
+            self._beat_stop.wait(min(lease / 4, 0.25) if self._unrecorded else lease / 4)
 
     def _poll_loop(self) -> None:
         self._background.on = True
@@ -713,27 +823,48 @@ class MailBackend:
         """Send the mails that are due, now, in this thread; return how many were sent.
 
         ``retry_now`` also sends the mails waiting for their next retry (after the SMTP server
-        came back).  Each mail is tried at most once per call.
+        came back).  Each mail is tried at most once per call.  A queue that is unavailable
+        raises :class:`~plugit_core.stores.StoreUnavailable`, unless this pass sent mails
+        already (counted, their results kept in memory until the queue answers: see
+        :attr:`unrecorded`).
         """
         started = self.clock()
-        lease = max(60.0, self.settings.timeout * 10)
+        lease = self.settings.sender_lease  # renewed by the heartbeat while the mails are held
+        self._start_heartbeat()
+        self.write_unrecorded()
         sent = 0
         while not self._stopping():
-            batch = self.store.claim(
-                BATCH,
-                lease,
-                started=started,
-                retry_now=retry_now,
-                max_attempts=self.settings.max_attempts,  # a sender that died: an attempt
-            )
+            try:
+                batch = self.store.claim(
+                    BATCH,
+                    lease,
+                    started=started,
+                    retry_now=retry_now,
+                    max_attempts=self.settings.max_attempts,  # a sender that died: an attempt
+                    grace=max(lease, MIN_GRACE),  # a holder cut off from the queue: time to record
+                )
+            except StoreUnavailable:
+                if not sent:
+                    raise
+                break  # the queue went away during this pass: what was sent is counted
             if not batch:
                 break
-            sent += self._send_batch(batch)
+            self._holding += len(batch)
+            try:
+                sent += self._send_batch(batch)
+            finally:
+                self._holding -= len(batch)
         now = self.clock()
         if now - self._last_purge > 3600:
-            self._last_purge = now
-            self.store.purge(self.settings.keep_sent)
-            self.store.purge_incoming(30 * 86400.0)
+            try:
+                self.store.purge(self.settings.keep_sent)
+                self.store.purge_incoming(30 * 86400.0)
+            except StoreUnavailable as exc:  # housekeeping: done at the next pass
+                if not sent:
+                    raise
+                log.warning("mail: old mails not purged: %s", exc)
+            else:
+                self._last_purge = now
         return sent
 
     def _connect(self) -> smtplib.SMTP:
@@ -767,14 +898,17 @@ class MailBackend:
             for index, mail in enumerate(batch):
                 if self._stopping():  # close(): leave the rest to the next start
                     for pending in batch[index:]:
-                        self.store.release(pending.id)
+                        self._record(pending, "release")
                     break
+                if mail.id in self.unrecorded:  # its result waits in memory: never again
+                    self.write_unrecorded()
+                    continue
                 try:
                     raw = self._message_bytes(mail)
                 except Exception as exc:  # it will never be written: no retry can help
                     reason = f"cannot build the message: {_why(exc)}"
                     log.error("mail %d from %s failed: %s", mail.id, mail.service, reason)
-                    self.store.mark_failed(mail.id, reason)
+                    self._record(mail, "mark_failed", reason)
                     continue
                 if conn is None:
                     try:
@@ -788,7 +922,7 @@ class MailBackend:
                     refused = self._send_one(conn, mail, raw)
                 except _PermanentError as exc:
                     log.error("mail %d from %s refused for good: %s", mail.id, mail.service, exc)
-                    self.store.mark_failed(mail.id, str(exc))
+                    self._record(mail, "mark_failed", str(exc))
                     conn = _drop(conn)
                 except (smtplib.SMTPException, OSError) as exc:
                     self._retry(mail, _why(exc))
@@ -804,9 +938,9 @@ class MailBackend:
                             f"{address} ({code})" for address, (code, _) in refused.items()
                         )
                         log.warning("mail %d from %s: %s", mail.id, mail.service, note)
-                    if self.store.mark_sent(mail.id, note):
-                        sent += 1
                     log.info("mail %d from %s sent", mail.id, mail.service)
+                    if self._record(mail, "mark_sent", note) is not False:
+                        sent += 1  # recorded, or kept in memory until the queue answers
         finally:
             _drop(conn)
         return sent
@@ -854,7 +988,7 @@ class MailBackend:
         s = self.settings
         delay = min(s.retry_interval * 2 ** min(mail.attempts, 30), s.max_retry_interval)
         most = s.max_attempts if not limit else min(s.max_attempts or limit, limit)
-        state = self.store.mark_retry(mail.id, error, delay, most)
+        state = self._record(mail, "mark_retry", error, delay, most)
         if state == "failed":
             log.error(
                 "mail %d from %s given up after %d attempts: %s",
@@ -1224,32 +1358,41 @@ def run_command(
 
     backend = build_backend(config_path)
     try:
-        if action == "check":
-            try:
-                summary = backend.check_mail()
-            except (MailboxError, OSError) as exc:
-                err(f"plugit mail check: the reply mailbox failed: {_why(exc)}")
-                return 1
-            out(", ".join(f"{k} {v}" for k, v in sorted(summary.items())) or "no message")
-            return 1 if summary.get("errors") else 0
-        if action in ("flush", "retry"):
-            sent = backend.flush(retry_now=action == "retry")
-            waiting = backend.status()["outbox"].get("queued", 0)
-            out(f"sent {sent}, still queued {waiting}")
-            return 0
-        if action == "status":
-            for kind, counts in backend.status().items():
-                text = ", ".join(f"{state} {n}" for state, n in sorted(counts.items()))
-                out(f"{kind}: {text or 'empty'}")
-            failed = backend.store.outbox("failed")
-            for row in failed[-FAILED_SHOWN:]:
-                out(
-                    f"failed mail {row['id']} from {row['service']} "
-                    f"({row['attempts']} attempt(s)): {row['last_error']}"
-                )
-            return 0
-        raise ValueError(f"unknown mail action {action!r} (check, flush, retry or status)")
+        return _run_action(backend, action, out, err)
+    except StoreUnavailable as exc:  # an outage: one clear line, no traceback
+        err(f"plugit mail {action}: {exc}")
+        return 1
     finally:
         backend.close()
         for client in backend.clients.values():
             client.close()
+
+
+def _run_action(
+    backend: MailBackend, action: str, out: Callable[[str], Any], err: Callable[[str], Any]
+) -> int:
+    if action == "check":
+        try:
+            summary = backend.check_mail()
+        except (MailboxError, OSError) as exc:
+            err(f"plugit mail check: the reply mailbox failed: {_why(exc)}")
+            return 1
+        out(", ".join(f"{k} {v}" for k, v in sorted(summary.items())) or "no message")
+        return 1 if summary.get("errors") else 0
+    if action in ("flush", "retry"):
+        sent = backend.flush(retry_now=action == "retry")
+        waiting = backend.status()["outbox"].get("queued", 0)
+        out(f"sent {sent}, still queued {waiting}")
+        return 0
+    if action == "status":
+        for kind, counts in backend.status().items():
+            text = ", ".join(f"{state} {n}" for state, n in sorted(counts.items()))
+            out(f"{kind}: {text or 'empty'}")
+        failed = backend.store.outbox("failed")
+        for row in failed[-FAILED_SHOWN:]:
+            out(
+                f"failed mail {row['id']} from {row['service']} "
+                f"({row['attempts']} attempt(s)): {row['last_error']}"
+            )
+        return 0
+    raise ValueError(f"unknown mail action {action!r} (check, flush, retry or status)")

@@ -7,7 +7,11 @@
   one transaction together with the rate-limit check, so an accepted mail is on disk before the
   API answers and a refused one leaves nothing behind.  Senders *claim* due mails by putting them
   in the ``sending`` state with a lease (an owner and an expiry): two processes sharing the file
-  never claim the same mail, and a mail whose sender died is claimed again once its lease ends.
+  never claim the same mail.  A live sender renews its leases (:meth:`MailQueue.renew`, a few
+  times per lease); a mail whose lease ended is first *noticed* by another sender, which gives
+  the holder a grace period (``stale_since``), then taken over when the holder stayed silent
+  through it: a sender cut off from the queue for longer than a lease gets its turn to record
+  what it did as soon as the queue answers again, before anyone sends the mail a second time.
 * ``incoming``: what the reply fetcher knows about each incoming message (by Message-ID, or by
   the hash of the message when it has none): delivered, refused and retried, moved aside.
 * ``locks``: named leases, so one ``check_mail`` runs at a time across processes.
@@ -44,7 +48,7 @@ __all__ = [
     "RateLimitedError",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 # last_error of a mail whose sender stopped while holding it (see MailQueue.claim)
 LEASE_LOST = "its sender stopped before recording the result (the lease ended)"
 
@@ -94,6 +98,15 @@ CREATE TABLE IF NOT EXISTS locks (
 PRAGMA user_version = 1;
 COMMIT;
 """
+# Each step takes the file from version i + 1 to i + 2 (SCHEMA makes version 1).
+UPGRADES = (
+    """
+BEGIN IMMEDIATE;
+ALTER TABLE outbox ADD COLUMN stale_since REAL;
+PRAGMA user_version = 2;
+COMMIT;
+""",
+)
 
 
 class RateLimitedError(Exception):
@@ -132,9 +145,11 @@ class MailQueue(Protocol):
     when a method runs, never from the storage's own clock.  Every write is one transaction.
 
     Outbox states: ``queued`` (waiting for ``next_try``), ``sending`` (claimed by ``owner``
-    until ``lease_until``), ``sent`` and ``failed`` (final, with ``done``).  Incoming states are
-    the mail backend's (``pending``, ``delivered``, ``dropped``, ``rejected``, ``undeliverable``,
-    ``failing``, ``unreadable``): the queue stores them, only :meth:`purge_incoming` reads them.
+    until ``lease_until``, renewed by :meth:`renew` while the owner lives; ``stale_since``: when
+    another object noticed the lease had ended), ``sent`` and ``failed`` (final, with
+    ``done``).  Incoming states are the mail backend's (``pending``, ``delivered``, ``dropped``,
+    ``rejected``, ``undeliverable``, ``failing``, ``unreadable``): the queue stores them, only
+    :meth:`purge_incoming` reads them.
     """
 
     clock: Callable[[], float]
@@ -177,20 +192,33 @@ class MailQueue(Protocol):
         started: float,
         retry_now: bool = False,
         max_attempts: int = 0,
+        grace: float = 0.0,
     ) -> list[Outgoing]:
         """Take up to ``limit`` due mails, ordered by ``next_try`` then id: they become
-        ``sending``, owned by :attr:`owner` until now + ``lease``, with ``last_try`` = now.
+        ``sending``, owned by :attr:`owner` until now + ``lease``, with ``last_try`` = now and
+        no ``stale_since``.
 
         Due: ``queued`` with ``next_try`` reached (any ``queued`` mail with ``retry_now``), or
         ``sending`` with an expired lease (its sender died).  Mails whose ``last_try`` is at or
         after ``started`` are skipped (one pass tries each mail once).  Two queue objects never
         get the same mail while its lease runs.
 
+        With ``grace`` > 0 an expired lease is taken over in two steps: a mail whose
+        ``stale_since`` is None is only *noticed* (``stale_since`` = now, ``lease_until`` = now +
+        ``grace``, owner unchanged, not returned, no attempt counted), and taken over by a later
+        claim once that extension ended too (the holder renewed nothing in between).  The holder
+        may still record its result during the grace.  With 0 it is taken at once.
+
         With ``max_attempts`` > 0, an expired lease counts as a failed attempt (a mail that
         kills its sender is not tried for ever): attempts + 1 and ``last_error`` =
         :data:`LEASE_LOST`; once attempts reach ``max_attempts`` the mail becomes ``failed``
         (with ``done``, no owner) instead of being taken.  With 0, attempts are left as they are.
         """
+        ...
+
+    def renew(self, lease: float) -> list[int]:
+        """Extend every lease this object holds to now + ``lease`` (``stale_since`` back to
+        None) in one transaction; return the ids of the mails it still holds, in order."""
         ...
 
     def mark_sent(self, mail_id: int, note: str | None = None) -> bool:
@@ -230,7 +258,8 @@ class MailQueue(Protocol):
         """The outbox rows (every state, or one), by id: dicts with ``id``, ``service``,
         ``sender``, ``recipients`` (a list), ``n_recipients``, ``subject``, ``body``, ``html``
         (0 or 1), ``reply_to``, ``message_id``, ``state``, ``attempts``, ``next_try``, ``owner``,
-        ``lease_until``, ``last_try``, ``last_error``, ``created``, ``done``."""
+        ``lease_until``, ``last_try``, ``last_error``, ``created``, ``done``,
+        ``stale_since``."""
         ...
 
     def counts(self) -> dict[str, dict[str, int]]:
@@ -333,8 +362,11 @@ class MailStore:
                 )
             if db.execute("PRAGMA journal_mode=WAL").fetchone()[0].lower() != "wal":
                 raise sqlite3.DatabaseError("the file cannot be put in WAL mode")
-            if version < SCHEMA_VERSION:
+            if version < 1:
                 db.executescript(SCHEMA)
+                version = 1
+            for step in UPGRADES[version - 1 :]:
+                db.executescript(step)
 
     def __repr__(self) -> str:
         return f"<MailStore {self.path!r}>"
@@ -427,12 +459,14 @@ class MailStore:
         started: float,
         retry_now: bool = False,
         max_attempts: int = 0,
+        grace: float = 0.0,
     ) -> list[Outgoing]:
         """Take up to ``limit`` due mails for this process for ``lease`` seconds.
 
         Due: queued with ``next_try`` reached (any queued mail with ``retry_now``), or sending
-        with an expired lease (its sender died: an attempt, with ``max_attempts``).  Mails
-        already tried since ``started`` are left alone, so one pass tries each mail at most once.
+        with an expired lease (its sender died: an attempt, with ``max_attempts``; with
+        ``grace``, noticed first and taken over once the grace ended too).  Mails already tried
+        since ``started`` are left alone, so one pass tries each mail at most once.
         """
         now = self.clock()
         taken = []
@@ -445,18 +479,25 @@ class MailStore:
             ).fetchall()
             for row in rows:
                 attempts, error = row["attempts"], row["last_error"]
+                if row["state"] == "sending" and grace > 0 and row["stale_since"] is None:
+                    db.execute(  # noticed: its holder gets the grace to show it lives
+                        "UPDATE outbox SET stale_since = ?, lease_until = ? WHERE id = ?",
+                        (now, now + grace, row["id"]),
+                    )
+                    continue
                 if row["state"] == "sending" and max_attempts > 0:
                     attempts, error = attempts + 1, LEASE_LOST
                     if attempts >= max_attempts:
                         db.execute(
                             "UPDATE outbox SET state = 'failed', attempts = ?, last_error = ?, "
-                            "done = ?, owner = NULL, lease_until = NULL WHERE id = ?",
+                            "done = ?, owner = NULL, lease_until = NULL, stale_since = NULL "
+                            "WHERE id = ?",
                             (attempts, error, now, row["id"]),
                         )
                         continue
                 db.execute(
                     "UPDATE outbox SET state = 'sending', owner = ?, lease_until = ?, "
-                    "last_try = ?, attempts = ?, last_error = ? WHERE id = ?",
+                    "last_try = ?, attempts = ?, last_error = ?, stale_since = NULL WHERE id = ?",
                     (self.owner, now + lease, now, attempts, error, row["id"]),
                 )
                 taken.append({**dict(row), "attempts": attempts})
@@ -477,12 +518,27 @@ class MailStore:
             for row in taken
         ]
 
+    def renew(self, lease: float) -> list[int]:
+        """Extend the leases of the mails this object holds; their ids."""
+        now = self.clock()
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE outbox SET lease_until = ?, stale_since = NULL "
+                "WHERE state = 'sending' AND owner = ?",
+                (now + lease, self.owner),
+            )
+            rows = db.execute(
+                "SELECT id FROM outbox WHERE state = 'sending' AND owner = ? ORDER BY id",
+                (self.owner,),
+            ).fetchall()
+        return [int(row[0]) for row in rows]
+
     def mark_sent(self, mail_id: int, note: str | None = None) -> bool:
         """The SMTP server took the mail; False when this process no longer held it."""
         with self._transaction() as db:
             cursor = db.execute(
                 "UPDATE outbox SET state = 'sent', attempts = attempts + 1, done = ?, "
-                "last_error = ?, owner = NULL, lease_until = NULL "
+                "last_error = ?, owner = NULL, lease_until = NULL, stale_since = NULL "
                 "WHERE id = ? AND state = 'sending' AND owner = ?",
                 (self.clock(), note, mail_id, self.owner),
             )
@@ -503,7 +559,7 @@ class MailStore:
             state = "failed" if max_attempts and attempts >= max_attempts else "queued"
             db.execute(
                 "UPDATE outbox SET state = ?, attempts = ?, next_try = ?, last_error = ?, "
-                "owner = NULL, lease_until = NULL, done = ? WHERE id = ?",
+                "owner = NULL, lease_until = NULL, stale_since = NULL, done = ? WHERE id = ?",
                 (
                     state,
                     attempts,
@@ -520,7 +576,7 @@ class MailStore:
         with self._transaction() as db:
             db.execute(
                 "UPDATE outbox SET state = 'failed', attempts = attempts + 1, last_error = ?, "
-                "done = ?, owner = NULL, lease_until = NULL "
+                "done = ?, owner = NULL, lease_until = NULL, stale_since = NULL "
                 "WHERE id = ? AND state = 'sending' AND owner = ?",
                 (error[:1000], self.clock(), mail_id, self.owner),
             )
@@ -529,8 +585,8 @@ class MailStore:
         """Give a claimed mail back untouched (the process is stopping)."""
         with self._transaction() as db:
             db.execute(
-                "UPDATE outbox SET state = 'queued', owner = NULL, lease_until = NULL "
-                "WHERE id = ? AND state = 'sending' AND owner = ?",
+                "UPDATE outbox SET state = 'queued', owner = NULL, lease_until = NULL, "
+                "stale_since = NULL WHERE id = ? AND state = 'sending' AND owner = ?",
                 (mail_id, self.owner),
             )
 

@@ -304,6 +304,39 @@ def test_sqlite_is_the_default_queue(tmp_path: Path) -> None:
     assert MailBackend(settings, STRONG_KEY, queue=given).store is given
 
 
+def test_a_queue_file_of_version_1_is_upgraded_in_place(tmp_path: Path) -> None:
+    import sqlite3
+
+    from plugit_backends.mail_smtp.store import SCHEMA, SCHEMA_VERSION
+
+    path = tmp_path / "old.sqlite3"
+    with sqlite3.connect(path, isolation_level=None) as db:  # as the previous release left it
+        db.executescript(SCHEMA)
+        db.execute(
+            "INSERT INTO outbox (service, sender, recipients, n_recipients, subject, body, html, "
+            "message_id, state, owner, lease_until, next_try, created) "
+            "VALUES ('polls', 's@example.org', '[\"d@example.org\"]', 1, 'Old', 'x', 0, '<o@x>', "
+            "'sending', 'dead', 1.0, 1.0, 1.0)"
+        )
+    db.close()
+    queue = MailStore(path)
+    (row,) = queue.outbox()
+    assert (row["subject"], row["state"], row["stale_since"]) == ("Old", "sending", None)
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    db.close()
+    assert [m.subject for m in queue.claim(5, 10, started=2.0, grace=5)] == []  # noticed
+    assert queue.outbox()[0]["stale_since"] is not None
+    assert MailStore(path).outbox() == queue.outbox()  # opened again: nothing to upgrade
+
+
+@pytest.mark.parametrize("lease", [0, 0.1, "10", True])
+def test_sender_lease_is_checked(lease: Any) -> None:
+    with pytest.raises(ConfigError) as error:
+        read_settings(_config(), {"sender": SENDER, "sender_lease": lease})
+    assert error.value.key == "mail_smtp.sender_lease"
+
+
 def test_an_unusable_queue_file_is_a_config_error(tmp_path: Path) -> None:
     (tmp_path / "q.sqlite3").write_bytes(b"this is not a database" * 100)
     with pytest.raises(ConfigError) as error:
