@@ -40,6 +40,31 @@ SET_SESSION_PREFIX = "ebuio-plugit-setsession-"
 # and "-" alike.
 SESSION_HEADER_PREFIX = "X-Plugitsession-"
 PLUGIT_HEADER_PREFIX = "X-Plugit-"
+# When the proxy stops waiting for an action's answer: seconds since the epoch (proxy -> service,
+# signed with the other X-Plugit headers); the service sends it back with its callback API calls
+# made for that request (a header the proxy does not strip from incoming requests).
+H_DEADLINE = "X-Plugit-Deadline"
+H_API_DEADLINE = "Plugit-Deadline"
+
+
+def format_deadline(when: float) -> str:
+    """A deadline as a header value: seconds since the epoch, in milliseconds."""
+    return f"{when:.3f}"
+
+
+def parse_deadline(value: str | None) -> float | None:
+    """The deadline a header holds, None when absent; ValueError when it is not a plain
+    positive number of seconds (no sign, exponent, NaN or infinity)."""
+    if value is None:
+        return None
+    text = value.strip()
+    whole, dot, fraction = text.partition(".")
+    if not (whole.isdigit() and whole.isascii()) or len(text) > 20 or (dot and not fraction):
+        raise ValueError(f"not a deadline (seconds since the epoch): {value[:40]!r}")
+    if fraction and not (fraction.isdigit() and fraction.isascii()):
+        raise ValueError(f"not a deadline (seconds since the epoch): {value[:40]!r}")
+    return float(text)
+
 
 # Reply headers of an action that the proxy forwards to the browser (5.12).
 FORWARDED_REPLY_HEADERS = (

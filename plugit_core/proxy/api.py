@@ -26,6 +26,7 @@ import hmac
 import json
 import logging
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -40,6 +41,7 @@ from werkzeug.exceptions import (
 from werkzeug.routing import Map, Rule
 from werkzeug.wrappers import Response
 
+from .. import protocol
 from ..config import ServiceMount
 from ..stores import StoreUnavailable
 from ..users import SIMULATED_MODES, Orga, PlugItUser, simulated_user
@@ -165,6 +167,34 @@ def _error(status: int, code: str, message: str) -> Response:
     return _json({"error": code, "message": message, "status": status}, status)
 
 
+def _past_deadline(request: ProxyRequest, mount: ServiceMount) -> Response | None:
+    """412 ``deadline_passed`` for a call made on behalf of a page request this proxy no longer
+    waits for (the ``Plugit-Deadline`` it was given has passed): the visitor was told it failed,
+    so nothing may happen now.  400 ``bad_deadline`` for a value that is not a deadline."""
+    try:
+        deadline = protocol.parse_deadline(request.headers.get(protocol.H_API_DEADLINE))
+    except ValueError as exc:
+        return _error(400, "bad_deadline", f"{protocol.H_API_DEADLINE}: {exc}")
+    if deadline is None:
+        return None
+    late = time.time() - deadline
+    if late < 0:
+        return None
+    log.warning(
+        "API call %s %s from %s refused: its request's deadline passed %.1fs ago",
+        request.method,
+        request.path,
+        mount.name,
+        late,
+    )
+    return _error(
+        412,
+        "deadline_passed",
+        f"the page request this call was made for ended {late:.1f}s ago (the visitor was "
+        "told it failed): nothing was done",
+    )
+
+
 class CallbackAPI:
     """Routes and authenticates API calls; endpoints are registered by name."""
 
@@ -206,6 +236,9 @@ class CallbackAPI:
             return _error(
                 403, "forbidden", "this API needs the service's key: Authorization: Bearer <key>"
             )
+        refused = _past_deadline(request, mount)
+        if refused is not None:
+            return refused
         try:
             read_body(request, MAX_API_BODY)  # endpoints parse it from memory, never cut
         except RequestEntityTooLarge:

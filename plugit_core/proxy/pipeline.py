@@ -652,6 +652,10 @@ class Pipeline:
         else:
             upstream.params.extend(ours)
         upstream.headers.update(self.plugit_headers(page))
+        # when this proxy stops waiting: the service and its callback API calls stop there too
+        upstream.headers[protocol.H_DEADLINE] = protocol.format_deadline(
+            time.time() + page.mount.timeout
+        )
         upstream.headers["traceparent"] = _traceparent(request.headers.get("traceparent"))
         tracestate = request.headers.get("tracestate")
         if tracestate and len(tracestate) <= 512 and "traceparent" in request.headers:

@@ -10,9 +10,11 @@ from .api import (
     Orga,
     PlugItAPI,
     PlugItAPIAuthError,
+    PlugItAPIDeadlineError,
     PlugItAPIError,
     PlugItAPIUnavailableError,
     User,
+    current_deadline,
 )
 from .app import PlugItService, ServiceConfig, ServiceRequest
 from .decorators import (
@@ -45,6 +47,7 @@ __all__ = [
     "Orga",
     "PlugItAPI",
     "PlugItAPIAuthError",
+    "PlugItAPIDeadlineError",
     "PlugItAPIError",
     "PlugItAPIUnavailableError",
     "PlugItRedirect",
@@ -61,6 +64,7 @@ __all__ = [
     "address_in_networks",
     "cache",
     "crossdomain",
+    "current_deadline",
     "get_session_from_request",
     "json_only",
     "md5Checksum",

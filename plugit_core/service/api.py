@@ -5,27 +5,58 @@ Same method names as the original ``PlugItAPI``.  Differences that matter:
 * every call has a timeout (connect, read) and reuses one pooled HTTP session;
 * the service's key travels in the ``Authorization`` header, never in the URL;
 * "not found" answers ``None`` (or ``[]`` for lists) as in the original, while every other failure
-  raises a typed :class:`PlugItAPIError` subclass instead of passing silently.
+  raises a typed :class:`PlugItAPIError` subclass instead of passing silently;
+* a call made while an action runs carries the deadline of the proxy's request
+  (``Plugit-Deadline``): once the proxy stopped waiting, the API refuses it with
+  :class:`PlugItAPIDeadlineError` and does nothing.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from types import TracebackType
 from typing import Any
 from urllib.parse import quote
 
 import requests
 
+from ..protocol import H_API_DEADLINE, format_deadline
+
 __all__ = [
     "Orga",
     "PlugItAPI",
     "PlugItAPIAuthError",
+    "PlugItAPIDeadlineError",
     "PlugItAPIError",
     "PlugItAPIUnavailableError",
     "User",
+    "current_deadline",
+    "deadline_scope",
 ]
+
+_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "plugit_deadline", default=None
+)
+
+
+def current_deadline() -> float | None:
+    """The deadline of the proxy request being served (seconds since the epoch), or None
+    outside an action or when the proxy sent none."""
+    return _deadline.get()
+
+
+@contextlib.contextmanager
+def deadline_scope(deadline: float | None) -> Iterator[None]:
+    """Make ``deadline`` the current one in this context (the service library does it around
+    each action; a thread an action starts copies the context to keep it)."""
+    token = _deadline.set(deadline)
+    try:
+        yield
+    finally:
+        _deadline.reset(token)
 
 
 class PlugItAPIError(Exception):
@@ -43,6 +74,11 @@ class PlugItAPIAuthError(PlugItAPIError):
 
 class PlugItAPIUnavailableError(PlugItAPIError):
     """The proxy could not be reached, timed out or answered a server error."""
+
+
+class PlugItAPIDeadlineError(PlugItAPIError):
+    """The proxy stopped waiting for the request this call was made for (412
+    ``deadline_passed``): the visitor was told it failed, and the call did nothing."""
 
 
 class _Record:
@@ -108,6 +144,11 @@ class PlugItAPI:
 
     def _request(self, method: str, path: str, **kwargs: Any) -> requests.Response | None:
         """Perform a call; None on 404, raise on every other failure."""
+        deadline = _deadline.get()
+        if deadline is not None:
+            headers = dict(kwargs.pop("headers", None) or {})
+            headers[H_API_DEADLINE] = format_deadline(deadline)
+            kwargs["headers"] = headers
         try:
             response = self.session.request(
                 method, self.url + path, timeout=self.timeout, allow_redirects=False, **kwargs
@@ -120,6 +161,8 @@ class PlugItAPI:
             raise PlugItAPIAuthError(_message(response), response.status_code, "forbidden")
         if response.status_code >= 500:
             raise PlugItAPIUnavailableError(_message(response), response.status_code, "unavailable")
+        if response.status_code == 412 and _code(response) == "deadline_passed":
+            raise PlugItAPIDeadlineError(_message(response), 412, "deadline_passed")
         if response.status_code >= 400:
             raise PlugItAPIError(_message(response), response.status_code, _code(response))
         return response

@@ -35,6 +35,7 @@ import json
 import logging
 import os
 import sys
+import time
 import types
 import uuid
 from collections.abc import Callable, Iterable, Mapping
@@ -45,6 +46,7 @@ from typing import Any
 from werkzeug.exceptions import (
     BadRequest,
     Forbidden,
+    GatewayTimeout,
     HTTPException,
     InternalServerError,
     MethodNotAllowed,
@@ -61,6 +63,7 @@ from werkzeug.wrappers import Request, Response
 from .. import protocol
 from ..networks import NetworkList
 from ..signing import NonceRegistry, SignatureError, verify_request
+from .api import deadline_scope
 from .decorators import ActionSpec, get_spec
 from .results import PlugItRedirect, PlugItSendFile, PlugItSetSession
 
@@ -268,6 +271,22 @@ class ServiceRequest(Request):
                 items = values.getlist(key)
                 info[key[len("ebuio_u_") :]] = items if len(items) > 1 else items[0]
         return info
+
+    @property
+    def deadline(self) -> float | None:
+        """When the proxy stops waiting for this request's answer (seconds since the epoch,
+        ``X-Plugit-Deadline``, signed with the request), or None when it sent none (or sent
+        something that is not a deadline).  The service's clock must be set (NTP)."""
+        try:
+            return protocol.parse_deadline(self.headers.get(protocol.H_DEADLINE))
+        except ValueError:
+            return None
+
+    def time_left(self) -> float | None:
+        """Seconds until :attr:`deadline` (negative once passed), or None without one: an
+        action doing long work checks it between steps and stops when the proxy has gone."""
+        deadline = self.deadline
+        return None if deadline is None else deadline - time.time()
 
     @property
     def orga_pk(self) -> str | None:
@@ -713,8 +732,18 @@ class PlugItService:
         missing = self._missing_template(act)
         if missing is not None:
             raise missing  # its page could not be shown: the action is not run
+        left = request.time_left()
+        if left is not None and left <= 0:  # the proxy has stopped waiting: do nothing
+            log.warning(
+                "action %r not run: its request's deadline passed %.1fs ago", act.name, -left
+            )
+            return _error_response(
+                GatewayTimeout("the proxy stopped waiting for this request: not run"),
+                "deadline_passed",
+            )
         try:
-            result = act.fn(request, **values)
+            with deadline_scope(request.deadline):  # the callback API calls carry it
+                result = act.fn(request, **values)
             response = self._result_response(result, act, request)
         except HTTPException:
             raise
