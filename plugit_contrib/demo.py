@@ -14,10 +14,12 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
-from plugit_core.cli import ServeOptions, run_server
+from plugit_core.cli import CommandError, ServeOptions, run_server
 from plugit_core.testing import free_port, wait_for_port
 
 __all__ = ["demo_config", "run_demo"]
@@ -39,6 +41,35 @@ def demo_config(service_url: str, secret: str) -> dict[str, Any]:
             }
         ],
     }
+
+
+def _wait_for_service(service: subprocess.Popen[bytes], port: int) -> None:
+    """Wait until the service listens; a service that stops first is a one-line error."""
+    deadline = time.monotonic() + 60
+    while True:
+        code = service.poll()
+        if code is not None:
+            raise CommandError(
+                f"the demo's voting service stopped at start-up (exit status {code})"
+            )
+        try:
+            wait_for_port("127.0.0.1", port, timeout=0.5)
+            return
+        except TimeoutError:
+            if time.monotonic() > deadline:
+                raise CommandError("the demo's voting service did not start within 60 s") from None
+
+
+def _watch(service: subprocess.Popen[bytes]) -> None:
+    """Say so when the service dies while the proxy serves (its pages then answer 502)."""
+    code = service.wait()
+    if code not in (0, -signal.SIGTERM):
+        print(
+            f"\n  plugit demo: the voting service stopped (exit status {code}); its pages answer "
+            "502 until you restart plugit demo\n",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def run_demo(
@@ -85,7 +116,9 @@ def run_demo(
         env=env,
     )
     try:
-        wait_for_port("127.0.0.1", service_port, timeout=60)
+        _wait_for_service(service, service_port)
+        watcher = threading.Thread(target=_watch, args=(service,), daemon=True)
+        watcher.start()
         config = demo_config(f"http://127.0.0.1:{service_port}", secret)
         shown = f"[{host}]" if ":" in host else host
         scheme = "https" if options.tls_cert else "http"

@@ -123,6 +123,11 @@ class ServeOptions:
                     "an encrypted TLS key (PLUGIT_TLS_KEY_PASSWORD) is read by granian only: "
                     "use --server granian, or a key without a password"
                 )
+        if importlib.util.find_spec(self.server) is None:
+            raise CommandError(
+                f"--server: {self.server} is not installed: "
+                f"pip install 'plugit-wsgi[server]' (or pip install {self.server})"
+            )
 
 
 # What granian puts in every environ itself (from the request, or its own constants).
