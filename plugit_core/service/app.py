@@ -547,7 +547,11 @@ class PlugItService:
             if self.config.secret:  # before routing: unsigned callers learn nothing of the routes
                 self._verify_signature(request)
             adapter = self._url_map.bind_to_environ(request.environ)
-            (kind, name), values = adapter.match()
+            try:
+                (kind, name), values = adapter.match()
+            except NotFound:
+                self._log_unknown(request)
+                raise
             return self._dispatch(kind, name, values, request)
         except _SignatureRefused as exc:
             return _signature_error_response(exc)
@@ -560,6 +564,16 @@ class PlugItService:
         except Exception:
             log.exception("unhandled error while serving %s %s", request.method, request.path)
             return _error_response(InternalServerError())
+
+    def _log_unknown(self, request: Request) -> None:
+        """The proxy asked for an action this service does not have: say which, and what is."""
+        if request.path.startswith(self.config.base_url + "meta/"):
+            routes = sorted({a.spec.route for a in self.actions.values()})
+            log.warning(
+                "no action at %s (the actions: %s)",
+                request.path,
+                ", ".join(routes[:20]) + (", ..." if len(routes) > 20 else ""),
+            )
 
     def client_address(self, request: Request) -> str | None:
         """The caller's address: the TCP peer, or with ``use_proxy_ip`` the right-most

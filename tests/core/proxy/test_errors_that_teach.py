@@ -141,6 +141,13 @@ def test_the_service_library_names_a_missing_template_and_runs_no_action(tmp_pat
         assert any(
             "'home.html' is missing" in m and str(tmp_path / "templates") in m for m in service_log
         )
+        # An unknown action: the service's log names it and says which actions there are.
+        assert requests.get(base + "/svc/nope", timeout=10).status_code == 404
+        assert any(
+            r.name == "plugit.service"
+            and "no action at /meta/nope (the actions: /)" in r.getMessage()
+            for r in caplog.records
+        )
         # Added, the template shows at once in dev mode (no meta or template kept).
         (tmp_path / "templates" / "home.html").write_text("<h1>{{ title }}</h1>")
         assert "<h1>Polls</h1>" in requests.get(base + "/svc/", timeout=10).text
