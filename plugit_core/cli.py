@@ -611,7 +611,10 @@ def _proxy(args: argparse.Namespace) -> int:
     if args.reload:
         factory = functools.partial(_proxy_app, args.config)
         return serve_reloading(factory, options, [args.config])
-    run_server(functools.partial(_proxy_app, args.config), options=options)
+    from .metrics import shared_directory
+
+    with shared_directory():  # every worker's metrics in one place: one answer per scrape
+        run_server(functools.partial(_proxy_app, args.config), options=options)
     return 0
 
 

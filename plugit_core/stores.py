@@ -82,7 +82,11 @@ class StoreUnavailable(Exception):  # noqa: N818 the name says what it is: an ou
 
 
 class StoreMetrics:
-    """Calls, errors by kind and a latency histogram of one store; thread-safe."""
+    """Calls, errors by kind and a latency histogram of one store; thread-safe.
+
+    Bound to a :class:`~plugit_core.metrics.MetricsBoard` (:meth:`bind`), every change is
+    written through to it, so a scrape answered by another worker process counts it too.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -90,25 +94,57 @@ class StoreMetrics:
         self.errors: Counter[str] = Counter()
         self._buckets = [0] * (len(BUCKETS) + 1)
         self._sum = 0.0
+        self._board: Any = None
+        self._store = ""
 
     def observe(self, seconds: float, error: str | None = None) -> None:
         with self._lock:
             self.calls += 1
             self._sum += seconds
-            self._buckets[bisect.bisect_left(BUCKETS, seconds)] += 1
+            index = bisect.bisect_left(BUCKETS, seconds)
+            self._buckets[index] += 1
             if error is not None:
                 self.errors[error] += 1
+            board, store = self._board, self._store
+            if board is not None:
+                board.set(("c", "store_calls", store), self.calls)
+                board.set(("c", "store_sum", store), self._sum)
+                board.set(("c", "store_bucket", store, _LES[index]), self._buckets[index])
+                if error is not None:
+                    board.set(("c", "store_errors", store, error), self.errors[error])
 
     def refused(self, kind: str) -> None:
         """A call refused before it reached the store (``down``, ``busy``): no latency."""
         with self._lock:
             self.errors[kind] += 1
+            if self._board is not None:
+                self._board.set(("c", "store_errors", self._store, kind), self.errors[kind])
+
+    def series(self, store: str) -> dict[tuple[str, ...], float]:
+        """These counters as series of a :class:`~plugit_core.metrics.MetricsBoard`."""
+        with self._lock:
+            out: dict[tuple[str, ...], float] = {
+                ("c", "store_calls", store): self.calls,
+                ("c", "store_sum", store): self._sum,
+            }
+            for le, count in zip(_LES, self._buckets, strict=True):
+                out[("c", "store_bucket", store, le)] = count
+            for kind, count in self.errors.items():
+                out[("c", "store_errors", store, kind)] = count
+            return out
+
+    def bind(self, board: Any, store: str) -> None:
+        """Write every series to ``board`` (a MetricsBoard) now and each change from now on."""
+        with self._lock:
+            self._board, self._store = board, store
+        for key, value in self.series(store).items():
+            board.set(key, value)
 
     def snapshot(self) -> dict[str, Any]:
         """Cumulative buckets as (le, count), the sum, the count and the errors."""
         with self._lock:
             cumulative, total = [], 0
-            for bound, count in zip((*map(str, BUCKETS), "+Inf"), self._buckets, strict=True):
+            for bound, count in zip(_LES, self._buckets, strict=True):
                 total += count
                 cumulative.append((bound, total))
             return {
@@ -117,6 +153,9 @@ class StoreMetrics:
                 "count": total,
                 "errors": dict(self.errors),
             }
+
+
+_LES = (*map(str, BUCKETS), "+Inf")
 
 
 class _Watchdog:

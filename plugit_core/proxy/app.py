@@ -39,6 +39,7 @@ from werkzeug.wrappers import Request, Response
 from ..backends import KINDS, Backends, CacheBackend, Session, SessionBackend, Theme
 from ..config import ConfigError, ProxyConfig, ServiceMount, load_config
 from ..hookspecs import hookimpl
+from ..metrics import MetricsBoard
 from ..networks import NetworkList
 from ..plugins import make_plugin_manager
 from ..stores import StoreUnavailable, guards_of
@@ -55,7 +56,7 @@ from .api import CallbackAPI
 from .bodies import bound_body, close_body
 from .containment import common_headers, page_policy
 from .dev_guard import dev_guard
-from .health import render_prometheus, render_store_metrics
+from .health import bind_metrics, render_services, render_stores
 from .pipeline import CSRF_FIELD_NAME, UNSAFE_METHODS, Pipeline
 from .routes import Route
 from .sandbox import RenderBudget
@@ -342,6 +343,10 @@ class ProxyApp:
                 self.add_route(route)
         if not any(m.mount == "/" for m in self.mounts):
             self.url_map.add(Rule("/", endpoint="home", methods=["GET"]))
+        # One answer per scrape for all the worker processes when PLUGIT_METRICS_DIR is set
+        # (plugit proxy sets it): plugit_core/metrics.py.
+        self.metrics_board = MetricsBoard.from_environment()
+        bind_metrics(self.metrics_board, self.clients.values(), self.store_guards())
         self.pm.hook.plugit_startup(proxy=self)
         if check_services:
             self.check_services()
@@ -951,9 +956,11 @@ class ProxyApp:
 
     def metrics(self, request: Request) -> Response:
         """``/_plugit/metrics``: per-service and per-store metrics in the Prometheus text
-        format."""
-        text = render_prometheus((c.metrics, c.breaker, c.in_flight) for c in self.clients.values())
-        text += render_store_metrics(self.store_guards(), self.mail_backlog())
+        format, the totals of every worker process sharing the metrics directory."""
+        series = self.metrics_board.collect()
+        text = render_services(series, self.clients)
+        stores = [guard.store for guard in self.store_guards()]
+        text += render_stores(series, stores, self.mail_backlog())
         return Response(text, mimetype="text/plain", headers={"Cache-Control": "no-store"})
 
     def home(self, request: ProxyRequest) -> Response:
@@ -998,6 +1005,7 @@ class ProxyApp:
 
     def close(self) -> None:
         """Release pools, connections and threads (the proxy cannot serve afterwards)."""
+        self.metrics_board.close()
         if self.mail is not None:
             self.mail.close()  # first: its threads use the service clients
         self._shadow_pool.shutdown(wait=False, cancel_futures=True)

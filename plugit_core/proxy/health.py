@@ -7,18 +7,33 @@
   breaker state, rendered in the Prometheus text format at ``/_plugit/metrics``.
 * :func:`render_store_metrics`: the same for the stores (users, billing, mail queue, sessions,
   cache: calls, errors by kind, latency, up or down, in flight) and the mail backlog.
+* :func:`bind_metrics`: the proxy's metrics written to its
+  :class:`~plugit_core.metrics.MetricsBoard`, so that with several worker processes every
+  scrape gives the totals of all of them (:func:`render_services`, :func:`render_stores`
+  render the merged series).
 """
 
 from __future__ import annotations
 
 import bisect
+import math
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-__all__ = ["CircuitBreaker", "ServiceMetrics", "render_prometheus", "render_store_metrics"]
+from ..metrics import COUNTER, GAUGE_MAX, GAUGE_MIN, GAUGE_SUM, MetricsBoard, SeriesKey
+
+__all__ = [
+    "CircuitBreaker",
+    "ServiceMetrics",
+    "bind_metrics",
+    "render_prometheus",
+    "render_services",
+    "render_store_metrics",
+    "render_stores",
+]
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 _STATE_VALUE = {CLOSED: 0, HALF_OPEN: 1, OPEN: 2}
@@ -85,7 +100,11 @@ class CircuitBreaker:
 
 
 class ServiceMetrics:
-    """Counters and a latency histogram for one service; thread-safe."""
+    """Counters and a latency histogram for one service; thread-safe.
+
+    Bound to a :class:`~plugit_core.metrics.MetricsBoard` (:meth:`bind`), every change is
+    written through to it, so a scrape answered by another worker process counts it too.
+    """
 
     def __init__(self, service: str) -> None:
         self.service = service
@@ -95,127 +114,224 @@ class ServiceMetrics:
         self._buckets = [0] * (len(BUCKETS) + 1)
         self._sum = 0.0
         self.in_flight = 0
+        self._board: MetricsBoard | None = None
 
     def observe(self, seconds: float, error: str | None = None) -> None:
         with self._lock:
             self.requests += 1
             self._sum += seconds
-            self._buckets[bisect.bisect_left(BUCKETS, seconds)] += 1
+            index = bisect.bisect_left(BUCKETS, seconds)
+            self._buckets[index] += 1
             if error is not None:
                 self.errors[error] += 1
+            board = self._board
+            if board is not None:
+                name = self.service
+                board.set((COUNTER, "service_requests", name), self.requests)
+                board.set((COUNTER, "service_sum", name), self._sum)
+                board.set((COUNTER, "service_bucket", name, _LES[index]), self._buckets[index])
+                if error is not None:
+                    board.set((COUNTER, "service_errors", name, error), self.errors[error])
+
+    def series(self) -> dict[SeriesKey, float]:
+        """This object's counters as series of a board."""
+        with self._lock:
+            name = self.service
+            out: dict[SeriesKey, float] = {
+                (COUNTER, "service_requests", name): self.requests,
+                (COUNTER, "service_sum", name): self._sum,
+            }
+            for le, count in zip(_LES, self._buckets, strict=True):
+                out[(COUNTER, "service_bucket", name, le)] = count
+            for kind, count in self.errors.items():
+                out[(COUNTER, "service_errors", name, kind)] = count
+            return out
+
+    def bind(self, board: MetricsBoard) -> None:
+        """Write every series to ``board`` now and each change from now on."""
+        with self._lock:
+            self._board = board
+        for key, value in self.series().items():
+            board.set(key, value)
 
     def histogram(self) -> tuple[list[tuple[str, int]], float, int]:
         """Cumulative buckets as (le, count), the sum and the count."""
         with self._lock:
             cumulative, total = [], 0
-            for bound, count in zip((*map(str, BUCKETS), "+Inf"), self._buckets, strict=True):
+            for bound, count in zip(_LES, self._buckets, strict=True):
                 total += count
                 cumulative.append((bound, total))
             return cumulative, self._sum, total
+
+
+_LES = (*map(str, BUCKETS), "+Inf")
+
+
+def service_gauges(service: str, breaker: CircuitBreaker, in_flight: int) -> dict[SeriesKey, float]:
+    """A service's gauges in this process: its circuit's state and its calls in flight."""
+    return {
+        (GAUGE_MAX, "service_circuit", service): _STATE_VALUE[breaker.state],
+        (GAUGE_SUM, "service_in_flight", service): in_flight,
+    }
+
+
+def store_gauges(guard: Any) -> dict[SeriesKey, float]:
+    """A store's gauges in this process: up (1) or down (0), its calls in flight."""
+    return {
+        (GAUGE_MIN, "store_up", guard.store): 0 if guard.down else 1,
+        (GAUGE_SUM, "store_in_flight", guard.store): guard.in_flight,
+    }
+
+
+def bind_metrics(board: MetricsBoard, clients: Iterable[Any], guards: Iterable[Any]) -> None:
+    """Write the counters of every service client and store guard to ``board`` as they change,
+    and their gauges at each scrape (and once a second when the board is shared)."""
+    clients, guards = list(clients), list(guards)
+    for client in clients:
+        client.metrics.bind(board)
+    for guard in guards:
+        guard.metrics.bind(board, guard.store)
+
+    def publish() -> None:
+        for client in clients:
+            for key, value in service_gauges(
+                client.metrics.service, client.breaker, client.in_flight
+            ).items():
+                board.set(key, value)
+        for guard in guards:
+            for key, value in store_gauges(guard).items():
+                board.set(key, value)
+
+    board.start(publish)
 
 
 def _label(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
-def render_prometheus(services: Iterable[tuple[ServiceMetrics, CircuitBreaker, int]]) -> str:
-    """The metrics of every service in the Prometheus text exposition format (0.0.4)."""
-    rows = list(services)
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:.6f}"
+
+
+def _names(series: Mapping[SeriesKey, float], metric: str, first: Iterable[str]) -> list[str]:
+    """The label values of ``metric`` in ``series``: those of ``first`` in its order, then the
+    others (known to another process only) sorted."""
+    found = {key[2] for key in series if key[1] == metric}
+    ordered = [name for name in dict.fromkeys(first) if name in found]
+    return ordered + sorted(found - set(ordered))
+
+
+def _by_label(series: Mapping[SeriesKey, float], metric: str, name: str) -> dict[str, float]:
+    return {key[3]: value for key, value in series.items() if key[1] == metric and key[2] == name}
+
+
+def _le_order(le: str) -> float:
+    return math.inf if le == "+Inf" else float(le)
+
+
+def _histogram(
+    out: list[str], series: Mapping[SeriesKey, float], prefix: str, label: str, name: str
+) -> None:
+    """Cumulative buckets, sum and count of ``prefix`` for one ``label="name"``."""
+    buckets = _by_label(series, f"{prefix}_bucket", name)
+    metric = f"plugit_{prefix}_latency_seconds"
+    shown = _label(name)
+    total = 0.0
+    for le in sorted(buckets, key=_le_order):
+        total += buckets[le]
+        out.append(f'{metric}_bucket{{{label}="{shown}",le="{le}"}} {_number(total)}')
+    total_sum = series.get((COUNTER, f"{prefix}_sum", name), 0.0)
+    out.append(f'{metric}_sum{{{label}="{shown}"}} {total_sum:.6f}')
+    out.append(f'{metric}_count{{{label}="{shown}"}} {_number(total)}')
+
+
+def render_services(series: Mapping[SeriesKey, float], order: Iterable[str] = ()) -> str:
+    """The services' series (of a :class:`~plugit_core.metrics.MetricsBoard`, merged or not)
+    in the Prometheus text exposition format (0.0.4); ``order`` lists the services first."""
+    order = list(order)
+    names = _names(series, "service_requests", order)
     out = [
         "# HELP plugit_service_requests_total Calls from the proxy to the service.",
         "# TYPE plugit_service_requests_total counter",
     ]
     out += [
-        f'plugit_service_requests_total{{service="{_label(m.service)}"}} {m.requests}'
-        for m, _, _ in rows
+        f'plugit_service_requests_total{{service="{_label(name)}"}} '
+        f"{_number(series[(COUNTER, 'service_requests', name)])}"
+        for name in names
     ]
     out += [
         "# HELP plugit_service_errors_total Failed calls, by kind (timeout, unreachable, ...).",
         "# TYPE plugit_service_errors_total counter",
     ]
-    for metrics, _, _ in rows:
-        for kind, count in sorted(metrics.errors.items()):
-            labels = f'service="{_label(metrics.service)}",kind="{kind}"'
-            out.append(f"plugit_service_errors_total{{{labels}}} {count}")
+    for name in names:
+        for kind, count in sorted(_by_label(series, "service_errors", name).items()):
+            labels = f'service="{_label(name)}",kind="{_label(kind)}"'
+            out.append(f"plugit_service_errors_total{{{labels}}} {_number(count)}")
     out += [
         "# HELP plugit_service_latency_seconds Time of the calls to the service.",
         "# TYPE plugit_service_latency_seconds histogram",
     ]
-    for metrics, _, _ in rows:
-        name = _label(metrics.service)
-        buckets, total_sum, count = metrics.histogram()
+    for name in names:
+        _histogram(out, series, "service", "service", name)
+    gauges = (
+        ("circuit_state", "service_circuit", "Circuit breaker: 0 closed, 1 half-open, 2 open."),
+        ("in_flight", "service_in_flight", "Calls in progress to the service."),
+    )
+    for metric, key, text in gauges:
+        out += [f"# HELP plugit_service_{metric} {text}", f"# TYPE plugit_service_{metric} gauge"]
+        kind = GAUGE_MAX if key == "service_circuit" else GAUGE_SUM
         out += [
-            f'plugit_service_latency_seconds_bucket{{service="{name}",le="{le}"}} {n}'
-            for le, n in buckets
+            f'plugit_service_{metric}{{service="{_label(name)}"}} '
+            f"{_number(series[(kind, key, name)])}"
+            for name in _names(series, key, order)
         ]
-        out.append(f'plugit_service_latency_seconds_sum{{service="{name}"}} {total_sum:.6f}')
-        out.append(f'plugit_service_latency_seconds_count{{service="{name}"}} {count}')
-    out += [
-        "# HELP plugit_service_circuit_state Circuit breaker: 0 closed, 1 half-open, 2 open.",
-        "# TYPE plugit_service_circuit_state gauge",
-    ]
-    out += [
-        f'plugit_service_circuit_state{{service="{_label(m.service)}"}} {_STATE_VALUE[b.state]}'
-        for m, b, _ in rows
-    ]
-    out += [
-        "# HELP plugit_service_in_flight Calls in progress to the service.",
-        "# TYPE plugit_service_in_flight gauge",
-    ]
-    out += [f'plugit_service_in_flight{{service="{_label(m.service)}"}} {n}' for m, _, n in rows]
     return "\n".join(out) + "\n"
 
 
-def render_store_metrics(
-    guards: Iterable[Any], mail_backlog: Mapping[str, int] | None = None
+def render_stores(
+    series: Mapping[SeriesKey, float],
+    order: Iterable[str] = (),
+    mail_backlog: Mapping[str, int] | None = None,
 ) -> str:
-    """The stores' series (and the mail backlog) in the Prometheus text format.
-
-    ``guards`` are :class:`~plugit_core.stores.StoreGuard`; ``mail_backlog`` the outbox rows by
-    state (``waiting``, ``sending``, ...), or None without a mail backend or when the queue
-    cannot be read.
-    """
-    rows = list(guards)
+    """The stores' series (and the mail backlog) in the Prometheus text format; ``order``
+    lists the stores first."""
+    order = list(order)
+    names = _names(series, "store_calls", order)
     out = [
         "# HELP plugit_store_calls_total Calls to each store (refused ones not counted).",
         "# TYPE plugit_store_calls_total counter",
     ]
-    snapshots = [(guard, guard.metrics.snapshot()) for guard in rows]
     out += [
-        f'plugit_store_calls_total{{store="{_label(g.store)}"}} {snap["count"]}'
-        for g, snap in snapshots
+        f'plugit_store_calls_total{{store="{_label(name)}"}} '
+        f"{_number(series[(COUNTER, 'store_calls', name)])}"
+        for name in names
     ]
     out += [
         "# HELP plugit_store_errors_total Failed or refused store calls, by kind "
         "(timeout, error, down, busy).",
         "# TYPE plugit_store_errors_total counter",
     ]
-    for guard, snap in snapshots:
-        for kind, count in sorted(snap["errors"].items()):
-            labels = f'store="{_label(guard.store)}",kind="{_label(kind)}"'
-            out.append(f"plugit_store_errors_total{{{labels}}} {count}")
+    for name in names:
+        for kind, count in sorted(_by_label(series, "store_errors", name).items()):
+            labels = f'store="{_label(name)}",kind="{_label(kind)}"'
+            out.append(f"plugit_store_errors_total{{{labels}}} {_number(count)}")
     out += [
         "# HELP plugit_store_latency_seconds Time of the calls to each store.",
         "# TYPE plugit_store_latency_seconds histogram",
     ]
-    for guard, snap in snapshots:
-        name = _label(guard.store)
+    for name in names:
+        _histogram(out, series, "store", "store", name)
+    gauges = (
+        ("up", GAUGE_MIN, "1 while the store answers, 0 while it is down."),
+        ("in_flight", GAUGE_SUM, "Calls in progress to each store."),
+    )
+    for metric, kind, text in gauges:
+        key = f"store_{metric}"
+        out += [f"# HELP plugit_store_{metric} {text}", f"# TYPE plugit_store_{metric} gauge"]
         out += [
-            f'plugit_store_latency_seconds_bucket{{store="{name}",le="{le}"}} {n}'
-            for le, n in snap["buckets"]
+            f'plugit_store_{metric}{{store="{_label(name)}"}} {_number(series[(kind, key, name)])}'
+            for name in _names(series, key, order)
         ]
-        out.append(f'plugit_store_latency_seconds_sum{{store="{name}"}} {snap["sum"]:.6f}')
-        out.append(f'plugit_store_latency_seconds_count{{store="{name}"}} {snap["count"]}')
-    out += [
-        "# HELP plugit_store_up 1 while the store answers, 0 while it is down.",
-        "# TYPE plugit_store_up gauge",
-    ]
-    out += [f'plugit_store_up{{store="{_label(g.store)}"}} {0 if g.down else 1}' for g in rows]
-    out += [
-        "# HELP plugit_store_in_flight Calls in progress to each store.",
-        "# TYPE plugit_store_in_flight gauge",
-    ]
-    out += [f'plugit_store_in_flight{{store="{_label(g.store)}"}} {g.in_flight}' for g in rows]
     if mail_backlog is not None:
         out += [
             "# HELP plugit_mail_outbox Mails in the queue, by state.",
@@ -226,3 +342,33 @@ def render_store_metrics(
             for state, count in sorted(mail_backlog.items())
         ]
     return "\n".join(out) + "\n"
+
+
+def render_prometheus(services: Iterable[tuple[ServiceMetrics, CircuitBreaker, int]]) -> str:
+    """The metrics of these services (this process's view) in the Prometheus text format."""
+    series: dict[SeriesKey, float] = {}
+    order = []
+    for metrics, breaker, in_flight in services:
+        order.append(metrics.service)
+        series.update(metrics.series())
+        series.update(service_gauges(metrics.service, breaker, in_flight))
+    return render_services(series, order)
+
+
+def render_store_metrics(
+    guards: Iterable[Any], mail_backlog: Mapping[str, int] | None = None
+) -> str:
+    """The stores' series (this process's view) and the mail backlog in the Prometheus text
+    format.
+
+    ``guards`` are :class:`~plugit_core.stores.StoreGuard`; ``mail_backlog`` the outbox rows by
+    state (``waiting``, ``sending``, ...), or None without a mail backend or when the queue
+    cannot be read.
+    """
+    series: dict[SeriesKey, float] = {}
+    order = []
+    for guard in guards:
+        order.append(guard.store)
+        series.update(guard.metrics.series(guard.store))
+        series.update(store_gauges(guard))
+    return render_stores(series, order, mail_backlog)
