@@ -18,9 +18,10 @@ demo: $(STAMP)
 system-deps:
 	bash scripts/install-system-deps.sh
 
-lint: $(STAMP)
+lint: $(STAMP)  # style, the layers and the absence of import cycles (pyproject.toml)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	$(VENV)/bin/lint-imports --no-logo
 
 docs: $(STAMP)  # serves the documentation site on http://127.0.0.1:8001/, rebuilt on each edit
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve --dev-addr 127.0.0.1:8001
@@ -34,4 +35,5 @@ bench: $(STAMP)
 	$(PY) benchmarks/scaleout.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache .import_linter_cache .grimp_cache build \
+		*.egg-info

@@ -41,6 +41,9 @@ EXTRAS = {
         "mkdocs>=1.6,<2",
         "mkdocs-material>=9.5,<10",
         "mkdocstrings-python>=1.10",
+        # make lint: the layers and the absence of import cycles (pyproject.toml), the types
+        "import-linter>=2.1",
+        "mypy>=1.10",
     ],
     "docs": ["mkdocs>=1.6,<2", "mkdocs-material>=9.5,<10", "mkdocstrings-python>=1.10"],
 }
@@ -89,7 +92,11 @@ setup(
         "tomli>=2.0; python_version < '3.11'",
     ],
     extras_require=EXTRAS,
-    entry_points={"console_scripts": ["plugit = plugit_core.cli:main"]},
+    entry_points={
+        "console_scripts": ["plugit = plugit_core.cli:main"],
+        # plugit_contrib is a plugin of the core like any installed one: `plugit demo`
+        "plugit": ["plugit_contrib = plugit_contrib.commands"],
+    },
     # The license is the license_expression above (PEP 639): a "License ::" classifier beside it
     # is refused by setuptools.
     classifiers=[

@@ -8,7 +8,7 @@
     plugit proxy [--config FILE] [--force] [--reload] [SERVING]
     plugit config check [--config FILE]
     plugit users [--config FILE] add|passwd|grant|revoke|disable|enable|orga-add|orga-join|...
-    plugit demo [SERVING]
+    plugit demo [SERVING]        (added by plugit_contrib's plugin)
     plugit --version
 
     SERVING: [--host H] [--port P] [--server granian|gunicorn] [--workers N] [--threads N]
@@ -46,7 +46,14 @@ if TYPE_CHECKING:
     from .backends import Backends
     from .config import ProxyConfig
 
-__all__ = ["ServeOptions", "main", "run_server"]
+__all__ = [
+    "CommandError",
+    "ServeOptions",
+    "add_serve_options",
+    "main",
+    "run_server",
+    "serve_options",
+]
 
 log = logging.getLogger("plugit")
 
@@ -325,8 +332,9 @@ def serve_reloading(factory: Callable[[], Any], options: ServeOptions, watch: li
     return 0
 
 
-def _add_serve_options(parser: argparse.ArgumentParser, *, port: int, threads: int) -> None:
-    """The options of the commands that serve: host, port, server, processes, TLS, HTTP/2."""
+def add_serve_options(parser: argparse.ArgumentParser, *, port: int, threads: int) -> None:
+    """The options of the commands that serve: host, port, server, processes, TLS, HTTP/2
+    (read back by :func:`serve_options`); for plugins' commands too."""
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=port)
     parser.add_argument(
@@ -624,12 +632,6 @@ def _proxy_app(config_path: str) -> Any:
     from .proxy.app import ProxyApp
 
     return ProxyApp(load_config(config_path))
-
-
-def _demo(args: argparse.Namespace) -> int:
-    from plugit_contrib.demo import run_demo
-
-    return run_demo(data_dir=args.data_dir, options=serve_options(args, "plugit-demo"))
 
 
 # -- commands on the backends of a configuration ---------------------------------------------------
@@ -984,7 +986,7 @@ def _parser() -> argparse.ArgumentParser:
         "--check", metavar="URL", help="run the protocol conformance checks on URL"
     )
     service.add_argument("--action", action="append", help="action path to check (repeatable)")
-    _add_serve_options(service, port=5000, threads=8)
+    add_serve_options(service, port=5000, threads=8)
     service.add_argument("--templates", help="templates folder (default: templates)")
     service.add_argument("--media", help="media folder (default: media)")
     service.add_argument("--secret", help="shared secret with the proxy (or PLUGIT_SERVICE_SECRET)")
@@ -996,7 +998,7 @@ def _parser() -> argparse.ArgumentParser:
 
     proxy = commands.add_parser("proxy", help="serve the proxy")
     proxy.add_argument("--config", help="TOML configuration file")
-    _add_serve_options(proxy, port=8000, threads=16)
+    add_serve_options(proxy, port=8000, threads=16)
     proxy.add_argument(
         "--force", action="store_true", help="allow dev mode on a non-loopback address"
     )
@@ -1050,14 +1052,8 @@ def _parser() -> argparse.ArgumentParser:
 
     from .plugins import make_plugin_manager
 
-    make_plugin_manager().hook.plugit_add_commands(commands=commands)  # plugins' own commands
-
-    demo = commands.add_parser("demo", help="run the proxy and the example voting service")
-    _add_serve_options(demo, port=8000, threads=16)
-    demo.add_argument(
-        "--data-dir", help="where the demo keeps its SQLite file (default: a temp dir)"
-    )
-    demo.set_defaults(handler=_demo)
+    # plugins' own commands (plugit demo comes from plugit_contrib's plugin)
+    make_plugin_manager().hook.plugit_add_commands(commands=commands)
     _finish(parser)
     # Before the command too (plugit --config FILE users list); a command that reads no
     # configuration refuses it (main).

@@ -32,9 +32,12 @@ __all__ = [
     "HTTP_CLIENTS",
     "TRUST_LEVELS",
     "ConfigError",
+    "FragmentSpec",
     "ProxyConfig",
     "SectionReader",
     "ServiceMount",
+    "SitePage",
+    "httptools_available",
     "load_config",
 ]
 
@@ -337,6 +340,35 @@ class Variant:
 
 
 @dataclass(frozen=True)
+class FragmentSpec:
+    """One fragment placed on a page: the action at ``path`` of the service ``service``,
+    rendered without the layout (see docs/fragments.md).
+
+    ``fallback`` is the markup shown when the service fails or is slower than ``timeout``
+    (seconds; None: the service's own ``timeout``), ``placeholder`` the markup shown to a
+    visitor whom the action's access rules refuse; ``title`` heads it on a site page.
+    """
+
+    service: str
+    path: str
+    fallback: str | None = None
+    placeholder: str | None = None
+    timeout: float | None = None
+    title: str | None = None
+
+
+@dataclass(frozen=True)
+class SitePage:
+    """A page of the site declared in the configuration (``[[pages]]``): a title and fragments
+    of any services, in the site's layout, in ``columns`` columns on wide screens."""
+
+    path: str
+    title: str
+    fragments: tuple[FragmentSpec, ...] = ()
+    columns: int = 1
+
+
+@dataclass(frozen=True)
 class ServiceMount:
     """One service mounted on the proxy."""
 
@@ -357,6 +389,8 @@ class ServiceMount:
     max_response_size: int = 10 * 1024 * 1024
     breaker_failures: int = 5
     breaker_reset: float = 30.0
+    # Is the proxy not ready (/_plugit/ready answers 503) while this service's circuit is open?
+    required: bool = False
     stale_for: float = 3600.0
     fallback_html: str | None = None
     variants: tuple[Variant, ...] = ()
@@ -399,6 +433,7 @@ class ProxyConfig:
     dev_allowed_clients: tuple[str, ...] = ()
     max_upload_size: int = 16 * 1024 * 1024
     http_client: str = "auto"
+    pages: tuple[SitePage, ...] = ()  # [[pages]]: pages composed of fragments
     source: str | None = None
     sections: Mapping[str, Mapping[str, Any]] = field(default_factory=dict, repr=False)
 
@@ -484,6 +519,7 @@ class ProxyConfig:
                 "max_upload_size", 16 * 1024 * 1024, minimum=0, integer=True
             ),
             http_client=http_client,
+            pages=_pages(top.raw("pages", []), services, source),
             source=source,
             sections={
                 k: v for k, v in data.items() if isinstance(v, Mapping) and k not in top.seen
@@ -513,9 +549,16 @@ def _check_strong(secret: str, reader: SectionReader, key: str) -> None:
         )
 
 
-def _check_httptools(reader: SectionReader, services: tuple[ServiceMount, ...]) -> None:
-    from .proxy.transport import httptools_available  # (the proxy package imports this module)
+def httptools_available() -> bool:
+    """Whether the ``speedups`` extra (httptools) is installed, for ``http_client``."""
+    try:
+        import httptools  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
+
+def _check_httptools(reader: SectionReader, services: tuple[ServiceMount, ...]) -> None:
     if not httptools_available():
         raise reader.error("http_client", "'httptools' needs: pip install 'plugit-wsgi[speedups]'")
     for mount in services:
@@ -566,6 +609,7 @@ def _service(data: Any, index: int, source: str | None) -> ServiceMount:
         ),
         breaker_failures=r.number("breaker_failures", 5, minimum=1, integer=True),
         breaker_reset=r.number("breaker_reset", 30.0, minimum=0.1),
+        required=r.bool("required", False),
         stale_for=r.number("stale_for", 3600.0, minimum=0),
         fallback_html=r.str("fallback_html"),
         variants=_variants(r.raw("variants", []), index, source),
@@ -626,6 +670,70 @@ def _variants(data: Any, index: int, source: str | None) -> tuple[Variant, ...]:
         r.finish()
         variants.append(variant)
     return tuple(variants)
+
+
+def _fragment_specs(
+    data: Any, key: str, services: Mapping[str, ServiceMount], source: str | None
+) -> tuple[FragmentSpec, ...]:
+    if not isinstance(data, list):
+        raise ConfigError(key, "expected a list of fragment tables", source)
+    specs = []
+    for n, item in enumerate(data):
+        r = SectionReader(item, f"{key}[{n}].", source)
+        service = r.str("service", required=True)
+        if service not in services:
+            known = ", ".join(sorted(services)) or "none"
+            raise r.error("service", f"no service is named {service!r} (services: {known})")
+        path = r.str("path", "") or ""
+        if any(ord(c) < 0x20 for c in path) or path.startswith("//"):
+            raise r.error("path", f"must be an action path of the service, got {path!r}")
+        timeout = r.raw("timeout", None)
+        specs.append(
+            FragmentSpec(
+                service=str(service),
+                path=path.lstrip("/"),
+                fallback=r.str("fallback"),
+                placeholder=r.str("placeholder"),
+                timeout=None if timeout is None else r.number("timeout", 0.0, above=0),
+                title=r.str("title"),
+            )
+        )
+        r.finish()
+    return tuple(specs)
+
+
+def _pages(
+    data: Any, services: tuple[ServiceMount, ...], source: str | None
+) -> tuple[SitePage, ...]:
+    """``[[pages]]``: site pages composed of fragments of the services."""
+    if not isinstance(data, list):
+        raise ConfigError("pages", "expected [[pages]] tables", source)
+    by_name = {m.name: m for m in services}
+    pages: list[SitePage] = []
+    for index, item in enumerate(data):
+        r = SectionReader(item, f"pages[{index}].", source)
+        path = r.str("path", required=True)
+        assert path is not None
+        if not path.startswith("/") or any(ord(c) < 0x21 for c in path) or "<" in path:
+            raise r.error("path", f"must be a path of the site starting with '/', got {path!r}")
+        if any(path.startswith(reserved) for reserved in _RESERVED_MOUNTS):
+            raise r.error("path", f"{path!r} is reserved by the proxy")
+        for mount in services:
+            if path.startswith(mount.mount) or path + "/" == mount.mount:
+                raise r.error("path", f"{path!r} is below the mount of service {mount.name!r}")
+        if any(page.path == path for page in pages):
+            raise r.error("path", f"{path!r} is used twice")
+        page = SitePage(
+            path=path,
+            title=r.str("title", required=True) or path,
+            fragments=_fragment_specs(
+                r.raw("fragments", []), f"pages[{index}].fragments", by_name, source
+            ),
+            columns=r.number("columns", 1, minimum=1, maximum=4, integer=True),
+        )
+        r.finish()
+        pages.append(page)
+    return tuple(pages)
 
 
 def _check_unique(services: tuple[ServiceMount, ...], source: str | None) -> None:

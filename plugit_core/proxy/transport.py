@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 
 import urllib3
 
-from ..config import HTTP_CLIENTS
+from ..config import HTTP_CLIENTS, httptools_available
 
 __all__ = [
     "Exchange",
@@ -35,6 +35,7 @@ __all__ = [
     "ServiceError",
     "Transport",
     "Urllib3Transport",
+    "httptools_available",
     "make_transport",
 ]
 
@@ -137,14 +138,6 @@ def make_transport(
     return Urllib3Transport(
         name, url, connect_timeout=connect_timeout, timeout=timeout, max_connections=max_connections
     )
-
-
-def httptools_available() -> bool:
-    try:
-        import httptools  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def _short(exc: BaseException) -> str:
