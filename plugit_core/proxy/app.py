@@ -928,9 +928,9 @@ class ProxyApp:
         Each store is checked (a cheap query, within its wait; at once while it is known to be
         down).  Answers 503 when a store marked ``required`` (the directory and the session
         store by default) is unavailable: this process cannot log anyone in or recognise them.
-        A service never makes it 503 (one dead service must not take the whole site out of a
-        load balancer); ``ready`` is false for a service that is incompatible or whose circuit
-        is open.
+        A service makes it 503 only when marked ``required`` (one dead service must not take the
+        whole site out of a load balancer, unless the site is that service); ``ready`` is false
+        for a service that is incompatible or whose circuit is open.
         """
         stores = {guard.store: guard.check() for guard in self.store_guards()}
         services = {}
@@ -942,12 +942,18 @@ class ProxyApp:
                 "circuit": circuit,
                 "in_flight": client.in_flight,
             }
+        for mount in self.config.services:  # the main build of each (variants and shadows not)
+            services[mount.name]["required"] = mount.required
         body: dict[str, Any] = {"status": "ok", "stores": stores, "services": services}
         if self.mail is not None:
             backlog = self.mail_backlog()
             body["mail"] = {"ready": backlog is not None, "outbox": backlog}
         missing = sorted(
             name for name, state in stores.items() if state["required"] and not state["ready"]
+        ) + sorted(
+            f"service:{mount.name}"
+            for mount in self.config.services
+            if mount.required and not services[mount.name]["ready"]
         )
         if missing:
             body["status"] = "unavailable"
