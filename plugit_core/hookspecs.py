@@ -32,7 +32,9 @@ if TYPE_CHECKING:
     from werkzeug.wrappers import Response
 
     from .backends import RegisterBackend
-    from .proxy.app import ProxyApp
+    from .config import FragmentSpec
+    from .proxy.app import ProxyApp, ProxyRequest
+    from .proxy.fragments import FragmentResult
     from .proxy.pipeline import PageRequest, ServiceError, ServiceReply, UpstreamRequest
     from .proxy.routes import Route
     from .users import PlugItUser
@@ -203,6 +205,30 @@ def plugit_handle_error(page: PageRequest, error: ServiceError) -> Response | No
     Called when the service is unreachable, too slow, refused by its circuit breaker, or
     answered garbage.  Return a response (a stale page, a fallback) or None for the themed error
     page.  The first non-None answer wins.
+    """
+
+
+@hookspec
+def plugit_fragments(request: ProxyRequest, where: str, fragments: list[FragmentSpec]) -> None:
+    """Add, drop or reorder the fragments of a site page (``[[pages]]``) before they are fetched.
+
+    ``where`` is the page's path; ``fragments`` is the declared list of
+    :class:`~plugit_core.config.FragmentSpec`, for this request only: change it in place (to
+    personalise a dashboard per user, ``request.user``).  Every plugin is called, the most
+    recently registered first; the return value is ignored.
+    """
+
+
+@hookspec
+def plugit_fragment_rendered(request: ProxyRequest, result: FragmentResult) -> None:
+    """Wrap or replace one fragment before it goes into the page, whatever its placement.
+
+    Called once per fragment of a response, after it was rendered or fell back:
+    ``result.fragment`` is the :class:`~plugit_core.config.FragmentSpec`, ``result.outcome``
+    says where ``result.html`` came from (``ok``, ``stale``, ``refused``, ``fallback``,
+    ``last_good``, ``empty``).  Change ``result.html`` in place (``""`` drops the fragment).
+    What a plugin writes there goes into the page as it is: escape what is not markup.  Every
+    plugin is called; the return value is ignored.
     """
 
 

@@ -56,6 +56,7 @@ from .api import CallbackAPI
 from .bodies import bound_body, close_body
 from .containment import common_headers, page_policy
 from .dev_guard import dev_guard
+from .fragments import Fragments
 from .health import bind_metrics, render_services, render_stores
 from .pipeline import CSRF_FIELD_NAME, UNSAFE_METHODS, Pipeline
 from .routes import Route
@@ -328,6 +329,7 @@ class ProxyApp:
         )
         self.pipeline = Pipeline(self)
         self.api = CallbackAPI(self)
+        self.fragments = Fragments(self)  # fragments of pages, [[pages]]
         self.url_map = Map(
             [
                 Rule(STATIC_PREFIX + "<path:path>", endpoint="static", methods=["GET"]),
@@ -341,7 +343,9 @@ class ProxyApp:
         for routes in self.pm.hook.plugit_extra_routes(proxy=self):
             for route in routes or ():
                 self.add_route(route)
-        if not any(m.mount == "/" for m in self.mounts):
+        for route in self.fragments.routes():
+            self.add_route(route)
+        if not any(m.mount == "/" for m in self.mounts) and "/" not in self.fragments.pages:
             self.url_map.add(Rule("/", endpoint="home", methods=["GET"]))
         # One answer per scrape for all the worker processes when PLUGIT_METRICS_DIR is set
         # (plugit proxy sets it): plugit_core/metrics.py.
@@ -901,7 +905,8 @@ class ProxyApp:
 
     def _site_response(self, request: ProxyRequest, html: str, status: int) -> Response:
         """One of the site's own pages: tokens filled in, only the theme's scripts may run."""
-        response = Response(self.with_csrf(request, html), status=status, mimetype="text/html")
+        html = self.fragments.fill(request, self.with_csrf(request, html))
+        response = Response(html, status=status, mimetype="text/html")
         response.headers["Content-Security-Policy"] = page_policy(request.csp_nonce)
         return response
 
@@ -1015,6 +1020,7 @@ class ProxyApp:
         if self.mail is not None:
             self.mail.close()  # first: its threads use the service clients
         self._shadow_pool.shutdown(wait=False, cancel_futures=True)
+        self.fragments.close()
         for client in self.clients.values():
             client.close()
         for backend in (self.users, self.billing, self.cache, self.sessions, *self.auth):

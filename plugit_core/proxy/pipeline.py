@@ -83,6 +83,7 @@ class PageRequest:
     menu_only: bool = False  # ``<mount>ebuio_menu/<path>``: answer the rendered menu alone
     stale: dict[str, Any] | None = None  # an expired page-cache entry, shown if the service fails
     variant: str = ""  # the service variant serving this request ("" for the main build)
+    fragment: bool = False  # rendered as a fragment of another page (proxy/fragments.py)
 
     @property
     def service_user(self) -> ServiceUser:
@@ -332,7 +333,7 @@ class Pipeline:
         if cacheable:
             page.cache_key = protocol.page_cache_key(
                 service=page.mount.name,
-                method="GET",
+                method="FRAGMENT" if page.fragment else "GET",
                 path=page.path,
                 query=request.query_string.decode("latin-1"),
                 template_tag=meta.template_tag,
@@ -341,7 +342,9 @@ class Pipeline:
                 variant=page.variant,
                 script_root=self.proxy.base_path(request),
             )
-            wrapped = None if page.menu_only else self._wrapped.get(self._variant(page))
+            wrapped = (
+                None if page.menu_only or page.fragment else self._wrapped.get(self._variant(page))
+            )
             if wrapped is not None:
                 return self._html_response(page, wrapped)
             hit = self.proxy.cache_get(page.cache_key)
@@ -407,7 +410,7 @@ class Pipeline:
         if template is None:
             raise _RefusedError(404, "template", "This page does not exist.")
         html, menu = self.render(page, template, data)
-        if page.mount.trust == "sandboxed" and not meta.no_template:
+        if page.mount.trust == "sandboxed" and (page.fragment or not meta.no_template):
             html, menu = sanitize_html(html), sanitize_html(menu)
         content = {
             "html": html,
@@ -514,6 +517,7 @@ class Pipeline:
         context.update(own)
         context["plugit_include"] = TemplateFunction(_Include(self, page, context))
         context["plugit_get_user"] = TemplateFunction(_GetUser(self, page))
+        context["plugit_fragment"] = TemplateFunction(self.proxy.fragments.placer(page))
         for extra in self.hook.plugit_template_context(page=page, context=context):
             for key, value in (extra or {}).items():
                 if key in own:
@@ -534,6 +538,8 @@ class Pipeline:
         """
         if page.menu_only:
             return self._html_response(page, (content.get("menu") or "", (), True))
+        if page.fragment:  # without the layout: the page that places it has one
+            return self._html_response(page, (content["html"], (), True))
         raw = bool(content.get("no_layout"))
         html = content["html"] if raw else self._render_layout(page, content)
         wrapped = (html, content.get("headers") or (), raw)
@@ -552,9 +558,10 @@ class Pipeline:
         and the policy of its trust level (``raw``: without the layout)."""
         html, headers, raw = wrapped
         request = page.request
-        response = Response(
-            self.proxy.with_csrf(request, html, page.mount.name), mimetype="text/html"
-        )
+        html = self.proxy.with_csrf(request, html, page.mount.name)
+        if not page.fragment:
+            html = self.proxy.fragments.fill(request, html)
+        response = Response(html, mimetype="text/html")
         sandboxed = page.mount.trust == "sandboxed"
         for name, value in headers:
             if sandboxed and not raw and name.lower().startswith("access-control-"):

@@ -24,6 +24,7 @@ __all__ = [
     "address_in_networks",
     "cache",
     "crossdomain",
+    "fragment_assets",
     "get_spec",
     "json_only",
     "no_template",
@@ -214,6 +215,17 @@ def json_only() -> Callable[[F], F]:
 def xml_only() -> Callable[[F], F]:
     """The action returns ``{"xml": "<document>"}``; the proxy sends the document as XML."""
     return _meta_flag("xml_only")
+
+
+def fragment_assets(css: Iterable[str] = (), js: Iterable[str] = ()) -> Callable[[F], F]:
+    """The stylesheets and scripts (paths below the service's ``media/``) the action needs when
+    a page places it as a fragment (meta ``fragment_assets``, an extension of protocol 1): the
+    proxy puts each once in the page's head and foot (scripts for full-trust services only)."""
+    styles, scripts = list(css), list(js)
+    for path in (*styles, *scripts):
+        if not isinstance(path, str) or not path or path.startswith("/") or ":" in path:
+            raise ValueError(f"fragment assets are paths below media/, got {path!r}")
+    return _meta_flag("fragment_assets", {"css": styles, "js": scripts})
 
 
 def no_template() -> Callable[[F], F]:

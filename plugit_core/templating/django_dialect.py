@@ -841,6 +841,15 @@ def _tag_plugit_include(tr: _Translator, token: _Token, args: list[str]) -> None
     tr.emit(f"{{{{ plugit_include({tr.expression(args[0], token)}) }}}}")
 
 
+def _tag_plugit_fragment(tr: _Translator, token: _Token, args: list[str]) -> None:
+    """``{% plugitFragment "service" "action/path" %}``: an action of any mounted service,
+    rendered without the layout (docs/fragments.md)."""
+    if len(args) not in (1, 2):
+        tr.error("'plugitFragment' expects: plugitFragment <service> [<action path>]", token)
+    values = ", ".join(tr.expression(arg, token) for arg in args)
+    tr.emit(f"{{{{ plugit_fragment({values}) }}}}")
+
+
 def _tag_plugit_get_user(tr: _Translator, token: _Token, args: list[str]) -> None:
     """``{% plugitGetUser pk as var %}``: look a user up through the proxy."""
     if len(args) != 3 or args[1] != "as":
@@ -892,6 +901,7 @@ _TAGS: dict[str, _TagFunction] = {
     # plugit_tags
     "plugitInclude": _tag_plugit_include,
     "plugitGetUser": _tag_plugit_get_user,
+    "plugitFragment": _tag_plugit_fragment,
     # refused with an explanation
     "url": _tag_url,
 }
