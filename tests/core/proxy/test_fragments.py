@@ -498,3 +498,40 @@ def test_the_service_library_declares_fragment_assets() -> None:
     for bad in ("/etc/x.css", "https://evil.example/x.css", ""):
         with pytest.raises(ValueError, match="paths below media/"):
             fragment_assets(css=[bad])
+
+
+def test_a_layout_region_shows_a_fragment_on_every_page(services, open_proxy, tmp_path) -> None:
+    import shutil
+
+    from plugit_backends.theme_bootstrap import SERVICE_TEMPLATES_DIR, STATIC_DIR, TEMPLATES_DIR
+    from plugit_core.backends import Theme
+
+    # a theme whose layout has a sidebar region: the news service's fragment
+    shutil.copytree(TEMPLATES_DIR, tmp_path / "templates")
+    layout = tmp_path / "templates" / "plugit" / "layout.html"
+    region = '<aside id="sidebar">{{ plugit_fragment("news", "side", fallback="<i>quiet</i>") }}'
+    layout.write_text(
+        layout.read_text().replace(
+            '<main id="plugit-main"', region + '</aside><main id="plugit-main"'
+        )
+    )
+
+    class RegionTheme:
+        @hookimpl
+        def plugit_register_backends(self, register: Any) -> None:
+            theme = Theme("regions", tmp_path / "templates", SERVICE_TEMPLATES_DIR, STATIC_DIR)
+            register("theme", "regions", lambda config, section: theme)
+
+    news, polls = services["news"][0], services["polls"][0]
+    news.page("side", "<p>breaking {{ ebuio_u.username or 'for all' }}</p>", cache_time=60)
+    polls.page("", "<p>the polls</p>", cache_time=60)
+    browser = open_proxy(plugins=(RegionTheme(),), theme="regions", **_dashboard())
+    for path in ("/polls/", "/polls/", "/dash", "/"):  # a service page (then cached), site pages
+        page = browser.get(path)
+        assert page.status_code == 200, path
+        assert '<aside id="sidebar"><p>breaking for all</p></aside>' in page.text, path
+    assert news.calls("side") == 1  # from its own cache afterwards
+    assert polls.calls("") == 1
+    news.page("side", "", status=500)  # the template changed: a new cache entry, a failure
+    assert '<aside id="sidebar"><i>quiet</i></aside>' in browser.get("/polls/").text
+    assert "<p>the polls</p>" in browser.get("/polls/").text
