@@ -35,6 +35,7 @@ Configuration (all optional)::
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import logging
@@ -287,7 +288,13 @@ def login_view(request: Any) -> Response:
         fingerprint = password_fingerprint(proxy, store.password_hash(user.pk))
         if fingerprint:
             request.session[SESSION_PASSWORD_KEY] = fingerprint
-        log.info("%s logged in through %s from %s", user.username, backend.name, address)
+        # Said once the session is stored: a login the session store refused never happened.
+        proxy.when_session_saved(
+            request,
+            functools.partial(
+                log.info, "%s logged in through %s from %s", user.username, backend.name, address
+            ),
+        )
         response = Response(b"", status=303, headers={"Location": next_path})
         response.headers["Cache-Control"] = "no-store"
         return response

@@ -474,6 +474,8 @@ class ProxyApp:
         if request.session_loaded and not request.__dict__.get("_plugit_outage"):
             try:
                 self.sessions.save(request.session, request, response)
+                for done in request.__dict__.pop("_plugit_when_saved", ()):
+                    done()
             except StoreUnavailable as exc:  # never answer as if a login or a change was kept
                 log.warning(
                     "%s %s: the session was not saved (%s); the %s answer became a 503",
@@ -675,6 +677,7 @@ class ProxyApp:
         in the ``X-CSRFToken`` header or the ``csrfmiddlewaretoken`` form field (the layout's
         own forms: ``plugit_site_csrf``)."""
         if not isinstance(request.session.get("_csrf"), str):
+            self._check_session_stored(request)
             return False
         sent = request.headers.get("X-CSRFToken") or request.headers.get("X-CSRF-Token")
         if not sent and request.mimetype in (
@@ -684,6 +687,23 @@ class ProxyApp:
             sent = request.form.get(CSRF_FIELD_NAME) or request.form.get(SITE_CSRF_FIELD_NAME)
         expected = self.csrf_token(request, scope)
         return bool(sent) and hmac.compare_digest(str(sent).encode(), expected.encode())
+
+    @staticmethod
+    def when_session_saved(request: ProxyRequest, done: Callable[[], None]) -> None:
+        """Run ``done`` once the request's session is stored (a login's log line): never when
+        the store refused it and the answer became a 503."""
+        request.__dict__.setdefault("_plugit_when_saved", []).append(done)
+
+    def _check_session_stored(self, request: ProxyRequest) -> None:
+        """A form sent without a stored session while the session store is down (Redis out of
+        memory): the form was served with a session that could not be stored, so its token
+        cannot match.  The answer is the outage (a 503 naming the store), not "the form has
+        expired", which a reload would not cure."""
+        if not getattr(request.session, "new", False):
+            return
+        for guard in guards_of(self.sessions):
+            if guard.down:
+                raise guard.unavailable("the session of this form could not be stored")
 
     def with_csrf(self, request: ProxyRequest, html: str, scope: str = "") -> str:
         """Fill in what a page holds per response: the CSRF token of ``scope`` where a service's
