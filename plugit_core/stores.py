@@ -31,6 +31,7 @@ import heapq
 import itertools
 import logging
 import math
+import re
 import threading
 import time
 from collections import Counter
@@ -442,8 +443,14 @@ class StoreGuard:
             self.on_recover()
 
 
+# redis-py names the failed command of a pipeline with its arguments (a session's key, its
+# data): never in a log line or on the readiness page.
+_PIPELINE_COMMAND = re.compile(r"^Command # \d+ \(.*\) of pipeline caused error: ", re.S)
+
+
 def _describe(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    text = _PIPELINE_COMMAND.sub("", text)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 

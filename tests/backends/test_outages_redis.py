@@ -237,6 +237,12 @@ def test_a_redis_out_of_memory_keeps_everyone_logged_in_and_refuses_only_writes(
     metrics = requests.get(base + "/_plugit/metrics", timeout=10).text
     assert 'plugit_store_up{store="session_redis"} 1' in metrics
     assert 'plugit_store_up{store="session_redis_writes"} 0' in metrics
+    ready = requests.get(base + "/_plugit/ready", timeout=10)  # no login can be stored
+    assert ready.status_code == 503 and ready.json()["unavailable"] == ["session_redis_writes"]
+    error = ready.json()["stores"]["session_redis_writes"]["error"]
+    assert "maxmemory" in error
+    assert "plugit:session:" not in ready.text  # no session key (the failed command) shown
+    assert not [r for r in caplog.records if "plugit:session:" in r.getMessage()]
 
     client.config_set("maxmemory", "0")  # memory again: the next login is stored
     deadline = time.monotonic() + 10
