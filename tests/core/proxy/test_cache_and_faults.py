@@ -9,7 +9,7 @@ import time
 
 import pytest
 import requests
-from proxy_helpers import SECRET, proxy_config
+from proxy_helpers import SECRET, STRONG_KEY, proxy_config
 from werkzeug.wrappers import Request, Response
 
 from plugit_core.proxy.app import ProxyApp
@@ -91,7 +91,13 @@ def test_burst_of_cold_requests_fetches_meta_and_template_once():
 
     counting = CountingService(proxy_service.make_app(secret=SECRET))
     with serve(counting) as url:
-        config = proxy_config(url, mount_options={"max_concurrency": 250, "timeout": 30})
+        # Outside dev mode: dev mode keeps no meta at all (an edited template shows at once).
+        config = proxy_config(
+            url,
+            mount_options={"max_concurrency": 250, "timeout": 30},
+            dev_mode=False,
+            secret_key=STRONG_KEY,
+        )
         proxy = ProxyApp(config, load_entry_points=False)
         try:
             with serve(proxy) as base:
