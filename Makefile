@@ -18,10 +18,11 @@ demo: $(STAMP)
 system-deps:
 	bash scripts/install-system-deps.sh
 
-lint: $(STAMP)  # style, the layers and the absence of import cycles (pyproject.toml)
+lint: $(STAMP)  # style, the layers and the absence of import cycles, the types (pyproject.toml)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(VENV)/bin/lint-imports --no-logo
+	$(PY) -m mypy
 
 docs: $(STAMP)  # serves the documentation site on http://127.0.0.1:8001/, rebuilt on each edit
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve --dev-addr 127.0.0.1:8001

@@ -44,6 +44,9 @@ EXTRAS = {
         # make lint: the layers and the absence of import cycles (pyproject.toml), the types
         "import-linter>=2.1",
         "mypy>=1.10",
+        "types-Authlib",
+        "types-gunicorn",
+        "types-ldap3",
     ],
     "docs": ["mkdocs>=1.6,<2", "mkdocs-material>=9.5,<10", "mkdocstrings-python>=1.10"],
 }

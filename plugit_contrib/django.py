@@ -165,7 +165,7 @@ def plugit_logout_fields_from_django() -> LogoutFields:
                 request.session = engine.SessionStore(
                     request.COOKIES.get(settings.SESSION_COOKIE_NAME)
                 )
-            CsrfViewMiddleware(lambda request: None).process_request(request)  # type: ignore[arg-type, return-value]
+            CsrfViewMiddleware(lambda request: None).process_request(request)
             if "CSRF_COOKIE" not in request.META:
                 return None
             return {"csrfmiddlewaretoken": get_token(request)}

@@ -37,7 +37,7 @@ import sys
 import types
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import flask
 from flask.ctx import RequestContext
@@ -46,6 +46,12 @@ from werkzeug.exceptions import NotFound
 
 from plugit_core.service import PlugItService, ServiceRequest
 from plugit_core.users import PlugItUser
+
+if TYPE_CHECKING:
+
+    class FlaskServiceRequest(ServiceRequest, flask.Request):
+        """What :func:`_request_class` makes (there, from the two apps' own request classes)."""
+
 
 __all__ = [
     "FlaskService",
@@ -166,21 +172,19 @@ class FlaskService:
         return self.flask_wsgi_app(environ, start_response)
 
 
-def _request_class(flask_app: flask.Flask, service: PlugItService) -> type[ServiceRequest]:
+def _request_class(flask_app: flask.Flask, service: PlugItService) -> type[FlaskServiceRequest]:
     """A request class that is both the service's request and the Flask app's request."""
     config = service.config
 
-    class FlaskServiceRequest(service.request_class, flask_app.request_class):  # type: ignore[misc]
+    def body(namespace: dict[str, Any]) -> None:
+        namespace["__module__"] = __name__
         # The service's limits, not Flask's MAX_CONTENT_LENGTH (read-only in Flask < 3.1).
-        @property
-        def max_content_length(self) -> int | None:  # type: ignore[override]
-            return config.max_content_length
+        namespace["max_content_length"] = property(lambda self: config.max_content_length)
+        namespace["max_form_memory_size"] = property(lambda self: config.max_form_memory_size)
 
-        @property
-        def max_form_memory_size(self) -> int | None:  # type: ignore[override]
-            return config.max_form_memory_size
-
-    return FlaskServiceRequest
+    bases = (service.request_class, flask_app.request_class)  # classes known when it runs
+    made = types.new_class("FlaskServiceRequest", bases, exec_body=body)
+    return cast("type[FlaskServiceRequest]", made)
 
 
 def make_flask_service(

@@ -58,7 +58,7 @@ class CacheBackend(Protocol):
         """Forget everything this backend stored."""
 
 
-class Session(dict):  # type: ignore[type-arg]
+class Session(dict[str, Any]):
     """A browser session: a dict of JSON-serialisable values that knows whether it changed."""
 
     def __init__(self, data: Mapping[str, Any] | None = None, *, new: bool = True) -> None:
@@ -75,17 +75,17 @@ class Session(dict):  # type: ignore[type-arg]
         super().__delitem__(key)
         self.modified = True
 
-    def pop(self, key: str, *default: Any) -> Any:  # type: ignore[override]
+    def pop(self, key: str, *default: Any) -> Any:
         if key in self:
             self.modified = True
         return super().pop(key, *default)
 
-    def setdefault(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
+    def setdefault(self, key: str, default: Any = None) -> Any:
         if key not in self:
             self.modified = True
         return super().setdefault(key, default)
 
-    def update(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+    def update(self, *args: Any, **kwargs: Any) -> None:
         super().update(*args, **kwargs)
         self.modified = True
 

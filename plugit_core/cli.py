@@ -244,7 +244,7 @@ def _run_gunicorn(factory: Callable[[], Any], options: ServeOptions) -> None:
 
     host, port = options.host, options.port
 
-    class _Server(BaseApplication):  # type: ignore[misc]
+    class _Server(BaseApplication):
         def load_config(self) -> None:
             bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
             settings: dict[str, Any] = {

@@ -10,6 +10,7 @@ Backends read their own table, named after them (``[cache_memory]``, ``[session_
 
 from __future__ import annotations
 
+import builtins
 import math
 import os
 import re
@@ -17,7 +18,7 @@ import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 from urllib.parse import urlsplit
 
 from .networks import parse_networks
@@ -175,13 +176,16 @@ class SectionReader:
     counts as not set (the default, or "is required").
     """
 
+    # The annotations say builtins.str and builtins.bool: in this class, str and bool are the
+    # methods below.
+
     def __init__(
         self,
-        data: Mapping[str, Any],
-        prefix: str,
-        source: str | None,
+        data: Mapping[builtins.str, Any],
+        prefix: builtins.str,
+        source: builtins.str | None,
         *,
-        blank_is_missing: bool = False,
+        blank_is_missing: builtins.bool = False,
     ) -> None:
         if not isinstance(data, Mapping):
             raise ConfigError(prefix.rstrip(".") or "config", "expected a table", source)
@@ -191,10 +195,10 @@ class SectionReader:
         self.blank_is_missing = blank_is_missing
         self.seen: set[str] = set()
 
-    def error(self, key: str, message: str) -> ConfigError:
+    def error(self, key: builtins.str, message: builtins.str) -> ConfigError:
         return ConfigError(self.prefix + key, message, self.source)
 
-    def raw(self, key: str, default: Any = None) -> Any:
+    def raw(self, key: builtins.str, default: Any = None) -> Any:
         self.seen.add(key)
         value = self.data.get(key, default)
         if isinstance(value, Mapping) and set(value) == {"env"}:
@@ -204,7 +208,22 @@ class SectionReader:
             return os.environ[name]
         return value
 
-    def str(self, key: str, default: str | None = None, *, required: bool = False) -> str | None:
+    @overload
+    def str(
+        self, key: builtins.str, default: builtins.str, *, required: builtins.bool = False
+    ) -> builtins.str: ...
+    @overload
+    def str(
+        self, key: builtins.str, default: None = None, *, required: builtins.bool = False
+    ) -> builtins.str | None: ...
+    def str(
+        self,
+        key: builtins.str,
+        default: builtins.str | None = None,
+        *,
+        required: builtins.bool = False,
+    ) -> builtins.str | None:
+        """A string; with a string ``default``, never None."""
         value = self.raw(key, default)
         if value is None or (value == "" and self.blank_is_missing):
             if required:
@@ -214,7 +233,7 @@ class SectionReader:
             raise self.error(key, f"expected a string, got {type(value).__name__}")
         return value
 
-    def bool(self, key: str, default: bool) -> bool:
+    def bool(self, key: builtins.str, default: builtins.bool) -> builtins.bool:
         value = self.raw(key, default)
         if not isinstance(value, bool):
             raise self.error(key, f"expected true or false, got {value!r}")
@@ -222,14 +241,14 @@ class SectionReader:
 
     def number(
         self,
-        key: str,
+        key: builtins.str,
         default: float,
         *,
         minimum: float = 0,
         maximum: float | None = None,
         above: float | None = None,
-        integer: bool = False,
-        text: bool = False,
+        integer: builtins.bool = False,
+        text: builtins.bool = False,
     ) -> Any:
         """A number from ``minimum`` (or more than ``above``) to ``maximum``.  With ``text``, a
         number written as a string (as the environment gives them) is read too."""
@@ -257,12 +276,12 @@ class SectionReader:
 
     def str_list(
         self,
-        key: str,
-        default: tuple[str, ...] | list[str],
+        key: builtins.str,
+        default: tuple[builtins.str, ...] | list[builtins.str],
         *,
-        split: bool = False,
-        allow_empty: bool = True,
-    ) -> tuple[str, ...]:
+        split: builtins.bool = False,
+        allow_empty: builtins.bool = True,
+    ) -> tuple[builtins.str, ...]:
         """A list of strings; a single string is a list of one (of its words with ``split``)."""
         value = self.raw(key, default)
         if isinstance(value, str):
@@ -274,7 +293,9 @@ class SectionReader:
             raise self.error(key, f"expected a list of {what}")
         return tuple(value)
 
-    def choice(self, key: str, default: str, choices: tuple[str, ...]) -> str:
+    def choice(
+        self, key: builtins.str, default: builtins.str, choices: tuple[builtins.str, ...]
+    ) -> builtins.str:
         value = self.str(key, default)
         if value not in choices:
             raise self.error(key, f"must be one of {', '.join(choices)}, got {value!r}")
@@ -282,12 +303,12 @@ class SectionReader:
 
     def url(
         self,
-        key: str,
-        default: str | None = None,
+        key: builtins.str,
+        default: builtins.str | None = None,
         *,
-        schemes: tuple[str, ...] = ("http", "https"),
-        required: bool = False,
-    ) -> str | None:
+        schemes: tuple[builtins.str, ...] = ("http", "https"),
+        required: builtins.bool = False,
+    ) -> builtins.str | None:
         """A string whose URL scheme is one of ``schemes`` (the rest is the caller's to check)."""
         value = self.str(key, default, required=required)
         if value is not None and urlsplit(value).scheme not in schemes:
@@ -296,7 +317,21 @@ class SectionReader:
             raise self.error(key, f"expected a {wanted} URL, got {value!r}")
         return value
 
-    def path(self, key: str, default: str | None = None, *, required: bool = False) -> str | None:
+    @overload
+    def path(
+        self, key: builtins.str, default: builtins.str, *, required: builtins.bool = False
+    ) -> builtins.str: ...
+    @overload
+    def path(
+        self, key: builtins.str, default: None = None, *, required: builtins.bool = False
+    ) -> builtins.str | None: ...
+    def path(
+        self,
+        key: builtins.str,
+        default: builtins.str | None = None,
+        *,
+        required: builtins.bool = False,
+    ) -> builtins.str | None:
         """The path of a file: a non-empty string (SQLite's ``:memory:`` is no file)."""
         value = self.raw(key, default)
         if value is None:
@@ -307,15 +342,15 @@ class SectionReader:
             raise self.error(key, f"expected the path of a file, got {value!r}")
         return value
 
-    def known(self, keys: Iterable[str]) -> None:
+    def known(self, keys: Iterable[builtins.str]) -> None:
         """Refuse a key outside ``keys`` at once, before any is read (a typo is the first error)."""
         self._refuse(set(self.data) - set(keys))
 
-    def finish(self, allowed_extra: set[str] = frozenset()) -> None:  # type: ignore[assignment]
+    def finish(self, allowed_extra: Iterable[builtins.str] = frozenset()) -> None:
         """Refuse a key that was not read (nor is in ``allowed_extra``)."""
         self._refuse(set(self.data) - self.seen - set(allowed_extra))
 
-    def _refuse(self, unknown: set[str]) -> None:
+    def _refuse(self, unknown: set[builtins.str]) -> None:
         if unknown:
             raise self.error(sorted(unknown)[0], "unknown setting (check its spelling)")
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 from .users import ALL, Orga, PlugItUser
 
@@ -82,6 +82,10 @@ def gravatar_url(email: str) -> str:
     return f"https://www.gravatar.com/avatar/{digest.hexdigest()}?d=retro"
 
 
+# What a backend matches groups by (LDAP: a normalised DN, OIDC: the claim's text).
+GroupKey = TypeVar("GroupKey", bound=Hashable)
+
+
 @dataclass(frozen=True)
 class GroupGrant:
     """What membership of one external group (a directory's, a provider's) gives."""
@@ -95,9 +99,9 @@ def parse_group_grants(
     value: Any,
     service_names: set[str],
     *,
-    group_key: Callable[[str, Any], Hashable],
+    group_key: Callable[[str, Any], GroupKey],
     described: str,
-) -> dict[Hashable, GroupGrant]:
+) -> dict[GroupKey, GroupGrant]:
     """Validate a ``groups`` table: ``group = { services = {name = role}, orgas = {...} }``.
 
     ``group_key(where, group)`` checks one group name and returns the key it is matched by
@@ -108,7 +112,7 @@ def parse_group_grants(
         raise reader.error(
             "groups", f"expected a table of {described} = {{ services = {{...}}, ... }}"
         )
-    grants: dict[Hashable, GroupGrant] = {}
+    grants: dict[GroupKey, GroupGrant] = {}
     for group, grant in value.items():
         where = f'groups."{group}"'
         key = group_key(where, group)
@@ -143,9 +147,9 @@ def parse_group_grants(
 
 
 def grant_memberships(
-    grants: Mapping[Hashable, GroupGrant],
-    groups: Iterable[Hashable],
-    superuser_groups: Iterable[Hashable] = (),
+    grants: Mapping[GroupKey, GroupGrant],
+    groups: Iterable[GroupKey],
+    superuser_groups: Iterable[GroupKey] = (),
 ) -> tuple[dict[str, str], dict[str, str]]:
     """(service roles, organisation roles) given by a user's groups: the strongest role wins,
     and a superuser group makes its members administrators of every service."""

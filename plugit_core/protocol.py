@@ -97,13 +97,18 @@ class ProtocolError(Exception):
 
 
 class UserLike(Protocol):
-    """What the access rules read from a user."""
+    """What the access rules read from a user (attributes or properties: only read)."""
 
-    is_authenticated: bool
-    ebuio_member: bool
-    ebuio_admin: bool
-    ebuio_orga_member: bool
-    ebuio_orga_admin: bool
+    @property
+    def is_authenticated(self) -> bool: ...
+    @property
+    def ebuio_member(self) -> bool: ...
+    @property
+    def ebuio_admin(self) -> bool: ...
+    @property
+    def ebuio_orga_member(self) -> bool: ...
+    @property
+    def ebuio_orga_admin(self) -> bool: ...
 
 
 @dataclass(frozen=True)

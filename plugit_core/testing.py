@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import quote, unquote, urlencode, urlsplit
 
-from werkzeug.serving import make_server
+from werkzeug.serving import ThreadedWSGIServer
 
 from . import protocol
 from .networks import parse_networks
@@ -50,8 +50,7 @@ __all__ = [
 @contextlib.contextmanager
 def serve(app: Callable[..., Any], host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
     """Serve ``app`` over real HTTP on ``host`` (a free port by default); yield its base URL."""
-    server = make_server(host, port, app, threaded=True)
-    server.daemon_threads = True
+    server = ThreadedWSGIServer(host, port, app)  # (its request threads are daemons)
     thread = threading.Thread(
         target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
     )

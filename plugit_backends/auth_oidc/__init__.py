@@ -599,12 +599,16 @@ class OIDCAuth:
         if (len(audiences) > 1 or azp is not None) and azp != s.client_id:
             raise refuse("authorized party %r is not %r", azp, s.client_id)
         now = self.clock()
-        exp, iat = claims.get("exp"), claims.get("iat")
-        for name, value in (("exp", exp), ("iat", iat)):
+
+        def time_claim(name: str) -> float:
+            value = claims.get(name)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise refuse("%s is missing or not a number", name)
             if isinstance(value, float) and not math.isfinite(value):
                 raise refuse("%s is not finite", name)
+            return value
+
+        exp, iat = time_claim("exp"), time_claim("iat")
         if now >= exp + s.leeway:
             raise refuse("expired %d s ago", int(now - exp))
         if iat > now + s.leeway:

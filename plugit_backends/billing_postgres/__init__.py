@@ -225,7 +225,7 @@ class PostgresBillingStore:
         """``template`` with ``{s}`` the quoted schema name."""
         query = self._sql_cache.get(template)
         if query is None:
-            query = sql.SQL(template).format(s=sql.Identifier(self.schema))  # type: ignore[arg-type]
+            query = sql.SQL(template).format(s=sql.Identifier(self.schema))
             self._sql_cache[template] = query
         return query
 
@@ -456,7 +456,7 @@ class PostgresBillingStore:
 
 def factory(config: ProxyConfig, section: Mapping[str, Any]) -> PostgresBillingStore:
     """Build the store from ``[billing_postgres]``."""
-    return build_store(  # type: ignore[no-any-return]
+    return build_store(
         config,
         section,
         "billing_postgres",

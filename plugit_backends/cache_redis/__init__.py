@@ -230,9 +230,11 @@ class RedisCache:
     def get(self, key: str) -> bytes | None:
         try:
             with self.guard.call():
-                return self._redis.get(self._key(key))  # type: ignore[no-any-return]
+                value = self._redis.get(self._key(key))
         except StoreUnavailable:
             return self.fallback.get(key)
+        assert value is None or isinstance(value, bytes)  # (no decode_responses: bytes)
+        return value
 
     def set(self, key: str, value: bytes, ttl: float) -> None:
         if ttl <= 0:

@@ -298,8 +298,8 @@ def login_view(request: Any) -> Response:
         response = Response(b"", status=303, headers={"Location": next_path})
         response.headers["Cache-Control"] = "no-store"
         return response
-    for name, exc in codes:
-        log.info("login of %r refused by %s: %s", username[:MAX_USERNAME], name, exc.code)
+    for name, refusal in codes:
+        log.info("login of %r refused by %s: %s", username[:MAX_USERNAME], name, refusal.code)
     # Say why only when no backend could check the password (directory down), or when the
     # password was right but the account is disabled (backends say so only then).
     if codes and all(exc.code == "unavailable" for _, exc in codes):

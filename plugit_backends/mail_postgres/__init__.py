@@ -230,7 +230,7 @@ class PostgresMailQueue:
         """``template`` with ``{s}`` the quoted schema name."""
         query = self._sql_cache.get(template)
         if query is None:
-            query = sql.SQL(template).format(s=sql.Identifier(self.schema))  # type: ignore[arg-type]
+            query = sql.SQL(template).format(s=sql.Identifier(self.schema))
             self._sql_cache[template] = query
         return query
 
@@ -275,6 +275,7 @@ class PostgresMailQueue:
                     ),
                     (service, now - 3600),
                 ).fetchone()
+                assert row is not None  # an aggregate without GROUP BY gives one row
                 used, oldest = int(row["used"]), row["oldest"]
                 if used + len(recipients) > max_per_hour:
                     retry_after = (oldest + 3600 - now) if oldest is not None else 3600.0
@@ -299,6 +300,7 @@ class PostgresMailQueue:
                     now,
                 ),
             ).fetchone()
+        assert row is not None  # INSERT ... RETURNING gives the row it wrote
         return int(row["id"])
 
     def claim(

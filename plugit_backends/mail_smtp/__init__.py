@@ -43,6 +43,7 @@ service answered ``{"result": "Ok"}``.
 
 from __future__ import annotations
 
+import builtins
 import email.utils
 import hashlib
 import imaplib
@@ -172,14 +173,17 @@ class MailSettings:
 class _Reader:
     """Typed access to the table; ``{ env = "NAME" }`` reads a value from the environment."""
 
-    def __init__(self, config: ProxyConfig, section: Mapping[str, Any]) -> None:
+    # The annotations say builtins.str and builtins.bool: in this class, str and bool are the
+    # methods below.
+
+    def __init__(self, config: ProxyConfig, section: Mapping[builtins.str, Any]) -> None:
         self.config = config
         self.section = section
 
-    def error(self, key: str, message: str) -> ConfigError:
+    def error(self, key: builtins.str, message: builtins.str) -> ConfigError:
         return ConfigError(f"{SECTION}.{key}", message, self.config.source)
 
-    def raw(self, key: str, default: Any = None) -> Any:
+    def raw(self, key: builtins.str, default: Any = None) -> Any:
         value = self.section.get(key, default)
         if isinstance(value, Mapping) and set(value) == {"env"}:
             name = value["env"]
@@ -188,7 +192,7 @@ class _Reader:
             return os.environ[name]
         return value
 
-    def str(self, key: str, default: str | None = None) -> str | None:
+    def str(self, key: builtins.str, default: builtins.str | None = None) -> builtins.str | None:
         value = self.raw(key, default)
         if value is None or value == "":
             return default if value == "" else None
@@ -196,13 +200,20 @@ class _Reader:
             raise self.error(key, f"expected a string, got {type(value).__name__}")
         return value
 
-    def bool(self, key: str, default: bool) -> bool:
+    def bool(self, key: builtins.str, default: builtins.bool) -> builtins.bool:
         value = self.raw(key, default)
         if not isinstance(value, bool):
             raise self.error(key, f"expected true or false, got {value!r}")
         return value
 
-    def number(self, key: str, default: float, *, minimum: float = 0, integer: bool = False) -> Any:
+    def number(
+        self,
+        key: builtins.str,
+        default: float,
+        *,
+        minimum: float = 0,
+        integer: builtins.bool = False,
+    ) -> Any:
         value = self.raw(key, default)
         kind = int if integer else (int, float)
         if isinstance(value, bool) or not isinstance(value, kind) or value < minimum:
@@ -210,7 +221,7 @@ class _Reader:
             raise self.error(key, f"expected {what} of at least {minimum}, got {value!r}")
         return value
 
-    def str_list(self, key: str) -> tuple[str, ...]:
+    def str_list(self, key: builtins.str) -> tuple[builtins.str, ...]:
         value = self.raw(key, [])
         if isinstance(value, str):
             value = [value]
@@ -218,7 +229,9 @@ class _Reader:
             raise self.error(key, "expected a list of strings")
         return tuple(value)
 
-    def address(self, key: str, *, display_name: bool = False) -> str | None:
+    def address(
+        self, key: builtins.str, *, display_name: builtins.bool = False
+    ) -> builtins.str | None:
         value = self.str(key)
         if value is None:
             return None
@@ -404,7 +417,8 @@ class ReplyTokens:
 
     def verify(self, token: str) -> tuple[str, str]:
         """(service, response_id); raises ``BadSignature`` (``SignatureExpired`` when too old)."""
-        data = self._serializer.loads(token, max_age=self.max_age)
+        # (ages are whole seconds: age > max_age is age > int(max_age))
+        data = self._serializer.loads(token, max_age=int(self.max_age))
         if (
             not isinstance(data, list)
             or len(data) != 2
@@ -923,14 +937,17 @@ class MailBackend:
                 except _PermanentError as exc:
                     log.error("mail %d from %s refused for good: %s", mail.id, mail.service, exc)
                     self._record(mail, "mark_failed", str(exc))
-                    conn = _drop(conn)
+                    _drop(conn)
+                    conn = None
                 except (smtplib.SMTPException, OSError) as exc:
                     self._retry(mail, _why(exc))
-                    conn = _drop(conn)
+                    _drop(conn)
+                    conn = None
                 except Exception as exc:  # not the server's doing: a few tries, then failed
                     log.exception("mail %d from %s: unexpected error", mail.id, mail.service)
                     self._retry(mail, f"unexpected error: {_why(exc)}", UNEXPECTED_ATTEMPTS)
-                    conn = _drop(conn)
+                    _drop(conn)
+                    conn = None
                 else:
                     note = None
                     if refused:
@@ -1248,12 +1265,11 @@ def _why(exc: BaseException) -> str:
 
 def _drop(conn: smtplib.SMTP | None) -> None:
     if conn is None:
-        return None
+        return
     try:
         conn.quit()
     except (smtplib.SMTPException, OSError):
         conn.close()
-    return None
 
 
 # -- plugin hooks ----------------------------------------------------------------------------------

@@ -122,7 +122,9 @@ class IMAPMailbox(Mailbox):
         uids = (data[0] or b"").split()
         if not uids:
             return []
-        reply = _check(self.conn.uid("FETCH", b",".join(uids), "(RFC822.SIZE)"), "IMAP FETCH")
+        reply = _check(
+            self.conn.uid("FETCH", b",".join(uids).decode("ascii"), "(RFC822.SIZE)"), "IMAP FETCH"
+        )
         sizes: dict[bytes, int] = {}
         for item in reply:
             line = item[0] if isinstance(item, tuple) else item

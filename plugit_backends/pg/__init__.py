@@ -331,7 +331,7 @@ def migrate(conn: Connection[Any], schema: str, component: str, steps: Sequence[
                 f"newer than this PlugIt's ({wanted})"
             )
         for step in steps[current:]:
-            conn.execute(sql.SQL(step).format(schema=ident))  # type: ignore[arg-type]
+            conn.execute(sql.SQL(step).format(schema=ident))
         if current < wanted:
             conn.execute(
                 sql.SQL(

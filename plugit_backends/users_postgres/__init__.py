@@ -255,7 +255,7 @@ class PostgresUserStore:
         query = self._sql_cache.get(key)
         if query is None:
             text = template.replace("{where}", where)
-            query = sql.SQL(text).format(s=sql.Identifier(self.schema))  # type: ignore[arg-type]
+            query = sql.SQL(text).format(s=sql.Identifier(self.schema))
             self._sql_cache[key] = query
         return query
 
@@ -727,7 +727,7 @@ class PostgresUserStore:
 
 
 def _factory(config: ProxyConfig, section: Mapping[str, Any]) -> PostgresUserStore:
-    return build_store(  # type: ignore[no-any-return]
+    return build_store(
         config,
         section,
         "users_postgres",

@@ -544,7 +544,7 @@ class ProxyApp:
             endpoint, values = adapter.match()
         except HTTPException as exc:
             if exc.code is not None and exc.code < 400:
-                return exc.get_response()  # type: ignore[return-value]
+                return exc.get_response()
             return self.error_page(request, exc.code or 404)
         if endpoint == "static":
             return self.static(request, values["path"])

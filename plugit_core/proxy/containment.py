@@ -22,9 +22,12 @@ Every response of the proxy carries :func:`common_headers`.
 from __future__ import annotations
 
 import re
-from collections.abc import MutableMapping
+from typing import TYPE_CHECKING
 
 import nh3
+
+if TYPE_CHECKING:
+    from werkzeug.datastructures import Headers
 
 __all__ = [
     "RAW_POLICY",
@@ -166,7 +169,7 @@ RAW_POLICY = (
 )
 
 
-def common_headers(headers: MutableMapping[str, str], *, hsts: bool) -> None:
+def common_headers(headers: Headers, *, hsts: bool) -> None:
     """Headers every response of the proxy carries (those already set are kept)."""
     headers.setdefault("X-Content-Type-Options", "nosniff")
     headers.setdefault("Referrer-Policy", "strict-origin-when-cross-origin")

@@ -29,9 +29,9 @@ import inspect
 import re
 import time
 import types
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sized
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 from jinja2 import nodes
 from jinja2.compiler import CodeGenerator, Frame
@@ -262,9 +262,10 @@ class _Instrument(NodeTransformer):
         return _environment_call("plugit_sized", node)
 
 
-def _environment_call(name: str, argument: nodes.Expr) -> nodes.Call:
+def _environment_call(name: str, argument: nodes.Node) -> nodes.Call:
     call = nodes.Call(nodes.EnvironmentAttribute(name), [argument], [], None, None)
-    return call.set_lineno(argument.lineno or 1)
+    call.set_lineno(argument.lineno or 1)
+    return call
 
 
 class ServiceSandbox(ImmutableSandboxedEnvironment):
@@ -385,7 +386,8 @@ class ServiceSandbox(ImmutableSandboxedEnvironment):
     def getitem(self, obj: Any, argument: Any) -> Any:
         if isinstance(obj, Undefined):
             return super().getitem(obj, argument)
-        if isinstance(obj, (dict, list, tuple, str, Namespace, TemplateReference)):
+        # (a Namespace has no items: ns["x"] reads its attribute below, like ns.x)
+        if isinstance(obj, (dict, list, tuple, str, TemplateReference)):
             try:
                 return obj[argument]
             except (TypeError, LookupError):
@@ -476,7 +478,7 @@ def check_printf(spec: str, limit: int) -> None:
                 raise OverBudget("size", f"a width of more than {limit} characters")
 
 
-class _BoundedFilters(dict):  # type: ignore[type-arg]
+class _BoundedFilters(dict[str, Any]):
     """The environment's filters, each wrapped by :func:`_bounded` when it is added."""
 
     def __init__(self, env: ServiceSandbox, filters: Mapping[str, Any]) -> None:
@@ -608,7 +610,7 @@ def _check_growth(
             raise OverBudget("size", f"{name}: the result would be larger than {limit}")
 
 
-def _sized(value: Any) -> bool:
+def _sized(value: Any) -> TypeGuard[Sized]:
     return isinstance(value, (str, list, tuple, dict, range, Markup)) or (
         hasattr(value, "__len__") and not isinstance(value, Iterator)
     )

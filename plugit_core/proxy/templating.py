@@ -78,7 +78,7 @@ class ThemeServiceLoader(jinja2.FileSystemLoader):
 
     def get_source(
         self, environment: jinja2.Environment, template: str
-    ) -> tuple[str, str | None, Callable[[], bool]]:
+    ) -> tuple[str, str, Callable[[], bool]]:
         if template.startswith("plugIt/"):
             template = "plugit/" + template[len("plugIt/") :]
         return super().get_source(environment, template)

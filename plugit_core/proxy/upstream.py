@@ -338,7 +338,7 @@ class ServiceClient:
             and str(data.get("version")) == protocol.PROTOCOL_VERSION
         )
         self.compatible = ok
-        if not ok:
+        if not ok or not isinstance(data, dict):  # (ok says it is a dict)
             return False, f"version answered {reply.status} {reply.body[:200]!r}"
         name = str(data.get("protocol"))[:100]
         if name != protocol.PROTOCOL_NAME:

@@ -41,7 +41,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from werkzeug.exceptions import (
     BadRequest,
@@ -344,7 +344,7 @@ def _status_response(exc: HTTPException) -> Response:
             if name.lower() not in ("content-type", "content-length"):
                 bare.headers.add(name, value)
         return bare
-    return response  # type: ignore[return-value]
+    return response
 
 
 def _buffer_unsized_body(request: Request, limit: int | None) -> None:
@@ -486,8 +486,9 @@ class PlugItService:
         """Register every decorated action of a module (or an iterable of functions)."""
         if isinstance(actions, types.ModuleType):
             candidates = [(name, value) for name, value in vars(actions).items()]
-        else:
-            candidates = [(getattr(fn, "__name__", repr(fn)), fn) for fn in actions]
+        else:  # (mypy cannot rule out a module that is also iterable)
+            functions = cast(Iterable[Callable[..., Any]], actions)
+            candidates = [(getattr(fn, "__name__", repr(fn)), fn) for fn in functions]
         for name, fn in candidates:
             spec = get_spec(fn) if callable(fn) else None
             if spec is not None and spec.is_action:
@@ -568,7 +569,7 @@ class PlugItService:
     def _log_unknown(self, request: Request) -> None:
         """The proxy asked for an action this service does not have: say which, and what is."""
         if request.path.startswith(self.config.base_url + "meta/"):
-            routes = sorted({a.spec.route for a in self.actions.values()})
+            routes = sorted({a.spec.route or "" for a in self.actions.values()})  # (all have one)
             log.warning(
                 "no action at %s (the actions: %s)",
                 request.path,
@@ -608,7 +609,7 @@ class PlugItService:
             raise _SignatureRefused(exc) from None
 
     def _dispatch(
-        self, kind: str, name: str | None, values: dict[str, Any], request: ServiceRequest
+        self, kind: str, name: str | None, values: Mapping[str, Any], request: ServiceRequest
     ) -> Response:
         if kind == "ping":
             return json_response({"data": request.args.get("data", "")})
@@ -737,7 +738,7 @@ class PlugItService:
         except ValueError as exc:
             raise BadRequest(f"malformed form data: {exc}") from None
 
-    def _action(self, act: _Action, values: dict[str, Any], request: ServiceRequest) -> Response:
+    def _action(self, act: _Action, values: Mapping[str, Any], request: ServiceRequest) -> Response:
         spec = act.spec
         if request.method == "OPTIONS" and spec.cors is not None:
             return self._add_cors(json_response({}), spec, request)

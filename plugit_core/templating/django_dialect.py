@@ -1217,8 +1217,9 @@ class _FormatError(ValueError):
 
 def _format_date(value: date | time, format_string: str) -> str:
     """Format a date, datetime or time with Django's ``date`` format characters."""
-    only_date = isinstance(value, date) and not isinstance(value, datetime)
-    if only_date:
+    only_date = False
+    if isinstance(value, date) and not isinstance(value, datetime):
+        only_date = True
         value = datetime(value.year, value.month, value.day)
     out = []
     chars = iter(format_string)

@@ -52,7 +52,7 @@ def home(request: HttpRequest) -> HttpResponse:
             '<p id="hello">Hello, {} ({}).</p><form method="post" action="/logout/">'
             '<input type="hidden" name="csrfmiddlewaretoken" value="{}">'
             '<button type="submit">Log out</button></form>',
-            user.get_full_name() or user.get_username(),  # type: ignore[union-attr]
+            user.get_full_name() or user.get_username(),
             user.get_username(),
             get_token(request),
         )

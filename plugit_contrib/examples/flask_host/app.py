@@ -209,7 +209,13 @@ def create_app(
         return flask.redirect(flask.url_for("home"), code=303)
 
     identify = plugit_identity_from_flask(app, load_user)
-    config = dict(plugit_config) if isinstance(plugit_config, Mapping) else plugit_config
+    config: ProxyConfig | Mapping[str, Any] | str | Path
+    if isinstance(plugit_config, Mapping):
+        config = dict(plugit_config)
+    elif isinstance(plugit_config, os.PathLike):
+        config = Path(plugit_config)  # what the proxy reads as a file
+    else:
+        config = plugit_config
     # The layout's "Log in" leads to the site's login; its "Log out" button posts to the site's
     # logout with the site's own CSRF token (the proxy's would be refused).
     proxy_options.setdefault("login_url", "/login")
