@@ -24,7 +24,8 @@ Python, :func:`create_app` returns the WSGI application::
     from plugit_contrib.examples.voting import create_app
     app = create_app("polls.sqlite3", secret="...", debug=True)
 
-Actions: ``/`` (list), ``/show/<pollId>``, ``/vote/<pollId>/<responseId>`` (POST),
+Actions: ``/`` (list), ``/latest`` (the newest polls, a fragment for other pages),
+``/show/<pollId>``, ``/vote/<pollId>/<responseId>`` (POST),
 ``/create/``, ``/test_json``, ``/test_xml``, ``/test_send_file``, plus a mail callback that keeps
 replies to the service's e-mails.
 """

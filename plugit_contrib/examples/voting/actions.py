@@ -4,6 +4,7 @@
 * Logged-in users vote (``/vote/<poll>/<response>``, POST); a second vote changes the first.
 * Members create polls (``/create/``).
 * Administrators also see who voted for what.
+* ``/latest``: the newest polls, a fragment other pages place (docs/fragments.md).
 * ``/test_json``, ``/test_xml`` and ``/test_send_file`` show the other kinds of replies.
 
 Who the user is comes only from ``request.user_info``: the ``ebuio_u_*`` parameters the proxy
@@ -26,6 +27,7 @@ from plugit_core.service import (
     abort,
     action,
     cache,
+    fragment_assets,
     json_only,
     only_logged_user,
     only_member_user,
@@ -39,6 +41,7 @@ __all__ = [
     "DB_ENVIRON_KEY",
     "create",
     "home",
+    "latest",
     "mail_callback",
     "show",
     "test_json",
@@ -56,6 +59,7 @@ MAX_RESPONSE = 200
 MAX_RESPONSES = 20
 MIN_RESPONSES = 2
 FORM_RESPONSE_FIELDS = 4  # the create form always offers at least this many inputs
+LATEST_POLLS = 3
 
 # Characters XML 1.0 cannot carry (C0 controls but tab, LF and CR; lone surrogates; U+FFFE/F).
 _NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
@@ -108,6 +112,21 @@ def home(request: ServiceRequest) -> dict[str, Any]:
         for poll in get_db(request).list_polls()
     ]
     return {"polls": polls}
+
+
+@action("/latest", template="latest.html")
+@cache(time=5)
+@fragment_assets(css=["voting.css"])
+def latest(request: ServiceRequest) -> dict[str, Any]:
+    """Fragment: the newest polls with their number of votes, for other pages to place (a site
+    page, a sidebar); its template extends no layout."""
+    polls = get_db(request).list_polls()[-LATEST_POLLS:]
+    return {
+        "polls": [
+            {"id": poll["id"], "title": poll["title"], "total_votes": poll["total_votes"]}
+            for poll in reversed(polls)
+        ]
+    }
 
 
 @action("/show/<int:pollId>", template="show.html")
