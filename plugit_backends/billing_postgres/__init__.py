@@ -461,6 +461,7 @@ def factory(config: ProxyConfig, section: Mapping[str, Any]) -> PostgresBillingS
         section,
         "billing_postgres",
         lambda settings: PostgresBillingStore(settings.dsn, **settings.store_kwargs()),
+        required=False,  # a billing outage takes paid features away, not the site
     )
 
 

@@ -305,7 +305,15 @@ def api_user(call: ApiCall, pk: str) -> dict[str, Any]:
 
 
 def api_subscriptions(call: ApiCall, pk: str) -> list[str]:
-    return list(call.user(pk).subscriptions.get(call.service, ()))
+    user = call.user(pk)
+    labels = list(user.subscriptions.get(call.service, ()))
+    billing = getattr(call.proxy, "billing", None)
+    if billing is not None and user.pk is not None:
+        # Asked of the store itself: while it is unavailable this is a 503, never "none" (a
+        # loaded user's labels are left out during an outage, see plugit_user_loaded).
+        found = billing.labels(call.service, user.pk, [orga.pk for orga in user.orgas])
+        labels = list(dict.fromkeys((*labels, *found)))
+    return labels
 
 
 def api_user_techgroups(call: ApiCall, pk: str) -> list[Any]:
