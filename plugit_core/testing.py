@@ -289,6 +289,20 @@ def _meta_problems(meta: dict[str, Any]) -> list[str]:
                     parse_networks(value, setting="address_in_networks")
                 except ValueError:
                     good = False
+        elif key == "fragment_assets":  # an extension of protocol 1 (docs/fragments.md)
+            good = (
+                isinstance(value, dict)
+                and set(value) <= {"css", "js"}
+                and all(
+                    isinstance(paths, list)
+                    and len(paths) <= 8
+                    and all(
+                        isinstance(p, str) and p and not p.startswith("/") and ":" not in p
+                        for p in paths
+                    )
+                    for paths in value.values()
+                )
+            )
         else:
             problems.append(f"unknown meta key {key!r}")
             continue

@@ -230,6 +230,16 @@ def always(status: int, body: bytes = b"{}") -> Callable[..., Response]:
             on("/meta", edit_json(address_in_networks=["nope"])), {"meta"}, id="meta-bad-network"
         ),
         pytest.param(
+            on("/meta", edit_json(fragment_assets={"css": ["/etc/x.css"]})),
+            {"meta"},
+            id="meta-asset-outside-media",
+        ),
+        pytest.param(
+            on("/meta", edit_json(fragment_assets={"img": ["a.png"]})),
+            {"meta"},
+            id="meta-asset-unknown-kind",
+        ),
+        pytest.param(
             on("/meta", edit_json(template_tag=None)), {"meta", "template"}, id="meta-tag-null"
         ),
         pytest.param(
