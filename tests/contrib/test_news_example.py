@@ -135,7 +135,9 @@ def test_the_voting_latest_fragment(tmp_path: Path) -> None:
     with serve(app) as base:
         assert get(base, "/action/latest").json() == {"polls": []}
         ids = [app.db.create_poll(f"Poll {n}", "", ["a", "b"]) for n in range(5)]
-        app.db.vote(ids[4], app.db.get_poll(ids[4])["responses"][0]["id"], "1", "ann")
+        newest = app.db.get_poll(ids[4])
+        assert newest is not None
+        app.db.vote(ids[4], newest["responses"][0]["id"], "1", "ann")
         polls = get(base, "/action/latest").json()["polls"]
         assert polls == [
             {"id": ids[4], "title": "Poll 4", "total_votes": 1},
