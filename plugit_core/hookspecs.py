@@ -109,6 +109,19 @@ def plugit_startup(proxy: ProxyApp) -> None:
     """
 
 
+@hookspec
+def plugit_shutdown(proxy: ProxyApp) -> None:
+    """The proxy is closing (:meth:`ProxyApp.close <plugit_core.proxy.app.ProxyApp.close>`).
+
+    Called once, in reverse registration order (the plugins passed in code first, the built-in
+    backends last), while the proxy's service clients still work.  Stop what
+    ``plugit_startup`` started and release what the plugin holds.  The proxy's own
+    implementation wraps the others: once they returned, it closes the backends the proxy
+    built (mail queue, directory, billing, cache, sessions, auth).  Returns nothing; an
+    exception is logged and the proxy still closes its backends and connections.
+    """
+
+
 # -- one request -----------------------------------------------------------------------------------
 
 
@@ -130,8 +143,8 @@ def plugit_user_loaded(user: PlugItUser, proxy: ProxyApp) -> Mapping[str, Any] |
     Called for every authenticated user the proxy identifies for a request, and for users looked
     up by pk (``plugit_get_user`` in templates, the callback API).  Return a mapping of
     :class:`~plugit_core.users.PlugItUser` fields to change (``{"subscriptions": {...}}``), or
-    None.  Every plugin is called with the same user; the changes are applied together, the
-    first registered plugin's last.
+    None.  Every plugin is called with the same user; the changes are applied together, and
+    when two plugins change the same field the one registered last wins (it is called first).
     """
 
 

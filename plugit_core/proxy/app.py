@@ -21,7 +21,7 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Generator, Iterable, Mapping
 from dataclasses import replace
 from functools import cached_property
 from pathlib import Path
@@ -185,11 +185,24 @@ class ProxyRequest(Request):
 
 
 class _CoreCall:
-    """The proxy's own implementation of the call hook: the HTTP request to the service."""
+    """The proxy's own hook implementations: the HTTP request to the service, and the closing
+    of the backends it built once every plugin's ``plugit_shutdown`` returned."""
 
     @hookimpl(trylast=True)
     def plugit_call_service(self, page: Any, upstream: Any) -> Any:
         return page.client.send(upstream)
+
+    @hookimpl(wrapper=True)
+    def plugit_shutdown(self, proxy: ProxyApp) -> Generator[None, None, None]:
+        try:
+            yield
+        finally:
+            # The mail queue first: its threads use the service clients.
+            backends = (proxy.mail, proxy.users, proxy.billing, proxy.cache, proxy.sessions)
+            for backend in (*backends, *proxy.auth):
+                closer = getattr(backend, "close", None)
+                if callable(closer):
+                    closer()
 
 
 class _HostIdentity:
@@ -1035,18 +1048,18 @@ class ProxyApp:
         return self._site_response(request, html, status)
 
     def close(self) -> None:
-        """Release pools, connections and threads (the proxy cannot serve afterwards)."""
+        """Release pools, connections and threads (the proxy cannot serve afterwards).
+
+        Calls the ``plugit_shutdown`` hook first, which also closes the backends."""
         self.metrics_board.close()
-        if self.mail is not None:
-            self.mail.close()  # first: its threads use the service clients
+        try:
+            self.pm.hook.plugit_shutdown(proxy=self)
+        except Exception:
+            log.exception("a plugit_shutdown implementation failed")
         self._shadow_pool.shutdown(wait=False, cancel_futures=True)
         self.fragments.close()
         for client in self.clients.values():
             client.close()
-        for backend in (self.users, self.billing, self.cache, self.sessions, *self.auth):
-            closer = getattr(backend, "close", None)
-            if callable(closer):
-                closer()
 
 
 class PlugItMiddleware:
