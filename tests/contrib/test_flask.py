@@ -236,6 +236,7 @@ def test_client_plugit_headers_are_stripped_everywhere(host: Browser) -> None:
     # only the proxy's own headers reach the service (its address, not the forged one)
     assert set(data["plugit_headers"]) == {
         "x-plugit-remote-addr",
+        "x-plugit-deadline",  # when the proxy stops waiting, signed like the rest
         "x-plugit-nonce",
         "x-plugit-signature",
         "x-plugit-timestamp",
