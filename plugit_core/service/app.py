@@ -264,8 +264,8 @@ class ServiceRequest(Request):
 
         A property sent several times (a list such as ``subscription_labels``) is a list.
         """
-        values = self.form if self.method == "POST" else self.args
         info: dict[str, Any] = {}
+        values = self._proxy_values()
         for key in values:
             if key.startswith("ebuio_u_"):
                 items = values.getlist(key)
@@ -291,8 +291,12 @@ class ServiceRequest(Request):
     @property
     def orga_pk(self) -> str | None:
         """The current organisation's id in orga mode (``ebuio_orgapk``), else None."""
-        values = self.form if self.method == "POST" else self.args
-        return values.get("ebuio_orgapk")
+        return self._proxy_values().get("ebuio_orgapk")
+
+    def _proxy_values(self) -> Any:
+        """Where the proxy put its ``ebuio_*`` values: the form of a POST that has one, else
+        the query (any other method, and a POST with a JSON or empty body)."""
+        return self.form if self.method == "POST" and self.form else self.args
 
     @property
     def plugit_session(self) -> dict[str, str]:

@@ -125,6 +125,14 @@ def echo_action(request):
     return echo(request)
 
 
+@action("/whoami_json", methods=["POST"])
+@json_only()
+@user_info(["username", "pk"])
+def whoami_json(request):
+    """A POST with a JSON body: the proxy's user values then come in the query."""
+    return {"user": request.user_info, "body": request.get_json(silent=True)}
+
+
 @action("/slow")
 @json_only()
 def slow(request):

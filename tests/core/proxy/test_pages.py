@@ -368,3 +368,12 @@ def test_405_keeps_the_services_allow_header(browser):
     allowed = {m.strip() for m in response.headers["Allow"].split(",")}
     assert {"GET", "POST", "PUT", "DELETE"} <= allowed
     assert "PATCH" not in allowed
+
+
+def test_a_json_post_still_carries_the_users_values(browser):
+    browser.as_user("log")
+    response = browser.post(
+        "/svc/whoami_json", json={"vote": 1}, headers={"X-CSRFToken": browser.csrf()}
+    )
+    assert response.status_code == 200
+    assert response.json() == {"user": {"username": "Logged", "pk": "-1"}, "body": {"vote": 1}}
