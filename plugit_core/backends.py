@@ -8,7 +8,7 @@ the kind's shared conformance suite (``plugit_core.conformance`` for caches and 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping, MutableMapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -93,13 +93,6 @@ class Session(dict[str, Any]):
         if self:
             self.modified = True
         super().clear()
-
-    def namespace(self, name: str) -> MutableMapping[str, Any]:
-        """A sub-dict stored under ``name`` (created on first write)."""
-        value = self.get(name)
-        if not isinstance(value, dict):
-            value = {}
-        return value
 
 
 class SessionBackend(Protocol):

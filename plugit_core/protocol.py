@@ -36,10 +36,6 @@ H_REDIRECT_NOPREFIX = "EbuIo-PlugIt-Redirect-NoPrefix"
 H_FILE = "EbuIo-PlugIt-ItAFile"
 H_NO_TEMPLATE = "EbuIo-PlugIt-NoTemplate"
 SET_SESSION_PREFIX = "ebuio-plugit-setsession-"
-# Request headers the proxy sends (2.13); the service matches them case-insensitively with "_"
-# and "-" alike.
-SESSION_HEADER_PREFIX = "X-Plugitsession-"
-PLUGIT_HEADER_PREFIX = "X-Plugit-"
 # When the proxy stops waiting for an action's answer: seconds since the epoch (proxy -> service,
 # signed with the other X-Plugit headers); the service sends it back with its callback API calls
 # made for that request (a header the proxy does not strip from incoming requests).
@@ -76,9 +72,6 @@ FORWARDED_REPLY_HEADERS = (
     "Access-Control-Allow-Methods",
     "Access-Control-Allow-Headers",
 )
-
-# Statuses passed through to the browser as they are (5.12); everything else is mapped.
-PASS_THROUGH_STATUSES = frozenset({304, 401, 403, 404, 429})
 
 # The access rules in their fixed order (5.7): meta key, user attribute that must be truthy.
 ACCESS_RULES: tuple[tuple[str, str], ...] = (

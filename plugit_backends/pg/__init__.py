@@ -344,22 +344,6 @@ def migrate(conn: Connection[Any], schema: str, component: str, steps: Sequence[
     return wanted
 
 
-def schema_version(conn: Connection[Any], schema: str, component: str) -> int:
-    """The recorded version of ``component`` in ``schema`` (0 when none)."""
-    check_schema_name(schema)
-    table = sql.SQL("{}.schema_version").format(sql.Identifier(schema))
-    found = conn.execute(
-        "SELECT 1 FROM pg_tables WHERE schemaname = %s AND tablename = 'schema_version'",
-        (schema,),
-    ).fetchone()
-    if found is None:
-        return 0
-    row = conn.execute(
-        sql.SQL("SELECT version FROM {} WHERE component = %s").format(table), (component,)
-    ).fetchone()
-    return 0 if row is None else int(row["version"])
-
-
 @dataclass(frozen=True)
 class PgSettings:
     """A ``[<kind>_postgres]`` table, checked."""

@@ -30,7 +30,7 @@ from urllib.parse import quote
 
 from cachetools import LRUCache
 from markupsafe import Markup, escape
-from werkzeug.exceptions import HTTPException, NotFound
+from werkzeug.exceptions import HTTPException
 from werkzeug.routing import Map, Rule
 from werkzeug.security import safe_join
 from werkzeug.utils import send_file
@@ -334,11 +334,11 @@ class ProxyApp:
         self._skeletons: LRUCache[tuple[Any, ...], str] = LRUCache(maxsize=1024)
         self._skeleton_lock = threading.Lock()
         # Markers planted in cached layouts and pages, filled in per response: content, menu,
-        # path, host logout fields, the site's CSRF token, the CSP nonce.  Random per process,
-        # so no service can guess and plant them.
+        # path, host logout fields, the site's CSRF token, the CSP nonce, the page's token for
+        # scripts.  Random per process, so no service can guess and plant them.
         self._marks = tuple(
             f"\x00plugit-{name}-{secrets.token_hex(8)}\x00"
-            for name in ("c", "m", "p", "l", "s", "n")
+            for name in ("c", "m", "p", "l", "s", "n", "t")
         )
         self.pipeline = Pipeline(self)
         self.api = CallbackAPI(self)
@@ -462,18 +462,6 @@ class ProxyApp:
             if path + "/" == mount.mount:
                 return mount, ""
         return None
-
-    def handles(self, path: str) -> bool:
-        """Whether ``path`` belongs to the proxy (a mount or one of its own routes)."""
-        if self.match_mount(path) is not None:
-            return True
-        try:
-            self.url_map.bind("localhost").match(path, method="GET")
-        except NotFound:
-            return False
-        except HTTPException:
-            return True
-        return True
 
     def dispatch(self, request: ProxyRequest) -> Response:
         """Answer one request; never raises."""
@@ -733,6 +721,13 @@ class ProxyApp:
             html = html.replace(self._marks[5], request.csp_nonce)
         if CSRF_PLACEHOLDER in html:
             html = html.replace(CSRF_PLACEHOLDER, self.csrf_token(request, scope))
+        if self._marks[6] in html:
+            # The page's token for its scripts: only when the page has given the session a
+            # CSRF secret (a form), so a page without forms makes no session for a visitor.
+            has_secret = isinstance(request.session.get("_csrf"), str)
+            html = html.replace(
+                self._marks[6], self.csrf_token(request, scope) if has_secret else ""
+            )
         return html
 
     def _logout_fields_html(self, request: ProxyRequest) -> str:
@@ -848,7 +843,7 @@ class ProxyApp:
             "csrf_token": Markup(self._marks[4]),  # noqa: S704 (random constant)
             "csp_nonce": Markup(self._marks[5]),  # noqa: S704 (random constant)
             # the token of the page's scope: the mount's on a service page, else the site's
-            "page_csrf_token": CSRF_PLACEHOLDER,
+            "page_csrf_token": Markup(self._marks[6]),  # noqa: S704 (random constant)
             # URLs: the values are the browser's (below SCRIPT_NAME); paths of the app (a
             # service's .mount) go through site_url() in the templates.
             "script_root": base,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from werkzeug.wrappers import Response
 
@@ -25,6 +24,3 @@ class Route:
     view: Callable[..., Response]
     methods: tuple[str, ...] = ("GET",)
     csrf: bool = True
-
-    def endpoint(self) -> Any:
-        return self

@@ -392,10 +392,6 @@ class ServiceClient:
                 self._last_meta[path] = meta
         return meta
 
-    def forget_meta(self) -> None:
-        with self._meta_lock:
-            self._meta.clear()
-
     def template(self, path: str) -> str | None:
         """Fetch the template of the action at ``path`` (None: no such template).
 
