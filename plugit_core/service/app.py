@@ -76,6 +76,8 @@ __all__ = [
 ]
 
 log = logging.getLogger("plugit.service")
+#: Set in the environ of a request whose signature was checked.
+SIGNED_ENVIRON_KEY = "plugit.signed"
 #: The template tag of an action whose template file is missing (any non-empty value would do).
 MISSING_TEMPLATE_TAG = "missing-template"
 
@@ -294,9 +296,15 @@ class ServiceRequest(Request):
         return self._proxy_values().get("ebuio_orgapk")
 
     def _proxy_values(self) -> Any:
-        """Where the proxy put its ``ebuio_*`` values: the form of a POST that has one, else
-        the query (any other method, and a POST with a JSON or empty body)."""
-        return self.form if self.method == "POST" and self.form else self.args
+        """Where the proxy put its ``ebuio_*`` values: the query, but the form of a POST (as in
+        the original).  A POST without a form (a JSON body) has them in the query: they are
+        read there only when the request's signature was checked, since only then the query
+        is the proxy's for sure."""
+        if self.method != "POST":
+            return self.args
+        if self.form or not self.environ.get(SIGNED_ENVIRON_KEY):
+            return self.form
+        return self.args
 
     @property
     def plugit_session(self) -> dict[str, str]:
@@ -611,6 +619,7 @@ class PlugItService:
         except SignatureError as exc:
             log.warning("refused %s %s: %s", request.method, request.path, exc.code)
             raise _SignatureRefused(exc) from None
+        request.environ[SIGNED_ENVIRON_KEY] = True
 
     def _dispatch(
         self, kind: str, name: str | None, values: Mapping[str, Any], request: ServiceRequest

@@ -256,3 +256,26 @@ def test_a_sandboxed_page_never_lets_another_site_read_it(scripted, site) -> Non
         assert browser.get("/hostile/data").headers["Access-Control-Allow-Origin"] == (
             "https://evil.example"
         )
+
+
+def test_a_page_without_forms_makes_no_session_for_a_visitor(scripted, service_url) -> None:
+    from proxy_helpers import STRONG_KEY
+
+    service, url = scripted
+    service.page("", "<p>no form here</p>")
+    service.page("form", "<form method=post>{{ csrf_field }}</form>")
+    config = _site(url, service_url)
+    config.update(dev_mode=False, secret_key=STRONG_KEY, session_cookie={"secure": False})
+    proxy = ProxyApp(config, load_entry_points=False)
+    try:
+        with serve(proxy) as base, Browser(base, proxy) as browser:
+            plain = browser.get("/hostile/")
+            assert plain.status_code == 200
+            assert "Set-Cookie" not in plain.headers  # cacheable by anyone, no session made
+            assert '<meta name="plugit-csrf-token" content="">' in plain.text
+            form = browser.get("/hostile/form")
+            assert "Set-Cookie" in form.headers
+            token = browser.csrf("/hostile/form")
+            assert token and f'value="{token}"' in form.text  # the meta and the form agree
+    finally:
+        proxy.close()
