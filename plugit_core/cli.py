@@ -1074,7 +1074,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.config = config_path(getattr(args, "config", None))
         elif hasattr(args, "config"):
             raise CommandError(f"--config: plugit {args.command} reads no configuration file")
-        return args.handler(args)
+        status: int = args.handler(args)
+        return status
     except (CommandError, ConfigError) as exc:
         print(f"plugit: error: {exc}", file=sys.stderr)
         return 2

@@ -60,14 +60,14 @@ def check_username(username: Any) -> str:
     """A user name as every store keeps it (stripped), or ValueError saying what is wrong."""
     if not isinstance(username, str):
         raise ValueError("a user name must be a string")
-    username = username.strip()
-    if not username:
+    name = username.strip()
+    if not name:
         raise ValueError("a user needs a user name")
-    if len(username) > MAX_USERNAME:
+    if len(name) > MAX_USERNAME:
         raise ValueError(f"a user name has at most {MAX_USERNAME} characters")
-    if any(ord(c) < 32 or ord(c) == 127 for c in username):
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
         raise ValueError("a user name cannot contain control characters")
-    return username
+    return name
 
 
 def check_role(role: str) -> None:

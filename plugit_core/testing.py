@@ -1509,7 +1509,8 @@ class MailQueueConformance:
 
     @staticmethod
     def _row(queue: Any, mail_id: int) -> dict[str, Any]:
-        (row,) = [row for row in queue.outbox() if row["id"] == mail_id]
+        rows: list[dict[str, Any]] = [row for row in queue.outbox() if row["id"] == mail_id]
+        (row,) = rows
         return row
 
     # -- the protocol -----------------------------------------------------------------------------

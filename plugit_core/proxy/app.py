@@ -557,7 +557,8 @@ class ProxyApp:
         if endpoint == "home":
             return self.home(request)
         if endpoint in ("health", "ready", "metrics"):
-            return getattr(self, endpoint)(request)
+            view: Callable[[ProxyRequest], Response] = getattr(self, endpoint)
+            return view(request)
         route = self._routes[endpoint]
         if route.csrf and request.method in UNSAFE_METHODS and not self.csrf_valid(request):
             return self.error_page(
@@ -572,7 +573,8 @@ class ProxyApp:
 
     def identify(self, request: ProxyRequest) -> PlugItUser:
         if "user" in request.__dict__:
-            return request.__dict__["user"]
+            known: PlugItUser = request.__dict__["user"]
+            return known
         user = self.pm.hook.plugit_identify_user(request=request, proxy=self) or ANONYMOUS
         user = self.loaded(user)
         request.__dict__["user"] = user

@@ -363,7 +363,10 @@ class ServiceClient:
         if cached is not None:
             return cached[0]
         try:
-            return self._flight.do(("meta", path), lambda: self._fetch_meta(path))
+            meta: protocol.ActionMeta | None = self._flight.do(
+                ("meta", path), lambda: self._fetch_meta(path)
+            )
+            return meta
         except ServiceError:
             with self._meta_lock:
                 last = self._last_meta.get(path)

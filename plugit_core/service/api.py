@@ -293,7 +293,8 @@ class PlugItAPI:
         )
         if response is None:
             raise PlugItAPIError("unknown plan, user or organisation", 404, "not_found")
-        return response.json()
+        created: dict[str, Any] = response.json()
+        return created
 
     def cancel_subscription(self, subscription_id: int, *, at: str | None = None) -> dict[str, Any]:
         """End a subscription now, or at the ISO date ``at``."""
@@ -304,7 +305,8 @@ class PlugItAPI:
         )
         if response is None:
             raise PlugItAPIError("no such subscription", 404, "not_found")
-        return response.json()
+        cancelled: dict[str, Any] = response.json()
+        return cancelled
 
     # -- forum (not offered by this proxy; kept for source compatibility) -------------------------
 
@@ -338,7 +340,8 @@ class PlugItAPI:
         data = self._get_json(f"ebuio/forum/search/bytag/{_segment(tag)}", params=params)
         if not isinstance(data, dict) or "data" not in data:
             return None
-        return data["data"]
+        topics: list[Any] | None = data["data"]
+        return topics
 
 
 def _segment(value: Any) -> str:

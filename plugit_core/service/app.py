@@ -293,7 +293,8 @@ class ServiceRequest(Request):
     @property
     def orga_pk(self) -> str | None:
         """The current organisation's id in orga mode (``ebuio_orgapk``), else None."""
-        return self._proxy_values().get("ebuio_orgapk")
+        orga_pk: str | None = self._proxy_values().get("ebuio_orgapk")
+        return orga_pk
 
     def _proxy_values(self) -> Any:
         """Where the proxy put its ``ebuio_*`` values: the query, but the form of a POST (as in
@@ -396,7 +397,7 @@ class _Action:
     name: str
     fn: Callable[..., Any]
     spec: ActionSpec
-    _tag_cache: dict[str, Any] = field(default_factory=dict)
+    _tag_cache: dict[str, tuple[tuple[int, int, int, int], str]] = field(default_factory=dict)
 
 
 class PlugItService:

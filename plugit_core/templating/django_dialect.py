@@ -1528,8 +1528,8 @@ def dj_make_list(value: Any) -> list[str]:
 
 def dj_pluralize(value: Any, suffixes: Any = "s") -> str:
     """``"s"`` (or the plural of ``"y,ies"``) unless the value, or its length, is 1."""
-    suffixes = str(suffixes)
-    bits = (suffixes if "," in suffixes else "," + suffixes).split(",")
+    text = str(suffixes)
+    bits = (text if "," in text else "," + text).split(",")
     if len(bits) > 2:
         return ""
     singular, plural = bits
@@ -1584,7 +1584,8 @@ def dj_stringformat(value: Any, spec: Any) -> str:
     if isinstance(value, tuple):
         value = str(value)
     try:
-        return ("%" + str(spec)) % value
+        formatted: str = ("%" + str(spec)) % value
+        return formatted
     except (TypeError, ValueError, KeyError):
         return ""
 
