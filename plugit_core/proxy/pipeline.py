@@ -195,7 +195,7 @@ class Pipeline:
         log.warning(
             "service %s failed on %s: %s (%s)", error.service, page.path, error.message, error.kind
         )
-        fallback = self.hook.plugit_handle_error(page=page, error=error)
+        fallback: Response | None = self.hook.plugit_handle_error(page=page, error=error)
         if fallback is not None:
             return fallback
         if page.mount.fallback_html and not page.menu_only:
@@ -714,7 +714,8 @@ class Pipeline:
     # -- the call and its reply -------------------------------------------------------------------
 
     def call(self, page: PageRequest, upstream: UpstreamRequest) -> ServiceReply:
-        return self.hook.plugit_call_service(page=page, upstream=upstream)
+        reply: ServiceReply = self.hook.plugit_call_service(page=page, upstream=upstream)
+        return reply
 
     def special_reply(self, page: PageRequest, reply: ServiceReply) -> Response | None:
         """Everything but ordinary data (5.12, 5.13), or None to go on rendering.
