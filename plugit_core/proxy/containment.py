@@ -171,10 +171,17 @@ RAW_POLICY = (
 
 def common_headers(headers: Headers, *, hsts: bool) -> None:
     """Headers every response of the proxy carries (those already set are kept)."""
-    headers.setdefault("X-Content-Type-Options", "nosniff")
-    headers.setdefault("Referrer-Policy", "strict-origin-when-cross-origin")
-    headers.setdefault("X-Frame-Options", "SAMEORIGIN")
-    if "Content-Security-Policy" not in headers:
-        headers["Content-Security-Policy"] = "frame-ancestors 'self'"
-    if hsts:
-        headers.setdefault("Strict-Transport-Security", "max-age=31536000")
+    # One pass over the names set (werkzeug's setdefault walks the list twice per header).
+    present = {name.lower() for name, _value in headers}
+    for name, value in _COMMON_HEADERS if hsts else _COMMON_HEADERS[:-1]:
+        if name.lower() not in present:
+            headers.add(name, value)
+
+
+_COMMON_HEADERS = (
+    ("X-Content-Type-Options", "nosniff"),
+    ("Referrer-Policy", "strict-origin-when-cross-origin"),
+    ("X-Frame-Options", "SAMEORIGIN"),
+    ("Content-Security-Policy", "frame-ancestors 'self'"),
+    ("Strict-Transport-Security", "max-age=31536000"),  # last: only with secure cookies
+)
