@@ -22,9 +22,11 @@ Every response of the proxy carries :func:`common_headers`.
 from __future__ import annotations
 
 import re
+import threading
 from typing import TYPE_CHECKING
 
 import nh3
+from cachetools import LRUCache
 
 if TYPE_CHECKING:
     from werkzeug.datastructures import Headers
@@ -141,8 +143,33 @@ _CLEANER = nh3.Cleaner(
 
 def sanitize_html(html: str) -> str:
     """``html`` (a fragment: the page of a ``sandboxed`` service) without anything that runs
-    or leaves the site (see the module's docstring)."""
-    return _CLEANER.clean(html)
+    or leaves the site (see the module's docstring).
+
+    Cleaning is a pure function of the text, so the result for a text cleaned recently is
+    taken from a small cache keyed by the whole text (an uncached page whose data did not
+    change renders the same HTML each time); texts over ``_CLEANED_MAX_INPUT`` characters are
+    cleaned each time.
+    """
+    if not html:
+        return ""
+    if len(html) > _CLEANED_MAX_INPUT:
+        return _CLEANER.clean(html)
+    with _cleaned_lock:
+        hit = _cleaned.get(html)
+    if hit is not None:
+        return hit[1]
+    clean = _CLEANER.clean(html)
+    with _cleaned_lock:
+        _cleaned[html] = (len(html), clean)
+    return clean
+
+
+# The cache of cleaned texts, bounded by the characters it holds (each text and its result).
+_CLEANED_MAX_INPUT = 32_768
+_cleaned: LRUCache[str, tuple[int, str]] = LRUCache(
+    maxsize=2_000_000, getsizeof=lambda item: item[0] + len(item[1])
+)
+_cleaned_lock = threading.Lock()
 
 
 def page_policy(nonce: str) -> str:
