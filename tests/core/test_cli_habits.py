@@ -375,7 +375,7 @@ def test_reload_follows_the_configuration(
     def status(path: str) -> int:
         try:
             return requests.get(base + path, timeout=10).status_code
-        except requests.ConnectionError:  # between a restart's two processes
+        except requests.RequestException:  # between a restart's two processes
             return 0
 
     _poll(lambda: status("/polls/") == 200, "the first page")
