@@ -171,7 +171,8 @@ class ProxyRequest(Request):
         """The request's cookies, as werkzeug parses them.  A WSGI server hands the Cookie
         header over as the one ``HTTP_COOKIE`` value; werkzeug's own getter walks the whole
         environ for it, which showed in profiles of every page."""
-        return parse_cookie(self.environ.get("HTTP_COOKIE", ""), cls=self.dict_storage_class)
+        cookie = self.environ.get("HTTP_COOKIE", "")
+        return parse_cookie(cookie, cls=self.dict_storage_class)  # type: ignore[return-value]
 
     @cached_property
     def session(self) -> Session:
