@@ -62,6 +62,7 @@ CSRF_COOKIE = "csrftoken"  # readable by the mount's scripts, holds the mount's 
 MAX_SESSION_KEYS = 32
 MAX_SESSION_VALUE = 1024
 _SESSION_KEY = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_SESSION_WRITES = threading.Lock()
 _PASS_STATUS_HEADERS = ("WWW-Authenticate", "Retry-After", "ETag", "Allow")
 
 
@@ -813,6 +814,10 @@ class Pipeline:
         }
         if not updates:
             return
+        with _SESSION_WRITES:  # the fragments of one page store from several threads
+            self._store_session(page, updates)
+
+    def _store_session(self, page: PageRequest, updates: dict[str, str]) -> None:
         session = page.request.session
         stored = dict(session.get("svc") or {})
         mine = dict(stored.get(page.mount.name) or {})

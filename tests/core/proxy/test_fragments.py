@@ -31,6 +31,7 @@ class Service:
     def __init__(self) -> None:
         self.pages: dict[str, dict[str, Any]] = {}
         self.events: list[str] = []
+        self.sessions: list[dict[str, str]] = []  # the session values each action call carried
         self._lock = threading.Lock()
 
     def page(
@@ -41,6 +42,7 @@ class Service:
         *,
         wait: Callable[[], Any] | None = None,
         status: int = 200,
+        headers: dict[str, str] | None = None,
         **meta: Any,
     ) -> None:
         self.pages[path] = {
@@ -49,6 +51,7 @@ class Service:
             "meta": meta,
             "wait": wait,
             "status": status,
+            "headers": headers or {},
         }
 
     def log(self, event: str) -> None:
@@ -73,6 +76,14 @@ class Service:
             elif kind == "template":
                 return Response(page["template"])(environ, start_response)
             else:
+                with self._lock:
+                    self.sessions.append(
+                        {
+                            k.lower()[len("x-plugitsession-") :]: v
+                            for k, v in request.headers.items()
+                            if k.lower().startswith("x-plugitsession-")
+                        }
+                    )
                 self.log(f"start:{path}")
                 try:
                     if page["wait"] is not None:
@@ -82,6 +93,9 @@ class Service:
                 body = page["data"]
                 if page["status"] != 200:
                     return Response("failed", status=page["status"])(environ, start_response)
+                reply = Response(json.dumps(body), mimetype="application/json")
+                reply.headers.update(page["headers"])
+                return reply(environ, start_response)
         return Response(json.dumps(body), mimetype="application/json")(environ, start_response)
 
 
@@ -535,3 +549,25 @@ def test_a_layout_region_shows_a_fragment_on_every_page(services, open_proxy, tm
     news.page("side", "", status=500)  # the template changed: a new cache entry, a failure
     assert '<aside id="sidebar"><i>quiet</i></aside>' in browser.get("/polls/").text
     assert "<p>the polls</p>" in browser.get("/polls/").text
+
+
+def test_session_writes_of_concurrent_fragments_are_all_kept(services, open_proxy) -> None:
+    news = services["news"][0]
+    for _ in range(5):  # several tries: a lost write would show in one of them
+        news.sessions.clear()
+        barrier = threading.Barrier(3, timeout=5)
+        for key in ("a", "b", "c"):
+            news.page(
+                f"set{key}",
+                f"<p>{key}</p>",
+                wait=barrier.wait,
+                headers={f"EbuIo-PlugIt-SetSession-{key}": f"value-{key}"},
+            )
+        news.page("read", "<p>read</p>")
+        browser = open_proxy(
+            **_dashboard(*({"service": "news", "path": f"set{k}"} for k in ("a", "b", "c")))
+        )
+        assert browser.get("/dash").status_code == 200
+        assert not barrier.broken
+        assert browser.get("/news/read").status_code == 200
+        assert news.sessions[-1] == {"a": "value-a", "b": "value-b", "c": "value-c"}
