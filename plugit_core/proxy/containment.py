@@ -141,32 +141,33 @@ _CLEANER = nh3.Cleaner(
 )
 
 
-def sanitize_html(html: str) -> str:
+def sanitize_html(html: str, scope: str = "") -> str:
     """``html`` (a fragment: the page of a ``sandboxed`` service) without anything that runs
     or leaves the site (see the module's docstring).
 
     Cleaning is a pure function of the text, so the result for a text cleaned recently is
-    taken from a small cache keyed by the whole text (an uncached page whose data did not
-    change renders the same HTML each time); texts over ``_CLEANED_MAX_INPUT`` characters are
-    cleaned each time.
+    taken from a small cache keyed by ``scope`` (the service: no service can learn from the
+    time it takes whether another one produced the same text) and the whole text; texts over
+    ``_CLEANED_MAX_INPUT`` characters are cleaned each time.
     """
     if not html:
         return ""
     if len(html) > _CLEANED_MAX_INPUT:
         return _CLEANER.clean(html)
+    key = (scope, html)
     with _cleaned_lock:
-        hit = _cleaned.get(html)
+        hit = _cleaned.get(key)
     if hit is not None:
         return hit[1]
     clean = _CLEANER.clean(html)
     with _cleaned_lock:
-        _cleaned[html] = (len(html), clean)
+        _cleaned[key] = (len(html), clean)
     return clean
 
 
 # The cache of cleaned texts, bounded by the characters it holds (each text and its result).
 _CLEANED_MAX_INPUT = 32_768
-_cleaned: LRUCache[str, tuple[int, str]] = LRUCache(
+_cleaned: LRUCache[tuple[str, str], tuple[int, str]] = LRUCache(
     maxsize=2_000_000, getsizeof=lambda item: item[0] + len(item[1])
 )
 _cleaned_lock = threading.Lock()

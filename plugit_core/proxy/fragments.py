@@ -512,7 +512,7 @@ def _placed_markup(mount: ServiceMount, value: Any) -> str | None:
     if value is None:
         return None
     if isinstance(value, Markup):
-        return sanitize_html(str(value)) if mount.trust == "sandboxed" else str(value)
+        return sanitize_html(str(value), mount.name) if mount.trust == "sandboxed" else str(value)
     return str(escape(str(value)))
 
 

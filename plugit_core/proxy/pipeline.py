@@ -412,7 +412,8 @@ class Pipeline:
             raise _RefusedError(404, "template", "This page does not exist.")
         html, menu = self.render(page, template, data)
         if page.mount.trust == "sandboxed" and (page.fragment or not meta.no_template):
-            html, menu = sanitize_html(html), sanitize_html(menu)
+            scope = page.mount.name
+            html, menu = sanitize_html(html, scope), sanitize_html(menu, scope)
         content = {
             "html": html,
             "menu": menu,
@@ -601,7 +602,7 @@ class Pipeline:
             html = self.proxy.with_csrf(page.request, html, page.mount.name)
             return self._forward(page, Response(html, mimetype="text/html"))
         if page.mount.trust == "sandboxed":
-            html = sanitize_html(html)
+            html = sanitize_html(html, page.mount.name)
         return self.layout(page, {"html": html, "menu": "", "headers": page.forwarded_headers})
 
     # -- the upstream request ---------------------------------------------------------------------
