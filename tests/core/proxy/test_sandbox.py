@@ -11,6 +11,7 @@ import pytest
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 from markupsafe import Markup
 
+from plugit_core.backends import Theme
 from plugit_core.proxy.sandbox import OverBudget, RenderBudget, TemplateFunction, template_data
 from plugit_core.proxy.templating import ServiceSandbox, ServiceTemplates
 
@@ -267,11 +268,14 @@ BOMBS = [
 ]
 
 
-def _render_metered(source: str, **context: Any) -> tuple[str, str]:
-    from plugit_core.backends import Theme
-
+def _templates(**options: Any) -> ServiceTemplates:
+    """A service's templates, with no theme files (the bombs extend nothing)."""
     theme = Theme(name="t", templates=Path("."), static=Path("."), service_templates=Path("."))
-    templates = ServiceTemplates("svc", theme)
+    return ServiceTemplates("svc", theme, **options)
+
+
+def _render_metered(source: str, **context: Any) -> tuple[str, str]:
+    templates = _templates()
     return templates.render(templates.compile("k", source), context)
 
 
@@ -297,26 +301,20 @@ DJANGO_BOMBS = [
 
 @pytest.mark.parametrize("source", DJANGO_BOMBS)
 def test_django_dialect_bombs_go_over_the_budget(source: str) -> None:
-    from plugit_core.backends import Theme
-
-    theme = Theme(name="t", templates=Path("."), static=Path("."), service_templates=Path("."))
-    templates = ServiceTemplates("svc", theme, dialect="django")
+    templates = _templates(dialect="django")
     with pytest.raises(OverBudget):
         templates.render(templates.compile("k", source), {"s": "x", "l": list(range(1000))})
 
 
 def test_a_budget_is_per_render_and_configurable() -> None:
-    from plugit_core.backends import Theme
-
-    theme = Theme(name="t", templates=Path("."), static=Path("."), service_templates=Path("."))
-    tight = ServiceTemplates("svc", theme, budget=RenderBudget(max_iterations=10))
+    tight = _templates(budget=RenderBudget(max_iterations=10))
     template = tight.compile("k", "{% for i in range(5) %}{{ i }}{% endfor %}")
     for _ in range(3):  # each render has its own account
         assert tight.render(template, {}) == ("01234", "")
     with pytest.raises(OverBudget, match="iterations"):
         tight.render(tight.compile("k2", "{% for i in range(20) %}{% endfor %}"), {})
     with pytest.raises(jinja2.TemplateError, match="larger than"):
-        ServiceTemplates("svc", theme, budget=RenderBudget(max_size=1024)).compile("k", "x" * 2000)
+        _templates(budget=RenderBudget(max_size=1024)).compile("k", "x" * 2000)
 
 
 def test_ordinary_pages_stay_well_within_the_budget() -> None:
