@@ -85,6 +85,7 @@ from .message import (
     unsafe_char,
     valid_address,
 )
+from .monitor import SmtpMonitor
 from .store import MailQueue, MailStore, Outgoing, RateLimitedError
 
 __all__ = [
@@ -164,6 +165,8 @@ class MailSettings:
     max_delivery_attempts: int = 10
     max_incoming_bytes: int = 10 * 1024 * 1024
     max_messages_per_run: int = 200
+    smtp_required: bool = False
+    smtp_check_interval: float = 5.0
 
     @property
     def sender_address(self) -> str:
@@ -328,6 +331,8 @@ def read_settings(config: ProxyConfig, section: Mapping[str, Any]) -> MailSettin
             "max_incoming_bytes", 10 * 1024 * 1024, minimum=1024, integer=True
         ),
         max_messages_per_run=r.number("max_messages_per_run", 200, minimum=1, integer=True),
+        smtp_required=r.bool("smtp_required", False),
+        smtp_check_interval=r.number("smtp_check_interval", 5.0),
     )
     if protocol is not None:
         for key in ("incoming_host", "incoming_username", "incoming_password"):
@@ -494,6 +499,14 @@ class MailBackend:
         self._holding = 0  # mails claimed by this object's flushes, not finished yet
         self._beat: threading.Thread | None = None
         self._beat_stop = threading.Event()
+        # What is known of the SMTP server (``/_plugit/ready``, the ``plugit_smtp_up`` metric).
+        self.smtp = SmtpMonitor(
+            f"{settings.host}:{settings.port}",
+            self._connect,
+            interval=settings.smtp_check_interval,
+            timeout=settings.timeout,
+            required=settings.smtp_required,
+        )
         if settings.username and not (settings.ssl or settings.starttls):
             log.warning(
                 "mail_smtp: the SMTP password is sent in clear text to %s (set starttls or ssl)",
@@ -505,12 +518,23 @@ class MailBackend:
         """The guards of the mail queue (for ``/_plugit/ready`` and ``/_plugit/metrics``)."""
         return tuple(getattr(self.store, "store_guards", ()))
 
+    def smtp_status(self) -> dict[str, Any]:
+        """The SMTP server's state for ``/_plugit/ready`` (see :class:`~.monitor.SmtpMonitor`);
+        never waits for the server."""
+        return self.smtp.status()
+
+    def gauges(self) -> dict[tuple[str, ...], float]:
+        """This process's metrics gauges of the mail backend: ``smtp_up``."""
+        return self.smtp.gauges()
+
     # -- life cycle -------------------------------------------------------------------------------
 
     def attach(self, proxy: Any, *, start: bool = True) -> None:
         """Use ``proxy``'s service clients and users; start the background threads."""
         self.proxy = proxy
         self.clients = proxy.clients
+        if self.settings.smtp_required:  # known before a load balancer first asks
+            self.smtp.refresh()
         if start:
             self.start()
 
@@ -881,16 +905,19 @@ class MailBackend:
                 self._last_purge = now
         return sent
 
-    def _connect(self) -> smtplib.SMTP:
+    def _connect(self, timeout: float | None = None) -> smtplib.SMTP:
+        """A connection ready to send (greeting, EHLO, STARTTLS and login as configured),
+        each step bounded by ``timeout`` (the settings' by default)."""
         s = self.settings
         helo = s.helo_name
+        wait = s.timeout if timeout is None else timeout
         conn: smtplib.SMTP
         if s.ssl:
             conn = smtplib.SMTP_SSL(
-                s.host, s.port, helo, timeout=s.timeout, context=tls_context(s.ca_file)
+                s.host, s.port, helo, timeout=wait, context=tls_context(s.ca_file)
             )
         else:
-            conn = smtplib.SMTP(s.host, s.port, helo, timeout=s.timeout)
+            conn = smtplib.SMTP(s.host, s.port, helo, timeout=wait)
         try:
             conn.ehlo()
             if s.starttls:
@@ -928,10 +955,12 @@ class MailBackend:
                     try:
                         conn = self._connect()
                     except Exception as exc:  # down, refusing, or answering nonsense
+                        self.smtp.observe(_why(exc))
                         error = f"cannot reach the SMTP server {self.settings.host}: {_why(exc)}"
                         for pending in batch[index:]:
                             self._retry(pending, error)
                         break
+                    self.smtp.observe(None)
                 try:
                     refused = self._send_one(conn, mail, raw)
                 except _PermanentError as exc:
@@ -940,6 +969,8 @@ class MailBackend:
                     _drop(conn)
                     conn = None
                 except (smtplib.SMTPException, OSError) as exc:
+                    if isinstance(exc, (smtplib.SMTPServerDisconnected, OSError)):
+                        self.smtp.observe(_why(exc))  # the server went away mid-send
                     self._retry(mail, _why(exc))
                     _drop(conn)
                     conn = None

@@ -373,7 +373,12 @@ class ProxyApp:
         # One answer per scrape for all the worker processes when PLUGIT_METRICS_DIR is set
         # (plugit proxy sets it): plugit_core/metrics.py.
         self.metrics_board = MetricsBoard.from_environment()
-        bind_metrics(self.metrics_board, self.clients.values(), self.store_guards())
+        bind_metrics(
+            self.metrics_board,
+            self.clients.values(),
+            self.store_guards(),
+            [self.mail.gauges] if self.mail is not None and hasattr(self.mail, "gauges") else [],
+        )
         self.pm.hook.plugit_startup(proxy=self)
         if check_services:
             self.check_services()
@@ -975,7 +980,8 @@ class ProxyApp:
         store by default) is unavailable: this process cannot log anyone in or recognise them.
         A service makes it 503 only when marked ``required`` (one dead service must not take the
         whole site out of a load balancer, unless the site is that service); ``ready`` is false
-        for a service that is incompatible or whose circuit is open.
+        for a service that is incompatible or whose circuit is open.  With mail, ``smtp`` is the
+        SMTP server's state as last seen (never waited for; 503 when ``smtp_required``).
         """
         stores = {guard.store: guard.check() for guard in self.store_guards()}
         services = {}
@@ -990,11 +996,14 @@ class ProxyApp:
         for mount in self.config.services:  # the main build of each (variants and shadows not)
             services[mount.name]["required"] = mount.required
         body: dict[str, Any] = {"status": "ok", "stores": stores, "services": services}
+        components = dict(stores)  # what may be required: the stores, the SMTP server
         if self.mail is not None:
             backlog = self.mail_backlog()
             body["mail"] = {"ready": backlog is not None, "outbox": backlog}
+            if hasattr(self.mail, "smtp_status"):  # never waits for the SMTP server
+                body["smtp"] = components["smtp"] = self.mail.smtp_status()
         missing = sorted(
-            name for name, state in stores.items() if state["required"] and not state["ready"]
+            name for name, state in components.items() if state["required"] and not state["ready"]
         ) + sorted(
             f"service:{mount.name}"
             for mount in self.config.services

@@ -183,10 +183,16 @@ def store_gauges(guard: Any) -> dict[SeriesKey, float]:
     }
 
 
-def bind_metrics(board: MetricsBoard, clients: Iterable[Any], guards: Iterable[Any]) -> None:
+def bind_metrics(
+    board: MetricsBoard,
+    clients: Iterable[Any],
+    guards: Iterable[Any],
+    gauges: Iterable[Callable[[], Mapping[SeriesKey, float]]] = (),
+) -> None:
     """Write the counters of every service client and store guard to ``board`` as they change,
-    and their gauges at each scrape (and once a second when the board is shared)."""
-    clients, guards = list(clients), list(guards)
+    and their gauges (and those ``gauges`` give, e.g. the SMTP server's ``smtp_up``) at each
+    scrape (and once a second when the board is shared)."""
+    clients, guards, gauges = list(clients), list(guards), list(gauges)
     for client in clients:
         client.metrics.bind(board)
     for guard in guards:
@@ -200,6 +206,9 @@ def bind_metrics(board: MetricsBoard, clients: Iterable[Any], guards: Iterable[A
                 board.set(key, value)
         for guard in guards:
             for key, value in store_gauges(guard).items():
+                board.set(key, value)
+        for more in gauges:
+            for key, value in more().items():
                 board.set(key, value)
 
     board.start(publish)
@@ -331,6 +340,17 @@ def render_stores(
         out += [
             f'plugit_store_{metric}{{store="{_label(name)}"}} {_number(series[(kind, key, name)])}'
             for name in _names(series, key, order)
+        ]
+    smtp = _names(series, "smtp_up", ())
+    if smtp:
+        out += [
+            "# HELP plugit_smtp_up 1 while the SMTP server answers, 0 while it is down.",
+            "# TYPE plugit_smtp_up gauge",
+        ]
+        out += [
+            f'plugit_smtp_up{{server="{_label(name)}"}} '
+            f"{_number(series[(GAUGE_MIN, 'smtp_up', name)])}"
+            for name in smtp
         ]
     if mail_backlog is not None:
         out += [
