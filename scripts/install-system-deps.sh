@@ -8,6 +8,8 @@ here="$(cd "$(dirname "$0")" && pwd)"
 missing=()
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
+# initdb and pg_ctl: tests/backends/test_outages_postgres.py runs a PostgreSQL of its own.
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=(postgresql)
 
 if [ ${#missing[@]} -gt 0 ]; then
   SUDO=""

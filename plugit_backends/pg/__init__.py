@@ -239,15 +239,25 @@ class StorePool:
 
     @contextmanager
     def connection(self) -> Iterator[Connection[Any]]:
-        """A pooled autocommit connection, given back at the end of the block."""
-        with self.guard.call():
-            deadline = time.monotonic() + self.guard.wait
-            conn, generation = self._take(deadline)
-            try:
-                with self.guard.watch(partial(_cut, conn), deadline - time.monotonic()):
-                    yield conn
-            finally:
-                self._give(conn, generation)
+        """A pooled autocommit connection, given back at the end of the block.
+
+        A database that refuses writes (read-only, its disk full) makes a write raise
+        :class:`~plugit_core.stores.StoreUnavailable` (a 503 naming the store), while the store
+        stays up for the reads it still answers."""
+        try:
+            with self.guard.call():
+                deadline = time.monotonic() + self.guard.wait
+                conn, generation = self._take(deadline)
+                try:
+                    with self.guard.watch(partial(_cut, conn), deadline - time.monotonic()):
+                        yield conn
+                finally:
+                    self._give(conn, generation)
+        except WRITES_REFUSED as exc:
+            reason = f"refuses writes ({type(exc).__name__}: {str(exc).strip()[:200]})"
+            self.guard.metrics.refused("read_only")
+            self.guard.warn("%s (%s) %s", self.guard.label, self.guard.store, reason)
+            raise self.guard.unavailable(reason) from None
 
     @contextmanager
     def transaction(self) -> Iterator[Connection[Any]]:
@@ -279,11 +289,21 @@ def _cut(conn: Connection[Any]) -> None:
         sock.close()
 
 
+# A database that answers but refuses writes: the call is refused (a 503), the store is not down.
+WRITES_REFUSED: tuple[type[BaseException], ...] = (
+    ()
+    if PG_MISSING is not None
+    else (psycopg.errors.ReadOnlySqlTransaction, psycopg.errors.DiskFull)
+)
+
+
 def is_outage(exc: BaseException) -> bool:
     """Does this error mean the database is unavailable (rather than a statement's mistake)?"""
     if PG_MISSING is not None:
         return isinstance(exc, OSError)
     if isinstance(exc, psycopg.errors.TransactionRollback):  # a conflict, answered at once
+        return False
+    if isinstance(exc, WRITES_REFUSED):  # it answers reads: see StorePool.connection
         return False
     return isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError, OSError))
 
