@@ -423,8 +423,11 @@ class ServiceSandbox(ImmutableSandboxedEnvironment):
         _tick()
         if not __self.is_safe_callable(__obj):
             raise SecurityError(f"{type(__obj).__name__} objects cannot be called")
-        if isinstance(__obj, types.BuiltinMethodType) and isinstance(__obj.__self__, str):
-            args = __self._check_str_method(__obj.__self__, __obj.__name__, args)
+        owner = getattr(__obj, "__self__", None)
+        if isinstance(owner, str) and isinstance(
+            __obj, (types.BuiltinMethodType, types.MethodType)
+        ):  # str's own methods, and Markup's (Python ones)
+            args = __self._check_str_method(owner, __obj.__name__, args)
         return __self.checked(__context.call(__obj, *args, **kwargs))
 
     def _check_str_method(self, text: str, name: str, args: tuple[Any, ...]) -> tuple[Any, ...]:

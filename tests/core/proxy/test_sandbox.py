@@ -225,6 +225,10 @@ BOMBS = [
     pytest.param("{{ ('a' * 100000).replace('a', 'b' * 1000) }}", "size", id="replace-method"),
     pytest.param("{{ ('a ' * 400000)|wordwrap(1, wrapstring='x' * 1000) }}", "size", id="wordwrap"),
     pytest.param("{{ range(100000)|join('x' * 1000) }}", "size", id="join-separator"),
+    pytest.param(
+        "{{ (('a' * 100000)|safe).replace('a', 'b' * 1000) }}", "size", id="markup-replace"
+    ),
+    pytest.param("{{ (('x' * 1000)|safe).join(['a'] * 50000) }}", "size", id="markup-join"),
     pytest.param("{{ ('x' * 1000).join(range(1000)|map('string')) }}", "size", id="join-method"),
     pytest.param(
         "{{ range(100000)|map('string')|map('center', 100000)|join }}", "size", id="lazy-join"
