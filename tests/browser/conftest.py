@@ -8,9 +8,14 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+
+from plugit_core.testing import free_port, wait_for_port
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
@@ -51,3 +56,30 @@ def driver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
         yield browser
     finally:
         browser.quit()
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``plugit demo`` started as users start it (one per test module); its base URL."""
+    port = free_port()
+    data = tmp_path_factory.mktemp("demo")
+    log = (data / "demo.log").open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "plugit_core.cli", "demo", "--port", str(port),
+         "--data-dir", str(data)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )  # fmt: skip
+    try:
+        wait_for_port("127.0.0.1", port, timeout=90)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
+        print(Path(log.name).read_text(errors="replace")[-3000:])

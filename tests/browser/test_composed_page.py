@@ -9,64 +9,22 @@ still arrives, by that fragment's timeout, with the fragment's fallback and ever
 from __future__ import annotations
 
 import contextlib
-import os
-import subprocess
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from browser_helpers import css
 
 from plugit_contrib.demo import DemoTheme, demo_config, make_demo_theme
 from plugit_contrib.examples.news import create_app as create_news
 from plugit_contrib.examples.voting import create_app as create_voting
 from plugit_contrib.examples.voting.db import seed
 from plugit_core.proxy.app import ProxyApp
-from plugit_core.testing import free_port, serve, wait_for_port
+from plugit_core.testing import serve
 
 pytestmark = pytest.mark.browser
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = free_port()
-    data = tmp_path_factory.mktemp("demo")
-    log = (data / "demo.log").open("wb")
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "plugit_core.cli",
-            "demo",
-            "--port",
-            str(port),
-            "--data-dir",
-            str(data),
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    try:
-        wait_for_port("127.0.0.1", port, timeout=90)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
-        print(Path(log.name).read_text(errors="replace")[-3000:])
-
-
-def css(driver: Any, selector: str) -> Any:
-    from selenium.webdriver.common.by import By
-
-    return driver.find_element(By.CSS_SELECTOR, selector)
 
 
 def all_css(driver: Any, selector: str) -> list[Any]:
