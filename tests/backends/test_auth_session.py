@@ -485,6 +485,7 @@ def test_a_logout_ends_the_users_sessions_on_every_device(
     assert bob.get("/svc/logged").status_code == 200  # another user's sessions are untouched
 
 
+@pytest.mark.embedded_backends  # the two proxies share the directory's SQLite file
 def test_a_logout_on_one_proxy_process_ends_the_copy_on_another(
     backend_site: Callable[..., Site],
 ) -> None:
