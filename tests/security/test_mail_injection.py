@@ -553,6 +553,7 @@ def test_the_background_sender_goes_on_after_a_poisoned_mail(
         time.sleep(0.02)
 
 
+@pytest.mark.embedded_backends  # the command reads the queue this test chose, not the matrix's
 def test_failed_mails_are_listed_with_their_reason(
     make_site: Callable[..., Site], sink: Sink, tmp_path: Path, queue_settings: dict[str, Any]
 ) -> None:
