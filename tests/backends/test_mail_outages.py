@@ -31,6 +31,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+from postgres_schema import fresh_schema
 
 from plugit_backends import pg
 from plugit_backends.mail_smtp import MIN_GRACE, MailBackend, MailSettings
@@ -69,22 +70,8 @@ def _eventually(check: Callable[[], Any], what: str, seconds: float = BOUND) -> 
 
 @pytest.fixture
 def pg_schema() -> Iterator[str]:
-    problem = None
-    if pg.PG_MISSING is not None:
-        problem = f"psycopg is not installed ({pg.PG_MISSING})"
-    else:
-        try:
-            pg.connect(PG_DSN, connect_timeout=3).close()
-        except pg.psycopg.Error as exc:
-            problem = f"PostgreSQL at {pg.redact_dsn(PG_DSN)} is not reachable: {exc}".strip()
-    if problem is not None:
-        if REQUIRED:
-            pytest.fail(problem)
-        pytest.skip(problem)
-    name = f"plugit_test_{os.urandom(6).hex()}"
-    yield name
-    with pg.connect(PG_DSN) as conn:
-        conn.execute(pg.sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(pg.sql.Identifier(name)))
+    with fresh_schema(PG_DSN) as name:
+        yield name
 
 
 def _settings(smtp_port: int, queue: dict[str, Any], **options: Any) -> MailSettings:

@@ -26,9 +26,9 @@ from typing import Any
 import pytest
 import requests
 from itsdangerous import BadSignature, SignatureExpired, TimestampSigner, URLSafeTimedSerializer
+from postgres_schema import fresh_schema
 from werkzeug.wrappers import Response
 
-from plugit_backends import pg
 from plugit_backends.mail_smtp import (
     MailBackend,
     ReplyTokens,
@@ -127,22 +127,8 @@ PG_DSN = os.environ.get("PLUGIT_TEST_POSTGRES_DSN", "postgresql://postgres@127.0
 @pytest.fixture
 def pg_schema() -> Iterator[str]:
     """A fresh schema on the PostgreSQL test server, dropped afterwards (see test_mail_queue)."""
-    problem = None
-    if pg.PG_MISSING is not None:
-        problem = f"psycopg is not installed ({pg.PG_MISSING})"
-    else:
-        try:
-            pg.connect(PG_DSN, connect_timeout=3).close()
-        except pg.psycopg.Error as exc:
-            problem = f"PostgreSQL at {pg.redact_dsn(PG_DSN)} is not reachable: {exc}".strip()
-    if problem is not None:
-        if REQUIRED:
-            pytest.fail(problem)
-        pytest.skip(problem)
-    name = f"plugit_test_{os.urandom(6).hex()}"
-    yield name
-    with pg.connect(PG_DSN) as conn:
-        conn.execute(pg.sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(pg.sql.Identifier(name)))
+    with fresh_schema(PG_DSN) as name:
+        yield name
 
 
 def _queue_settings(queue: str, schema: str | None, path: Path) -> dict[str, Any]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import secrets
 import select
 import socket
 import sqlite3
@@ -24,9 +23,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 import requests
+from postgres_schema import fresh_schema
 from werkzeug.security import generate_password_hash
 
-from plugit_backends import pg
 from plugit_backends.users_sqlite import SQLiteUserStore
 from plugit_core.proxy.app import ProxyApp
 from plugit_core.stores import StoreGuard, StoreUnavailable
@@ -121,33 +120,10 @@ class Relay:
         )
 
 
-def _postgres_problem() -> str | None:
-    if pg.PG_MISSING is not None:
-        return f"psycopg is not installed ({pg.PG_MISSING})"
-    import psycopg
-
-    try:
-        with psycopg.connect(DSN, connect_timeout=3) as conn:
-            conn.execute("SELECT 1")
-    except psycopg.Error as exc:
-        return f"PostgreSQL at {pg.redact_dsn(DSN)} is not reachable ({exc})"
-    return None
-
-
 @pytest.fixture
 def schema() -> Iterator[str]:
-    problem = _postgres_problem()
-    if problem is not None:
-        if os.environ.get("PLUGIT_REQUIRE_SERVERS") == "1":
-            raise RuntimeError(problem)
-        pytest.skip(problem)
-    import psycopg
-    from psycopg import sql
-
-    name = f"plugit_test_{secrets.token_hex(6)}"
-    yield name
-    with psycopg.connect(DSN, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(name)))
+    with fresh_schema(DSN) as name:
+        yield name
 
 
 @pytest.fixture

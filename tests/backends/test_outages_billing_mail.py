@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 
 import pytest
 import requests
+from postgres_schema import fresh_schema
 from werkzeug.security import generate_password_hash
 
 from plugit_backends import pg
@@ -131,22 +132,8 @@ ACTIONS = [home, labels, plans, subscribe, notify]
 
 @pytest.fixture
 def schema() -> Iterator[str]:
-    problem = None
-    if pg.PG_MISSING is not None:
-        problem = f"psycopg is not installed ({pg.PG_MISSING})"
-    else:
-        try:
-            pg.connect(DSN, connect_timeout=3).close()
-        except pg.psycopg.Error as exc:
-            problem = f"PostgreSQL at {pg.redact_dsn(DSN)} is not reachable: {exc}".strip()
-    if problem is not None:
-        if REQUIRED:
-            pytest.fail(problem)
-        pytest.skip(problem)
-    name = f"plugit_test_{os.urandom(6).hex()}"
-    yield name
-    with pg.connect(DSN) as conn:
-        conn.execute(pg.sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(pg.sql.Identifier(name)))
+    with fresh_schema(DSN) as name:
+        yield name
 
 
 @pytest.fixture
