@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
+import functools
 import hashlib
 import hmac
 import json
@@ -152,6 +153,14 @@ def _variant_matches(variant: Any, mount: ServiceMount, request: Request, user: 
     if user.is_superuser:
         roles.add("superuser")
     return bool(roles & set(variant.roles))
+
+
+@functools.lru_cache(maxsize=4096)
+def _derived_token(secret: str, scope: str) -> str:
+    """The CSRF token of ``scope`` for a session's ``secret`` (a page asks for the same one
+    several times: its forms, the csrftoken cookie, the check of a post)."""
+    digest = hmac.new(secret.encode(), b"plugit-csrf:" + scope.encode(), hashlib.sha256)
+    return base64.urlsafe_b64encode(digest.digest()).decode().rstrip("=")
 
 
 def _json_response(data: Any, status: int = 200) -> Response:
@@ -687,8 +696,7 @@ class ProxyApp:
         if not isinstance(secret, str) or len(secret) < 32:
             secret = secrets.token_urlsafe(32)
             request.session["_csrf"] = secret
-        digest = hmac.new(secret.encode(), b"plugit-csrf:" + scope.encode(), hashlib.sha256)
-        return base64.urlsafe_b64encode(digest.digest()).decode().rstrip("=")
+        return _derived_token(secret, scope)
 
     def csrf_valid(self, request: ProxyRequest, scope: str = "") -> bool:
         """Whether an unsafe request carries the token of ``scope`` (see :meth:`csrf_token`),
