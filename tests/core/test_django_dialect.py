@@ -20,12 +20,8 @@ from plugit_backends.theme_bootstrap import SERVICE_TEMPLATES_DIR, STATIC_DIR, T
 from plugit_core.backends import Theme
 from plugit_core.proxy.templating import CSRF_FIELD as PROXY_CSRF_FIELD
 from plugit_core.proxy.templating import ServiceTemplates
-from plugit_core.templating.django_dialect import (
-    DjangoDialectLoader,
-    _lookup,
-    install,
-    translate,
-)
+from plugit_core.templating.django_dialect import DjangoDialectLoader, install, translate
+from plugit_core.templating.django_dialect.runtime import lookup
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "data" / "django_templates"
 CSRF_FIELD = Markup('<input type="hidden" name="csrfmiddlewaretoken" value="tok123">')
@@ -1063,10 +1059,10 @@ def test_lookups_return_the_sandbox_view_of_attributes():
     # str.format can read attributes of its arguments: the sandbox wraps it in a safe
     # formatter, and Django lookups must hand out that wrapper, not the raw method.
     env = ImmutableSandboxedEnvironment(autoescape=True)
-    fmt = _lookup(env, "{0.__class__}", "format")
+    fmt = lookup(env, "{0.__class__}", "format")
     assert "{.__class__}".format("x") == "<class 'str'>"
     assert fmt("x") == ""  # the sandboxed formatter refused the attribute
-    assert _lookup(env, "{0.real}", "format")(3) == "3"
+    assert lookup(env, "{0.real}", "format")(3) == "3"
 
 
 # --------------------------------------------------------------------------------------------
