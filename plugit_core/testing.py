@@ -1457,7 +1457,7 @@ class BillingStoreConformance:
 
 
 class MailQueueConformance:
-    """The contract of :class:`plugit_core.mailqueue.MailQueue` as pytest tests.
+    """The contract of :class:`plugit_core.kinds.mailqueue.MailQueue` as pytest tests.
 
     Subclass it in a test module and provide two fixtures: ``queue``, a fresh, empty queue, and
     ``other_queue``, a second queue object on the same storage (what another proxy process
@@ -1516,7 +1516,7 @@ class MailQueueConformance:
     # -- the protocol -----------------------------------------------------------------------------
 
     def test_is_a_mail_queue(self, queue: Any, other_queue: Any) -> None:
-        from plugit_core.mailqueue import MailQueue
+        from plugit_core.kinds.mailqueue import MailQueue
 
         assert isinstance(queue, MailQueue)
         assert isinstance(queue.owner, str) and queue.owner
@@ -1577,7 +1577,7 @@ class MailQueueConformance:
         assert queue.outbox("sent") == []
 
     def test_quota_counts_recipients_per_rolling_hour(self, queue: Any) -> None:
-        from plugit_core.mailqueue import RateLimitedError
+        from plugit_core.kinds.mailqueue import RateLimitedError
 
         clock = self._clock(queue)
         two = ["a@example.org", "b@example.org"]
@@ -1608,7 +1608,7 @@ class MailQueueConformance:
     def test_quota_holds_across_queues_and_threads(self, queue: Any, other_queue: Any) -> None:
         import concurrent.futures
 
-        from plugit_core.mailqueue import RateLimitedError
+        from plugit_core.kinds.mailqueue import RateLimitedError
 
         def work(q: Any) -> int:
             accepted = 0

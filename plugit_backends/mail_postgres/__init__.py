@@ -1,4 +1,4 @@
-"""The mail queue in PostgreSQL: a :class:`~plugit_core.mailqueue.MailQueue` shared by
+"""The mail queue in PostgreSQL: a :class:`~plugit_core.kinds.mailqueue.MailQueue` shared by
 every proxy process, for sites whose processes share no disk (containers, several hosts).
 
 Configuration (``postgres`` extra: psycopg 3 and psycopg_pool), in the mail backend's table::
@@ -44,7 +44,7 @@ from plugit_backends.pg import (
     connect,
     migrate,
 )
-from plugit_core.mailqueue import LEASE_LOST, Outgoing, RateLimitedError
+from plugit_core.kinds.mailqueue import LEASE_LOST, Outgoing, RateLimitedError
 from plugit_core.stores import DEFAULT_MAX_WAITERS
 
 if PG_MISSING is None:
@@ -185,7 +185,7 @@ def _text(value: str | None, limit: int | None = None) -> str | None:
 
 
 class PostgresMailQueue:
-    """A :class:`~plugit_core.mailqueue.MailQueue` in the schema ``schema`` of the
+    """A :class:`~plugit_core.kinds.mailqueue.MailQueue` in the schema ``schema`` of the
     database at ``dsn`` (its tables created or brought up to date at once)."""
 
     def __init__(

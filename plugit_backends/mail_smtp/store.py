@@ -1,6 +1,6 @@
 """The mail backend's durable state, the *mail queue*: :class:`MailStore`, the SQLite
-implementation (one file, stdlib) of :class:`plugit_core.mailqueue.MailQueue` (re-exported here),
-shared by every proxy process.
+implementation (one file, stdlib) of :class:`plugit_core.kinds.mailqueue.MailQueue`
+(re-exported here), shared by every proxy process.
 ``plugit_backends.mail_postgres`` holds the PostgreSQL one; both pass
 :class:`plugit_core.testing.MailQueueConformance`.
 
@@ -32,7 +32,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from plugit_core.mailqueue import LEASE_LOST, MailQueue, Outgoing, RateLimitedError
+from plugit_core.kinds.mailqueue import LEASE_LOST, MailQueue, Outgoing, RateLimitedError
 from plugit_core.stores import (
     DEFAULT_MAX_WAITERS,
     DEFAULT_WAIT,

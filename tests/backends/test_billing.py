@@ -31,7 +31,10 @@ from plugit_backends.billing import (
 )
 from plugit_backends.billing.cli import main as billing_main
 from plugit_backends.billing.sqlite import SCHEMA_VERSION, factory
-from plugit_backends.billing.store import (
+from plugit_backends.users_sqlite import SQLiteUserStore
+from plugit_core.config import ConfigError, ProxyConfig
+from plugit_core.hookspecs import hookimpl
+from plugit_core.kinds.billing import (
     check_code,
     check_holder,
     check_period,
@@ -41,9 +44,6 @@ from plugit_backends.billing.store import (
     parse_datetime,
     utc,
 )
-from plugit_backends.users_sqlite import SQLiteUserStore
-from plugit_core.config import ConfigError, ProxyConfig
-from plugit_core.hookspecs import hookimpl
 from plugit_core.proxy.api import MAX_API_BODY
 from plugit_core.proxy.app import ProxyApp
 from plugit_core.service import PlugItService, action, json_only, user_info
