@@ -650,3 +650,10 @@ def _factory(config: ProxyConfig, section: Mapping[str, Any]) -> SQLiteUserStore
 @hookimpl(trylast=True)
 def plugit_register_backends(register: Any) -> None:
     register("users", "sqlite", _factory)
+
+
+@hookimpl
+def plugit_add_commands(commands: Any) -> None:
+    from plugit_backends.users_cli import add_users_parser
+
+    add_users_parser(commands)

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import argparse
 import io
 from typing import Any
 
 import pytest
 from werkzeug.security import check_password_hash
 
+from plugit_backends.users_cli import users_command
 from plugit_backends.users_sqlite import SQLiteUserStore
 from plugit_core.cli import main
+from plugit_core.plugins import make_plugin_manager
 
 # The commands are checked against the SQLite directory file the configuration names.
 pytestmark = pytest.mark.embedded_backends
@@ -270,3 +273,20 @@ def test_a_missing_configuration_file(tmp_path: Any, capsys: Any) -> None:
     assert main(["users", "--config", str(tmp_path / "none.toml"), "list"]) == 2
     err = capsys.readouterr().err
     assert f"--config: no such file: {tmp_path / 'none.toml'}" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    "builtins",
+    [
+        pytest.param(("plugit_backends.users_sqlite",), id="sqlite"),
+        pytest.param(("plugit_backends.users_postgres",), id="postgres"),
+        pytest.param(("plugit_backends.users_sqlite", "plugit_backends.users_postgres"), id="both"),
+    ],
+)
+def test_each_users_backend_adds_the_command_once(builtins: tuple[str, ...]) -> None:
+    """The command comes with whichever users backend is installed, once when both are."""
+    pm = make_plugin_manager(load_entry_points=False, builtins=builtins)
+    commands = argparse.ArgumentParser().add_subparsers()
+    pm.hook.plugit_add_commands(commands=commands)
+    assert list(commands.choices) == ["users"]
+    assert commands.choices["users"].get_default("handler") is users_command
