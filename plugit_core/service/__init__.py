@@ -16,7 +16,7 @@ from .api import (
     User,
     current_deadline,
 )
-from .app import PlugItService, ServiceConfig, ServiceRequest
+from .app import PlugItService
 from .decorators import (
     action,
     address_in_networks,
@@ -42,7 +42,9 @@ from .helpers import (
     get_session_from_request,
     md5Checksum,
 )
+from .messages import ServiceRequest
 from .results import PlugItRedirect, PlugItSendFile, PlugItSetSession
+from .settings import ServiceConfig
 
 __all__ = [
     "Orga",

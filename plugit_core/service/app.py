@@ -21,39 +21,33 @@ methods still answer 404 and 405.
 
 Bad input gets a JSON answer, never a traceback: 400 for a malformed form, 413 above
 ``max_content_length``, 500 when an action fails (logged with the action's name).
+
+This module is the application (routing, signature check, the endpoints); its settings are
+:mod:`.settings` and its request and JSON answers :mod:`.messages`.
 """
 
 from __future__ import annotations
 
 import copy
 import datetime
-import decimal
 import hashlib
-import importlib.util
-import io
-import json
 import logging
 import os
 import sys
-import time
 import types
-import uuid
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
 from werkzeug.exceptions import (
     BadRequest,
-    Forbidden,
     GatewayTimeout,
     HTTPException,
     InternalServerError,
-    MethodNotAllowed,
     NotFound,
     RequestEntityTooLarge,
 )
-from werkzeug.formparser import FormDataParser
 from werkzeug.http import http_date
 from werkzeug.routing import Map, Rule
 from werkzeug.security import safe_join
@@ -65,331 +59,27 @@ from ..networks import NetworkList
 from ..signing import NonceRegistry, SignatureError, verify_request
 from .api import deadline_scope
 from .decorators import ActionSpec, get_spec
+from .messages import (
+    SIGNED_ENVIRON_KEY,
+    ServiceRequest,
+    SignatureRefused,
+    buffer_unsized_body,
+    error_response,
+    json_response,
+    set_etag,
+    signature_error_response,
+    status_response,
+)
 from .results import PlugItRedirect, PlugItSendFile, PlugItSetSession
+from .settings import ServiceConfig, service_config_module
 
-__all__ = [
-    "MailCallback",
-    "PlugItService",
-    "ServiceConfig",
-    "ServiceRequest",
-    "service_config_module",
-]
+__all__ = ["MISSING_TEMPLATE_TAG", "MailCallback", "PlugItService"]
 
 log = logging.getLogger("plugit.service")
-#: Set in the environ of a request whose signature was checked.
-SIGNED_ENVIRON_KEY = "plugit.signed"
 #: The template tag of an action whose template file is missing (any non-empty value would do).
 MISSING_TEMPLATE_TAG = "missing-template"
 
 MailCallback = Callable[["ServiceRequest"], Any]
-
-
-@dataclass(frozen=True)
-class ServiceConfig:
-    """Settings of a service.  ``from_settings`` reads the original ``PI_*`` names too."""
-
-    base_url: str = "/"
-    templates: str | os.PathLike[str] = "templates"
-    media: str | os.PathLike[str] = "media"
-    root: str | os.PathLike[str] = "."
-    allowed_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
-    use_proxy_ip: bool = False
-    trusted_proxies: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
-    api_name: str = protocol.PROTOCOL_NAME
-    project_name: str = "PlugIt-Project"
-    api_url: str = ""
-    debug: bool = False
-    meta_cache: int | None = None
-    secret: str | None = None
-    signature_max_age: int = 300
-    max_content_length: int | None = 16 * 1024 * 1024
-    max_form_memory_size: int | None = 2 * 1024 * 1024
-
-    # The original settings module names (PROTOCOL.md 4.2).
-    SETTINGS = {
-        "PI_BASE_URL": "base_url",
-        "PI_ALLOWED_NETWORKS": "allowed_networks",
-        "PI_USE_PROXY_IP": "use_proxy_ip",
-        "PI_TRUSTED_PROXIES": "trusted_proxies",
-        "PI_API_NAME": "api_name",
-        "PI_PROJECT_NAME": "project_name",
-        "PI_META_CACHE": "meta_cache",
-        "PI_SECRET": "secret",
-        "PI_SIGNATURE_MAX_AGE": "signature_max_age",
-        "PI_MAX_CONTENT_LENGTH": "max_content_length",
-        "PI_TEMPLATES": "templates",
-        "PI_MEDIA": "media",
-        "API_URL": "api_url",
-        "DEBUG": "debug",
-    }
-
-    def __post_init__(self) -> None:
-        base = self.base_url
-        if not isinstance(base, str) or not base.startswith("/") or not base.endswith("/"):
-            raise ValueError(f"base_url must start and end with '/': {base!r}")
-        for name in ("allowed_networks", "trusted_proxies"):
-            value = getattr(self, name)
-            if isinstance(value, str):
-                value = tuple(p.strip() for p in value.split(",") if p.strip())
-            object.__setattr__(self, name, tuple(value))
-            NetworkList(getattr(self, name), setting=name)  # raises ValueError naming the entry
-        if self.secret is not None and len(str(self.secret)) < 16:
-            raise ValueError("secret must be at least 16 characters long")
-
-    @property
-    def meta_cache_seconds(self) -> int:
-        if self.meta_cache is not None:
-            return int(self.meta_cache)
-        return 0 if self.debug else 300
-
-    @classmethod
-    def from_settings(
-        cls, settings: Any = None, *, defaults: Any = None, **overrides: Any
-    ) -> ServiceConfig:
-        """Build from a settings module, object or mapping using the ``PI_*`` names, or ours.
-
-        ``defaults`` (the same kinds, original ``PI_*`` names only) gives the values neither
-        ``settings`` nor ``overrides`` set: the service's ``config`` module, say.
-        """
-        values = cls._read(defaults, own_names=False) if defaults is not None else {}
-        if settings is not None:
-            values.update(cls._read(settings, own_names=True))
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**_checked_settings(values))
-
-    @classmethod
-    def _read(cls, settings: Any, *, own_names: bool) -> dict[str, Any]:
-        values: dict[str, Any] = {}
-        getter = (
-            settings.get
-            if isinstance(settings, Mapping)
-            else (lambda key, default=None: getattr(settings, key, default))
-        )
-        for original, name in cls.SETTINGS.items():
-            value = getter(original, None)
-            if value is not None:
-                values[name] = value
-        if own_names:
-            for name in (f.name for f in fields(cls)):
-                value = getter(name, None)
-                # A service module doubles as its settings: an action or import that happens to
-                # be called ``root`` or ``media`` is not a setting.
-                if value is not None and not _is_code(value):
-                    values[name] = value
-        return values
-
-    def with_settings(self, **settings: Any) -> ServiceConfig:
-        """A copy with ``settings`` (our names, not ``PI_*``) replacing these; ``None`` values
-        are ignored.  Unknown names raise TypeError, bad values ValueError."""
-        values = _checked_settings({k: v for k, v in settings.items() if v is not None})
-        return replace(self, **values) if values else self
-
-
-def _checked_settings(values: dict[str, Any]) -> dict[str, Any]:
-    unknown = set(values) - {f.name for f in fields(ServiceConfig)}
-    if unknown:
-        raise TypeError(f"unknown service settings: {', '.join(sorted(unknown))}")
-    for name in ("debug", "use_proxy_ip"):  # often read from the environment as text
-        if isinstance(values.get(name), str):
-            values[name] = _text_bool(name, values[name])
-    return values
-
-
-def _text_bool(name: str, text: str) -> bool:
-    lowered = text.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("", "0", "false", "no", "off"):
-        return False
-    raise ValueError(f"{name} must be true or false, not {text!r}")
-
-
-def _is_code(value: Any) -> bool:
-    return isinstance(value, (types.ModuleType, type)) or callable(value)
-
-
-def service_config_module(module: types.ModuleType) -> types.ModuleType | None:
-    """The ``config`` module beside ``module`` (``config.py`` in its folder), the original
-    library's settings file, imported once; None when there is none.
-
-    It is registered as ``config`` (or ``<package>.config``) unless another module holds that
-    name, so the service's own ``import config`` gets the same module.  ValueError, naming the
-    file, when it cannot be imported.
-    """
-    filename = getattr(module, "__file__", None)
-    if not filename or Path(filename).stem == "config":
-        return None
-    path = Path(filename).resolve().parent / "config.py"
-    if not path.is_file():
-        return None
-    package = getattr(module, "__package__", None)
-    name = f"{package}.config" if package else "config"
-    loaded = sys.modules.get(name)
-    if loaded is not None:
-        if Path(getattr(loaded, "__file__", None) or "").resolve() == path:
-            return loaded
-        name = f"_plugit_service_config_{hashlib.sha256(str(path).encode()).hexdigest()[:12]}"
-        if name in sys.modules:
-            return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None:  # pragma: no cover (a .py file always has one)
-        return None
-    config = importlib.util.module_from_spec(spec)
-    sys.modules[name] = config
-    try:
-        spec.loader.exec_module(config)
-    except Exception as exc:
-        del sys.modules[name]
-        raise ValueError(
-            f"cannot import the settings in {path}: {type(exc).__name__}: {exc}"
-        ) from exc
-    log.info("service settings read from %s", path)
-    return config
-
-
-class _StrictFormDataParser(FormDataParser):
-    """Malformed form bodies are an error (400), not silently an empty form."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs["silent"] = False
-        super().__init__(*args, **kwargs)
-
-
-class ServiceRequest(Request):
-    """The request an action receives: werkzeug's, plus the proxy's PlugIt data."""
-
-    form_data_parser_class = _StrictFormDataParser
-
-    @property
-    def user_info(self) -> dict[str, Any]:
-        """The user properties the proxy sent (``ebuio_u_<prop>``), keyed by property name.
-
-        A property sent several times (a list such as ``subscription_labels``) is a list.
-        """
-        info: dict[str, Any] = {}
-        values = self._proxy_values()
-        for key in values:
-            if key.startswith("ebuio_u_"):
-                items = values.getlist(key)
-                info[key[len("ebuio_u_") :]] = items if len(items) > 1 else items[0]
-        return info
-
-    @property
-    def deadline(self) -> float | None:
-        """When the proxy stops waiting for this request's answer (seconds since the epoch,
-        ``X-Plugit-Deadline``, signed with the request), or None when it sent none (or sent
-        something that is not a deadline).  The service's clock must be set (NTP)."""
-        try:
-            return protocol.parse_deadline(self.headers.get(protocol.H_DEADLINE))
-        except ValueError:
-            return None
-
-    def time_left(self) -> float | None:
-        """Seconds until :attr:`deadline` (negative once passed), or None without one: an
-        action doing long work checks it between steps and stops when the proxy has gone."""
-        deadline = self.deadline
-        return None if deadline is None else deadline - time.time()
-
-    @property
-    def orga_pk(self) -> str | None:
-        """The current organisation's id in orga mode (``ebuio_orgapk``), else None."""
-        orga_pk: str | None = self._proxy_values().get("ebuio_orgapk")
-        return orga_pk
-
-    def _proxy_values(self) -> Any:
-        """Where the proxy put its ``ebuio_*`` values: the query, but the form of a POST (as in
-        the original).  A POST without a form (a JSON body) has them in the query: they are
-        read there only when the request's signature was checked, since only then the query
-        is the proxy's for sure."""
-        if self.method != "POST":
-            return self.args
-        if self.form or not self.environ.get(SIGNED_ENVIRON_KEY):
-            return self.form
-        return self.args
-
-    @property
-    def plugit_session(self) -> dict[str, str]:
-        """This service's session values sent by the proxy (lower-cased keys)."""
-        from .helpers import get_session_from_request
-
-        return get_session_from_request(self)
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, (datetime.datetime, datetime.date, datetime.time)):
-        return value.isoformat()
-    if isinstance(value, decimal.Decimal):
-        return float(value)
-    if isinstance(value, uuid.UUID):
-        return str(value)
-    if isinstance(value, (set, frozenset, tuple)):
-        return list(value)
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
-
-
-def json_response(data: Any, status: int = 200) -> Response:
-    body = json.dumps(
-        data, default=_json_default, ensure_ascii=False, allow_nan=False, separators=(",", ":")
-    )
-    response = Response(body, status=status, mimetype="application/json")
-    response.headers["X-Content-Type-Options"] = "nosniff"
-    return response
-
-
-def _error_response(exc: HTTPException, error: str | None = None) -> Response:
-    code = exc.code or 500
-    payload = {"error": error or (exc.name or "error").lower().replace(" ", "_"), "status": code}
-    if exc.description:
-        payload["message"] = exc.description
-    response = json_response(payload, status=code)
-    if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
-        response.headers["Allow"] = ", ".join(exc.valid_methods)
-    return response
-
-
-def _status_response(exc: HTTPException) -> Response:
-    """The reply for an HTTPException below 400 (a service's own ``NotModified`` class, say):
-    werkzeug's, without a body for the statuses that have none."""
-    response = exc.get_response()
-    if response.status_code in (204, 304):
-        bare = Response(status=response.status_code)
-        for name, value in response.headers.items():
-            if name.lower() not in ("content-type", "content-length"):
-                bare.headers.add(name, value)
-        return bare
-    return response
-
-
-def _buffer_unsized_body(request: Request, limit: int | None) -> None:
-    """Read a body sent without Content-Length (chunked) into memory, refusing it above ``limit``.
-
-    werkzeug stops reading such a body silently at ``max_content_length``: a form would be cut
-    short instead of refused with 413.
-    """
-    environ = request.environ
-    if limit is None or environ.get("CONTENT_LENGTH") or not environ.get("wsgi.input_terminated"):
-        return
-    stream = environ["wsgi.input"]
-    chunks: list[bytes] = []
-    size = 0
-    while chunk := stream.read(min(65536, limit + 1 - size)):
-        chunks.append(chunk)
-        size += len(chunk)
-        if size > limit:
-            raise RequestEntityTooLarge()
-    environ["wsgi.input"] = io.BytesIO(b"".join(chunks))
-    environ["CONTENT_LENGTH"] = str(size)
-    del environ["wsgi.input_terminated"]
-    environ.pop("HTTP_TRANSFER_ENCODING", None)  # no longer chunked: the length is known
-    for cached in ("content_length", "stream"):  # werkzeug caches both on first use
-        request.__dict__.pop(cached, None)
-
-
-def _set_etag(response: Response, value: str) -> None:
-    """``value`` as the ETag header, exactly as the action gave it (as the original library sent
-    it): a service that compares ``X-Plugit-If-None-Match`` with its own value must find it
-    unchanged.  ValueError for a value no header can carry (a line break)."""
-    response.headers["ETag"] = value
 
 
 @dataclass
@@ -557,7 +247,7 @@ class PlugItService:
         try:
             if not self.caller_allowed(request):
                 raise NotFound()
-            _buffer_unsized_body(request, self.config.max_content_length)
+            buffer_unsized_body(request, self.config.max_content_length)
             if self.config.secret:  # before routing: unsigned callers learn nothing of the routes
                 self._verify_signature(request)
             adapter = self._url_map.bind_to_environ(request.environ)
@@ -567,17 +257,17 @@ class PlugItService:
                 self._log_unknown(request)
                 raise
             return self._dispatch(kind, name, values, request)
-        except _SignatureRefused as exc:
-            return _signature_error_response(exc)
+        except SignatureRefused as exc:
+            return signature_error_response(exc)
         except HTTPException as exc:
             if exc.response is not None:  # abort(response), abort(304)
                 return exc.response  # type: ignore[return-value]
             if exc.code is not None and exc.code < 400:  # abort(NotModified()), a redirect
-                return _status_response(exc)
-            return _error_response(exc)
+                return status_response(exc)
+            return error_response(exc)
         except Exception:
             log.exception("unhandled error while serving %s %s", request.method, request.path)
-            return _error_response(InternalServerError())
+            return error_response(InternalServerError())
 
     def _log_unknown(self, request: Request) -> None:
         """The proxy asked for an action this service does not have: say which, and what is."""
@@ -619,7 +309,7 @@ class PlugItService:
             )
         except SignatureError as exc:
             log.warning("refused %s %s: %s", request.method, request.path, exc.code)
-            raise _SignatureRefused(exc) from None
+            raise SignatureRefused(exc) from None
         request.environ[SIGNED_ENVIRON_KEY] = True
 
     def _dispatch(
@@ -766,7 +456,7 @@ class PlugItService:
             log.warning(
                 "action %r not run: its request's deadline passed %.1fs ago", act.name, -left
             )
-            return _error_response(
+            return error_response(
                 GatewayTimeout("the proxy stopped waiting for this request: not run"),
                 "deadline_passed",
             )
@@ -804,7 +494,7 @@ class PlugItService:
                 etag = result.pop("_plugit_etag")
                 response = json_response(result)
                 if etag:
-                    _set_etag(response, str(etag))
+                    set_etag(response, str(etag))
             else:
                 response = json_response(result)
         else:
@@ -858,18 +548,3 @@ class PlugItService:
         if cors.headers:
             response.headers["Access-Control-Allow-Headers"] = cors.headers
         return response
-
-
-class _SignatureRefused(Forbidden):
-    def __init__(self, error: SignatureError) -> None:
-        super().__init__(error.message)
-        self.error = error
-
-    name = "Forbidden"
-
-
-def _signature_error_response(exc: _SignatureRefused) -> Response:
-    return json_response(
-        {"error": "signature", "code": exc.error.code, "message": exc.error.message, "status": 403},
-        status=403,
-    )
