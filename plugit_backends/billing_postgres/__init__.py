@@ -49,7 +49,7 @@ from plugit_backends.billing.store import (
     group_labels,
     utc,
 )
-from plugit_backends.pg import (
+from plugit_backends.sql.postgres import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_POOL_SIZE,
     DEFAULT_POOL_TIMEOUT,

@@ -23,7 +23,7 @@ reference), checked by the same :class:`plugit_core.testing.MailQueueConformance
   ``clock`` and never from the server's, exactly as in the SQLite file.
 
 The tables (``mail_outbox``, ``mail_incoming``, ``mail_locks``) are created by
-:func:`plugit_backends.pg.migrate`, component ``mail``.
+:func:`plugit_backends.sql.postgres.migrate`, component ``mail``.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from plugit_backends.pg import (
+from plugit_backends.sql.postgres import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_POOL_TIMEOUT,
     DEFAULT_SCHEMA,

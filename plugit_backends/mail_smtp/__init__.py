@@ -358,7 +358,7 @@ def _check_queue(r: _Reader, section: Mapping[str, Any], settings: MailSettings)
             if key in section:
                 raise r.error(key, 'is for queue = "postgres" (the SQLite queue is queue_path)')
         return settings
-    from plugit_backends import pg
+    from plugit_backends.sql import postgres as pg
 
     if "queue_path" in section:
         raise r.error("queue_path", 'is for queue = "sqlite": with "postgres" set queue_dsn')
@@ -1309,7 +1309,7 @@ def _drop(conn: smtplib.SMTP | None) -> None:
 def _factory(config: ProxyConfig, section: Mapping[str, Any]) -> MailBackend:
     settings = read_settings(config, section)
     if settings.queue == "postgres":
-        from plugit_backends import pg
+        from plugit_backends.sql import postgres as pg
 
         try:
             return MailBackend(settings, config.secret_key)

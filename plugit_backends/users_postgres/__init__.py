@@ -11,60 +11,37 @@ Configuration (``postgres`` extra: psycopg 3 and psycopg_pool)::
     pool_timeout = 10                       # seconds a request waits for a free connection
     connect_timeout = 10                    # seconds to open one connection
 
-The semantics are those of ``users_sqlite`` (the reference implementation), checked by the same
-:class:`plugit_core.testing.UserStoreConformance`.  What differs is how it stays correct when
-several processes share the database:
-
-* every write is one transaction: a single statement (``INSERT ... ON CONFLICT``, ``UPDATE ...
-  RETURNING``), or an explicit ``BEGIN ... COMMIT`` when it takes several;
-* every read is one statement, so it sees one snapshot (a user comes back with its memberships
-  and organisations in the same query);
-* user names and organisation names are unique whatever their case (unique indexes on
-  ``lower(name)``); a name taken concurrently is reported as taken, never as a server error;
-* :meth:`PostgresUserStore.sync_external_user` locks the user's row (``FOR NO KEY UPDATE``)
-  before replacing its source's grants, so two logins of one user through one directory apply
-  one after the other; organisations it creates by name are inserted in a fixed order (no
-  deadlock between two logins creating the same organisations).
-
-The tables live in their own schema, with a ``schema_version`` row per component (see
-``plugit_backends.pg.migrate`` and docs/postgres.md).
+The store is the one of ``users_sqlite``, :class:`plugit_backends.sql.users.SQLUserStore`
+(how it stays correct when several processes share the database is said there), on a
+:class:`plugit_backends.sql.postgres.PostgresDatabase`; both pass
+:class:`plugit_core.testing.UserStoreConformance`.  The tables live in their own schema, with a
+``schema_version`` row per component (see ``plugit_backends.sql.postgres.migrate`` and
+docs/postgres.md).
 """
 
 from __future__ import annotations
 
-import re
 import time
-import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from plugit_backends.pg import (
+from plugit_backends.sql.postgres import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_POOL_SIZE,
     DEFAULT_POOL_TIMEOUT,
     DEFAULT_SCHEMA,
     PG_MISSING,
-    StorePool,
+    PostgresDatabase,
     build_store,
-    check_schema_name,
-    connect,
-    migrate,
 )
+from plugit_backends.sql.users import FAILURE_RETENTION, SQLUserStore
 from plugit_core.config import ProxyConfig
 from plugit_core.hookspecs import hookimpl
-from plugit_core.identity import check_role, check_username, gravatar_url
 from plugit_core.stores import DEFAULT_MAX_WAITERS
-from plugit_core.users import ALL, Orga, PlugItUser
-
-if PG_MISSING is None:
-    from psycopg import sql
 
 __all__ = ["COMPONENT", "FAILURE_RETENTION", "SCHEMA_VERSION", "STEPS", "PostgresUserStore"]
 
 COMPONENT = "users"
-LOCAL = "local"
-FAILURE_RETENTION = 86400.0  # failed logins older than this are forgotten (seconds)
-_BIGINT = 2**63
 
 # Each step takes the tables from one version to the next; only ever append.
 STEPS = (
@@ -122,90 +99,13 @@ ALTER TABLE {schema}.users ADD COLUMN IF NOT EXISTS session_generation bigint NO
 )
 SCHEMA_VERSION = len(STEPS)
 
-# A user with its memberships in one statement (one snapshot).  {where} and {order} are fixed
-# fragments chosen by the methods below, never user input.
-_USERS = """
-SELECT u.id, u.uuid, u.username, u.email, u.first_name, u.last_name, u.source, u.is_superuser,
-    ARRAY(SELECT DISTINCT r.service FROM {s}.service_roles r WHERE r.user_id = u.id) AS member_of,
-    ARRAY(
-        SELECT DISTINCT r.service FROM {s}.service_roles r
-        WHERE r.user_id = u.id AND r.role = 'admin'
-    ) AS admin_of,
-    (
-        SELECT coalesce(
-            json_agg(
-                json_build_array(o.id, o.name, o.codops, m.admin)
-                ORDER BY lower(o.name) COLLATE "C", o.id
-            ),
-            '[]'::json
-        )
-        FROM (
-            SELECT orga_id, bool_or(admin) AS admin FROM {s}.orga_members
-            WHERE user_id = u.id GROUP BY orga_id
-        ) m
-        JOIN {s}.orgas o ON o.id = m.orga_id
-    ) AS orgas
-FROM {s}.users u
-WHERE {where}
-ORDER BY lower(u.username) COLLATE "C", u.id
-"""
 
-_DIGITS = re.compile(r"-?[0-9]+")
-
-
-def _int_pk(pk: Any) -> int | None:
-    """A pk as the integer id, or None when it cannot be one (a UUID, garbage, a bool, or a
-    number PostgreSQL's bigint cannot hold)."""
-    if isinstance(pk, bool):
-        return None
-    if isinstance(pk, int):
-        number = pk
-    elif isinstance(pk, str) and _DIGITS.fullmatch(pk.strip()):
-        number = int(pk)
-    else:
-        return None
-    return number if -_BIGINT <= number < _BIGINT else None
-
-
-def _text(value: Any) -> str:
-    """Text PostgreSQL accepts: NUL characters cannot be stored in a text column."""
-    return str(value).replace("\x00", "")
-
-
-def _user(row: Mapping[str, Any]) -> PlugItUser:
-    return PlugItUser(
-        pk=row["id"],
-        username=row["username"],
-        first_name=row["first_name"],
-        last_name=row["last_name"],
-        email=row["email"],
-        is_authenticated=True,
-        is_superuser=bool(row["is_superuser"]),
-        member_of=frozenset(row.get("member_of") or ()),
-        admin_of=frozenset(row.get("admin_of") or ()),
-        orgas=tuple(
-            Orga(pk, name, codops, is_admin=bool(admin))
-            for pk, name, codops, admin in row.get("orgas") or ()
-        ),
-        extra={
-            "uuid": row["uuid"],
-            "source": row["source"],
-            "gravatar": gravatar_url(row["email"]),
-        },
-        backend=row["source"],
-    )
-
-
-def _orga(row: Mapping[str, Any] | None) -> Orga | None:
-    return None if row is None else Orga(row["id"], row["name"], row["codops"])
-
-
-class PostgresUserStore:
+class PostgresUserStore(SQLUserStore):
     """A :class:`plugit_core.identity.UserStore` in PostgreSQL.
 
     ``dsn`` is a libpq connection string or URL; the tables are in ``schema`` (created when
     missing).  ``clock`` gives the time of the failed-login records (tests step it forward).
-    :meth:`close` closes the connection pool.
+    :meth:`close` closes the pool's connections.
     """
 
     def __init__(
@@ -225,505 +125,24 @@ class PostgresUserStore:
                 "users_postgres needs psycopg 3: pip install 'plugit-wsgi[postgres]' "
                 f"({PG_MISSING})"
             )
-        self.schema = check_schema_name(schema)
-        self.clock = clock
-        self._sql_cache: dict[tuple[str, str], Any] = {}
-        with connect(dsn, connect_timeout=connect_timeout) as conn:
-            migrate(conn, schema, COMPONENT, STEPS)
-        self._pool = StorePool(
+        database = PostgresDatabase(
             dsn,
-            max_size=pool_size,
-            timeout=pool_timeout,
-            connect_timeout=connect_timeout,
-            name=f"plugit-users-{schema}",
+            STEPS,
+            component=COMPONENT,
             store="users_postgres",
             label="the user directory",
+            schema=schema,
+            pool_size=pool_size,
+            pool_timeout=pool_timeout,
+            connect_timeout=connect_timeout,
             max_waiters=max_waiters,
             required=required,
         )
-        self.store_guards = (self._pool.guard,)
+        self.schema = database.schema
+        super().__init__(database, clock=clock)
 
     def __repr__(self) -> str:
         return f"<PostgresUserStore schema={self.schema!r}>"
-
-    # -- plumbing ---------------------------------------------------------------------------------
-
-    def _q(self, template: str, where: str = "") -> Any:
-        """``template`` with ``{where}`` replaced by a fixed fragment (never user input), then
-        ``{s}`` by the quoted schema name."""
-        key = (template, where)
-        query = self._sql_cache.get(key)
-        if query is None:
-            text = template.replace("{where}", where)
-            query = sql.SQL(text).format(s=sql.Identifier(self.schema))
-            self._sql_cache[key] = query
-        return query
-
-    def _conn(self) -> Any:
-        """A pooled autocommit connection: each statement is its own transaction."""
-        return self._pool.connection()
-
-    def _write(self) -> Any:
-        """A pooled connection inside one transaction (committed, or rolled back on error)."""
-        return self._pool.transaction()
-
-    def close(self) -> None:
-        """Close the pool's connections (those in use close when given back).  The store stays
-        usable: the next call opens a new pool."""
-        self._pool.close()
-
-    @staticmethod
-    def _match(pk: Any) -> tuple[str, Any] | None:
-        """The condition on ``u`` finding the user ``pk`` (id or UUID), or None."""
-        number = _int_pk(pk)
-        if number is not None:
-            return "u.id = %s", number
-        if isinstance(pk, str) and pk:
-            return "u.uuid = %s", pk.strip()
-        return None
-
-    def _select_users(self, conn: Any, where: str, params: tuple[Any, ...]) -> list[PlugItUser]:
-        return [_user(row) for row in conn.execute(self._q(_USERS, where), params)]
-
-    def _select_user(self, conn: Any, pk: Any) -> PlugItUser | None:
-        match = self._match(pk)
-        if match is None:
-            return None
-        users = self._select_users(conn, match[0], (_text(match[1]),))
-        return users[0] if users else None
-
-    def _user_exists(self, conn: Any, pk: Any) -> bool:
-        match = self._match(pk)
-        if match is None:
-            return False
-        query = self._q("SELECT 1 FROM {s}.users u WHERE {where}", match[0])
-        return conn.execute(query, (_text(match[1]),)).fetchone() is not None
-
-    def _user_row(self, pk: Any) -> Mapping[str, Any] | None:
-        match = self._match(pk)
-        if match is None:
-            return None
-        with self._conn() as conn:
-            query = self._q(
-                "SELECT source, password_hash, active, session_generation FROM {s}.users u "
-                "WHERE {where}",
-                match[0],
-            )
-            return conn.execute(query, (_text(match[1]),)).fetchone()
-
-    # -- reading users ----------------------------------------------------------------------------
-
-    def get_user(self, pk: Any) -> PlugItUser | None:
-        with self._conn() as conn:
-            return self._select_user(conn, pk)
-
-    def get_by_username(self, username: str) -> PlugItUser | None:
-        if not isinstance(username, str):
-            return None
-        with self._conn() as conn:
-            users = self._select_users(
-                conn, "lower(u.username) = lower(%s)", (_text(username.strip()),)
-            )
-        return users[0] if users else None
-
-    def list_users(self) -> list[PlugItUser]:
-        with self._conn() as conn:
-            return self._select_users(conn, "true", ())
-
-    def members(self, service: str) -> list[PlugItUser]:
-        with self._conn() as conn:
-            return self._select_users(
-                conn,
-                "u.active AND u.id IN "
-                "(SELECT user_id FROM {s}.service_roles WHERE service IN (%s, %s))",
-                (_text(service), ALL),
-            )
-
-    def password_hash(self, pk: Any) -> str | None:
-        row = self._user_row(pk)
-        if row is None or row["source"] != LOCAL:
-            return None
-        return row["password_hash"]
-
-    def is_active(self, pk: Any) -> bool:
-        row = self._user_row(pk)
-        return bool(row is not None and row["active"])
-
-    def session_generation(self, pk: Any) -> int:
-        row = self._user_row(pk)
-        return 0 if row is None else int(row["session_generation"])
-
-    def end_sessions(self, pk: Any) -> None:
-        match = self._match(pk)
-        row = None
-        if match is not None:
-            query = self._q(
-                "UPDATE {s}.users u SET session_generation = session_generation + 1 "
-                "WHERE {where} RETURNING u.id",
-                match[0],
-            )
-            with self._conn() as conn:
-                row = conn.execute(query, (_text(match[1]),)).fetchone()
-        if row is None:
-            raise KeyError(f"no user {pk!r}")
-
-    # -- writing users ----------------------------------------------------------------------------
-
-    def create_user(
-        self,
-        username: str,
-        *,
-        email: str = "",
-        first_name: str = "",
-        last_name: str = "",
-        password_hash: str | None = None,
-        source: str = LOCAL,
-        external_id: str | None = None,
-        is_superuser: bool = False,
-    ) -> PlugItUser:
-        username = _text(check_username(username))
-        if not source:
-            raise ValueError("a user needs a source")
-        with self._conn() as conn:
-            # One statement: the row, or nothing when the name (or the external id) is taken,
-            # also by a concurrent transaction (ON CONFLICT waits for it to end).
-            row = conn.execute(
-                self._q(
-                    "INSERT INTO {s}.users (uuid, username, email, first_name, last_name, "
-                    "password_hash, source, external_id, is_superuser) "
-                    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING "
-                    "RETURNING id, uuid, username, email, first_name, last_name, source, "
-                    "is_superuser"
-                ),
-                (
-                    str(uuid.uuid4()),
-                    username,
-                    _text(email or ""),
-                    _text(first_name or ""),
-                    _text(last_name or ""),
-                    None if password_hash is None else _text(password_hash),
-                    _text(source),
-                    None if external_id is None else _text(external_id),
-                    bool(is_superuser),
-                ),
-            ).fetchone()
-            if row is not None:
-                return _user(row)  # a new user has no memberships yet
-            taken = conn.execute(
-                self._q("SELECT 1 FROM {s}.users WHERE lower(username) = lower(%s)"),
-                (username,),
-            ).fetchone()
-        if taken:
-            raise ValueError(f"the user name {username!r} is taken")
-        raise ValueError(f"{source} already has a user {external_id!r}")
-
-    def sync_external_user(
-        self, source: str, external_id: str, fields: Mapping[str, Any]
-    ) -> PlugItUser:
-        if not source or source == LOCAL:
-            raise ValueError("sync_external_user is for external directories, not 'local'")
-        if not external_id:
-            raise ValueError("an external user needs an id")
-        source, external_id = _text(source), _text(external_id)
-        services = {_text(k): v for k, v in dict(fields.get("services") or {}).items()}
-        orgas = {_text(k): v for k, v in dict(fields.get("orgas") or {}).items()}
-        for role in (*services.values(), *orgas.values()):
-            check_role(role)
-        profile = {
-            key: _text(fields[key])
-            for key in ("email", "first_name", "last_name")
-            if fields.get(key) is not None
-        }
-        with self._write() as conn:
-            pk = self._lock_external(conn, source, external_id)
-            created = False
-            if pk is None:
-                pk, created = self._insert_external(conn, source, external_id, fields, profile)
-            if profile and not created:
-                assignments = sql.SQL(", ").join(
-                    sql.SQL("{} = %s").format(sql.Identifier(key)) for key in profile
-                )
-                conn.execute(
-                    sql.SQL("UPDATE {}.users SET {} WHERE id = %s").format(
-                        sql.Identifier(self.schema), assignments
-                    ),
-                    (*profile.values(), pk),
-                )
-            if "services" in fields:
-                conn.execute(
-                    self._q("DELETE FROM {s}.service_roles WHERE user_id = %s AND source = %s"),
-                    (pk, source),
-                )
-                if services:
-                    conn.execute(
-                        self._q(
-                            "INSERT INTO {s}.service_roles (user_id, service, role, source) "
-                            "SELECT %s, t.service, t.role, %s "
-                            "FROM unnest(%s::text[], %s::text[]) AS t(service, role)"
-                        ),
-                        (pk, source, list(services), list(services.values())),
-                    )
-            if "orgas" in fields:
-                conn.execute(
-                    self._q("DELETE FROM {s}.orga_members WHERE user_id = %s AND source = %s"),
-                    (pk, source),
-                )
-                for name, role in self._orga_ids(conn, orgas):
-                    conn.execute(
-                        self._q(
-                            "INSERT INTO {s}.orga_members (user_id, orga_id, admin, source) "
-                            "VALUES (%s, %s, %s, %s) ON CONFLICT (user_id, orga_id, source) "
-                            "DO UPDATE SET admin = {s}.orga_members.admin OR excluded.admin"
-                        ),
-                        (pk, name, role == "admin", source),
-                    )
-            user = self._select_user(conn, pk)
-        assert user is not None
-        return user
-
-    def _lock_external(self, conn: Any, source: str, external_id: str) -> int | None:
-        """The id of the user ``source`` knows as ``external_id``, its row locked until the end
-        of the transaction (concurrent syncs of the user wait; grants do not)."""
-        row = conn.execute(
-            self._q(
-                "SELECT id FROM {s}.users WHERE source = %s AND external_id = %s FOR NO KEY UPDATE"
-            ),
-            (source, external_id),
-        ).fetchone()
-        return None if row is None else int(row["id"])
-
-    def _insert_external(
-        self,
-        conn: Any,
-        source: str,
-        external_id: str,
-        fields: Mapping[str, Any],
-        profile: Mapping[str, str],
-    ) -> tuple[int, bool]:
-        """Insert the user: ``(id, True)``; or ``(id, False)`` when a concurrent sync of the same
-        user got there first (its row is then locked)."""
-        wanted = _text(check_username(str(fields.get("username") or external_id)))
-        username = wanted
-        n = 1
-        while True:
-            row = conn.execute(
-                self._q(
-                    "INSERT INTO {s}.users (uuid, username, email, first_name, last_name, "
-                    "source, external_id) VALUES (%s, %s, %s, %s, %s, %s, %s) "
-                    "ON CONFLICT DO NOTHING RETURNING id"
-                ),
-                (
-                    str(uuid.uuid4()),
-                    username,
-                    profile.get("email", ""),
-                    profile.get("first_name", ""),
-                    profile.get("last_name", ""),
-                    source,
-                    external_id,
-                ),
-            ).fetchone()
-            if row is not None:
-                return int(row["id"]), True
-            pk = self._lock_external(conn, source, external_id)
-            if pk is not None:
-                return pk, False
-            # Never take over another account's name: alice from LDAP beside a local alice is
-            # "alice@ldap" (then "alice@ldap-2", ...).
-            n += 1
-            username = f"{wanted}@{source}" if n == 2 else f"{wanted}@{source}-{n - 1}"
-
-    def _orga_ids(self, conn: Any, orgas: Mapping[str, str]) -> list[tuple[int, str]]:
-        """``(orga id, role)`` for organisation names, creating the missing ones.  Names are
-        inserted in one order whoever asks, so concurrent logins cannot deadlock."""
-        if not orgas:
-            return []
-        # Sorted by lower-case name; a stable sort keeps the given order between spellings of
-        # one name, so the first one given is the one created (as in users_sqlite).
-        names = sorted(orgas, key=str.lower)
-        conn.execute(
-            self._q(
-                "INSERT INTO {s}.orgas (name) SELECT t.name "
-                "FROM unnest(%s::text[]) WITH ORDINALITY AS t(name, n) ORDER BY t.n "
-                "ON CONFLICT DO NOTHING"
-            ),
-            (names,),
-        )
-        # A separate statement: its snapshot includes the rows a concurrent transaction
-        # committed while the INSERT waited for it.
-        rows = conn.execute(
-            self._q("SELECT id, lower(name) AS key FROM {s}.orgas WHERE lower(name) = ANY(%s)"),
-            ([name.lower() for name in names],),
-        ).fetchall()
-        ids = {row["key"]: int(row["id"]) for row in rows}
-        return [(ids[name.lower()], orgas[name]) for name in orgas]
-
-    def _update(self, pk: Any, column: str, value: Any) -> None:
-        match = self._match(pk)
-        row = None
-        if match is not None:
-            query = sql.SQL("UPDATE {}.users u SET {} = %s WHERE {} RETURNING u.id").format(
-                sql.Identifier(self.schema), sql.Identifier(column), sql.SQL(match[0])
-            )
-            with self._conn() as conn:
-                row = conn.execute(query, (value, _text(match[1]))).fetchone()
-        if row is None:
-            raise KeyError(f"no user {pk!r}")
-
-    def set_password_hash(self, pk: Any, password_hash: str) -> None:
-        self._update(pk, "password_hash", _text(password_hash))
-
-    def set_active(self, pk: Any, active: bool) -> None:
-        self._update(pk, "active", bool(active))
-
-    def set_superuser(self, pk: Any, superuser: bool) -> None:
-        self._update(pk, "is_superuser", bool(superuser))
-
-    # -- memberships ------------------------------------------------------------------------------
-
-    def grant(self, pk: Any, service: str, role: str) -> None:
-        check_role(role)
-        if not service:
-            raise ValueError("a grant needs a service name (or * for every service)")
-        match = self._match(pk)
-        row = None
-        if match is not None:
-            with self._conn() as conn:
-                row = conn.execute(
-                    self._q(
-                        "INSERT INTO {s}.service_roles (user_id, service, role, source) "
-                        "SELECT u.id, %s, %s, 'local' FROM {s}.users u WHERE {where} "
-                        "ON CONFLICT (user_id, service, source) DO UPDATE SET role = excluded.role "
-                        "RETURNING user_id",
-                        match[0],
-                    ),
-                    (_text(service), role, _text(match[1])),
-                ).fetchone()
-        if row is None:
-            raise KeyError(f"no user {pk!r}")
-
-    def revoke(self, pk: Any, service: str) -> None:
-        match = self._match(pk)
-        if match is None:
-            return
-        with self._conn() as conn:
-            conn.execute(
-                self._q(
-                    "DELETE FROM {s}.service_roles r USING {s}.users u "
-                    "WHERE r.user_id = u.id AND r.service = %s AND {where}",
-                    match[0],
-                ),
-                (_text(service), _text(match[1])),
-            )
-
-    # -- organisations ----------------------------------------------------------------------------
-
-    def create_orga(self, name: str, codops: str = "") -> Orga:
-        name = _text(name.strip()) if isinstance(name, str) else ""
-        if not name:
-            raise ValueError("an organisation needs a name")
-        with self._conn() as conn:
-            row = conn.execute(
-                self._q(
-                    "INSERT INTO {s}.orgas (name, codops) VALUES (%s, %s) "
-                    "ON CONFLICT DO NOTHING RETURNING id"
-                ),
-                (name, _text(codops or "")),
-            ).fetchone()
-        if row is None:
-            raise ValueError(f"the organisation {name!r} exists")
-        return Orga(int(row["id"]), name, codops or "")
-
-    def get_orga(self, pk: Any) -> Orga | None:
-        number = _int_pk(pk)
-        if number is None:
-            return None
-        with self._conn() as conn:
-            row = conn.execute(
-                self._q("SELECT id, name, codops FROM {s}.orgas WHERE id = %s"), (number,)
-            ).fetchone()
-        return _orga(row)
-
-    def get_orga_by_name(self, name: str) -> Orga | None:
-        if not isinstance(name, str):
-            return None
-        with self._conn() as conn:
-            row = conn.execute(
-                self._q("SELECT id, name, codops FROM {s}.orgas WHERE lower(name) = lower(%s)"),
-                (_text(name),),
-            ).fetchone()
-        return _orga(row)
-
-    def list_orgas(self) -> list[Orga]:
-        with self._conn() as conn:
-            rows = conn.execute(
-                self._q(
-                    'SELECT id, name, codops FROM {s}.orgas ORDER BY lower(name) COLLATE "C", id'
-                )
-            ).fetchall()
-        return [Orga(row["id"], row["name"], row["codops"]) for row in rows]
-
-    def add_to_orga(self, pk: Any, orga_pk: Any, *, admin: bool = False) -> None:
-        match = self._match(pk)
-        number = _int_pk(orga_pk)
-        with self._conn() as conn:
-            if match is not None and number is not None:
-                row = conn.execute(
-                    self._q(
-                        "INSERT INTO {s}.orga_members (user_id, orga_id, admin, source) "
-                        "SELECT u.id, o.id, %s, 'local' FROM {s}.users u "
-                        "JOIN {s}.orgas o ON o.id = %s WHERE {where} "
-                        "ON CONFLICT (user_id, orga_id, source) "
-                        "DO UPDATE SET admin = excluded.admin RETURNING user_id",
-                        match[0],
-                    ),
-                    (bool(admin), number, _text(match[1])),
-                ).fetchone()
-                if row is not None:
-                    return
-            user_found = self._user_exists(conn, pk)
-        if not user_found:
-            raise KeyError(f"no user {pk!r}")
-        raise KeyError(f"no organisation {orga_pk!r}")
-
-    def remove_from_orga(self, pk: Any, orga_pk: Any) -> None:
-        match = self._match(pk)
-        number = _int_pk(orga_pk)
-        if match is None or number is None:
-            return
-        with self._conn() as conn:
-            conn.execute(
-                self._q(
-                    "DELETE FROM {s}.orga_members m USING {s}.users u "
-                    "WHERE m.user_id = u.id AND m.orga_id = %s AND {where}",
-                    match[0],
-                ),
-                (number, _text(match[1])),
-            )
-
-    # -- failed logins ----------------------------------------------------------------------------
-
-    def record_failure(self, key: str) -> None:
-        now = self.clock()
-        with self._conn() as conn:
-            conn.execute(  # one statement: the record, and the old ones forgotten
-                self._q(
-                    "WITH old AS (DELETE FROM {s}.login_failures WHERE at < %s) "
-                    "INSERT INTO {s}.login_failures (key, at) VALUES (%s, %s)"
-                ),
-                (now - FAILURE_RETENTION, _text(key), now),
-            )
-
-    def count_failures(self, key: str, window: float) -> int:
-        with self._conn() as conn:
-            row = conn.execute(
-                self._q("SELECT count(*) AS n FROM {s}.login_failures WHERE key = %s AND at > %s"),
-                (_text(key), self.clock() - window),
-            ).fetchone()
-        return int(row["n"])
-
-    def clear_failures(self, key: str) -> None:
-        with self._conn() as conn:
-            conn.execute(self._q("DELETE FROM {s}.login_failures WHERE key = %s"), (_text(key),))
 
 
 def _factory(config: ProxyConfig, section: Mapping[str, Any]) -> PostgresUserStore:

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from plugit_backends import pg
+from plugit_backends.sql import postgres as pg
 
 
 def _problem(dsn: str) -> str | None:

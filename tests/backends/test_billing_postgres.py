@@ -16,7 +16,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from plugit_backends import pg
+from plugit_backends.sql import postgres as pg
 from plugit_core.config import ConfigError, ProxyConfig
 from plugit_core.testing import BillingStoreConformance
 

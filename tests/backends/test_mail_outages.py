@@ -33,8 +33,8 @@ from urllib.parse import urlsplit
 import pytest
 from postgres_schema import fresh_schema
 
-from plugit_backends import pg
 from plugit_backends.mail_smtp import MIN_GRACE, MailBackend, MailSettings
+from plugit_backends.sql import postgres as pg
 from plugit_core.stores import StoreUnavailable
 
 REQUIRED = os.environ.get("PLUGIT_REQUIRE_SERVERS") == "1"

@@ -17,7 +17,6 @@ from typing import Any
 
 import pytest
 
-from plugit_backends import pg
 from plugit_backends.mail_smtp import (
     MailBackend,
     MailQueue,
@@ -26,6 +25,7 @@ from plugit_backends.mail_smtp import (
     read_settings,
 )
 from plugit_backends.mail_smtp.store import LEASE_LOST, MailStore
+from plugit_backends.sql import postgres as pg
 from plugit_core.config import ConfigError, ProxyConfig
 from plugit_core.testing import FakeClock, MailQueueConformance
 

@@ -29,7 +29,7 @@ import requests
 from postgres_schema import fresh_schema
 from werkzeug.security import generate_password_hash
 
-from plugit_backends import pg
+from plugit_backends.sql import postgres as pg
 from plugit_core.proxy.app import ProxyApp
 from plugit_core.service import (
     PlugItAPI,

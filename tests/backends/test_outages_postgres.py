@@ -36,7 +36,7 @@ import pytest
 import requests
 from werkzeug.security import generate_password_hash
 
-from plugit_backends import pg
+from plugit_backends.sql import postgres as pg
 from plugit_core.proxy.app import ProxyApp
 from plugit_core.testing import free_port, serve
 

@@ -15,7 +15,7 @@ import threading
 
 import pytest
 
-from plugit_backends import pg
+from plugit_backends.sql import postgres as pg
 from plugit_core.config import ConfigError, ProxyConfig
 from plugit_core.testing import UserStoreConformance
 
@@ -186,11 +186,11 @@ def test_bad_schema_names_are_refused(bad):
 def test_close_closes_the_pool_and_the_store_reopens(schema):
     store = PostgresUserStore(DSN, schema=schema)
     store.create_user("alice")
-    pool = store._pool.current()
+    pool = store.db.pool.current()
     store.close()
-    assert pool.closed and store._pool.closed
+    assert pool.closed and store.db.pool.closed
     assert store.get_by_username("alice") is not None  # a new pool, opened on demand
-    assert not store._pool.closed
+    assert not store.db.pool.closed
     store.close()
 
 
@@ -361,7 +361,7 @@ def test_factory_builds_a_store(schema, monkeypatch):
     store = _factory(_config(), section)
     try:
         assert store.schema == schema
-        pool = store._pool.current()
+        pool = store.db.pool.current()
         assert pool.max_size == 3 and pool.timeout == 2.5
         store.create_user("alice")
     finally:
@@ -452,4 +452,4 @@ def test_a_proxy_uses_the_directory_in_postgres(schema, monkeypatch):
         proxy.users.create_user("alice")
     finally:
         proxy.close()
-    assert proxy.users._pool.closed
+    assert proxy.users.db.pool.closed

@@ -74,17 +74,17 @@ def test_close_closes_every_pooled_connection_and_the_store_reopens(store):
 
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         assert len(set(pool.map(work, range(4)))) == 4
-    assert store._idle  # connections went back to the pool
+    assert store.db._idle  # connections went back to the pool
     store.close()
-    assert store._idle == []
+    assert store.db._idle == []
     assert len(store.list_users()) == 4  # a new connection, opened on demand
 
 
 def test_a_connection_in_use_during_close_is_closed_when_given_back(store):
-    db, generation = store._acquire()
+    db, generation = store.db._acquire()
     store.close()
-    store._release(db, generation)
-    assert db not in store._idle
+    store.db._release(db, generation)
+    assert db not in store.db._idle
     with pytest.raises(sqlite3.ProgrammingError):
         db.execute("SELECT 1")
 
@@ -128,8 +128,8 @@ def test_old_failures_are_forgotten(store):
     store.record_failure("old")
     now[0] += 2 * 86400
     store.record_failure("new")
-    with store._read() as db:
-        keys = [row["key"] for row in db.execute("SELECT key FROM login_failures")]
+    with store.db.connection() as db:
+        keys = [row["key"] for row in db.all("SELECT key FROM login_failures")]
     assert keys == ["new"]
 
 
@@ -190,7 +190,7 @@ def test_a_version_1_file_gets_the_session_generation(tmp_path):
 
     path = tmp_path / "old.sqlite3"
     db = sqlite3.connect(path, isolation_level=None)
-    db.executescript(SCHEMA)  # the version 1 tables
+    db.executescript(SCHEMA + "PRAGMA user_version = 1;")  # the version 1 tables
     db.execute("INSERT INTO users (uuid, username, created) VALUES ('u-1', 'alice', 0)")
     db.close()
     store = SQLiteUserStore(path)

@@ -34,8 +34,8 @@ from typing import Any
 import pytest
 import requests
 
-from plugit_backends import pg
 from plugit_backends.mail_smtp import MailBackend, run_command
+from plugit_backends.sql import postgres as pg
 from plugit_core.proxy.app import ProxyApp
 from plugit_core.service import PlugItService
 from plugit_core.testing import free_port, serve

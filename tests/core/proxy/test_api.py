@@ -16,7 +16,7 @@ import pytest
 import requests
 from proxy_helpers import SECRET, STRONG_KEY, proxy_config
 
-from plugit_backends import pg
+from plugit_backends.sql import postgres as pg
 from plugit_core.hookspecs import hookimpl
 from plugit_core.proxy.api import MAX_API_BODY, ApiError, parse_id
 from plugit_core.proxy.app import ProxyApp

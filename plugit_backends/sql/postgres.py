@@ -1,4 +1,4 @@
-"""Shared helpers of the PostgreSQL stores (psycopg 3, the ``postgres`` extra).
+"""PostgreSQL as a :class:`~plugit_backends.sql.Database` (psycopg 3, the ``postgres`` extra).
 
 * :func:`read_settings` reads a ``[<kind>_postgres]`` table (``dsn``, ``schema``, ``pool_size``,
   ``pool_timeout``, ``connect_timeout``); ``{ env = "NAME" }`` takes a value from the
@@ -11,6 +11,9 @@
   to date, under an advisory lock, in one transaction, and records the version in the schema's
   ``schema_version`` table.  Two processes starting at once do not race; a database written by
   a newer PlugIt is refused with :class:`SchemaError`.
+
+* :class:`PostgresDatabase` is a schema's tables of one component, migrated, over a
+  :class:`StorePool`: what a SQL store of ``plugit_backends.sql`` runs on.
 
 Nothing here imports psycopg at module level: without the extra, :data:`PG_MISSING` holds the
 ImportError and the stores' factories turn it into a configuration error.
@@ -33,6 +36,9 @@ from typing import TYPE_CHECKING, Any
 from plugit_core.config import ConfigError, ProxyConfig
 from plugit_core.stores import DEFAULT_MAX_WAITERS, StoreGuard, read_guard_settings
 
+from . import Connection as SQLConnection
+from . import Dialect
+
 try:
     import psycopg
     from psycopg import sql
@@ -49,6 +55,7 @@ __all__ = [
     "DEFAULT_SCHEMA",
     "PG_MISSING",
     "PgSettings",
+    "PostgresDatabase",
     "SchemaError",
     "StorePool",
     "build_store",
@@ -362,6 +369,83 @@ def migrate(conn: Connection[Any], schema: str, component: str, steps: Sequence[
                 (component, wanted),
             )
     return wanted
+
+
+def dialect(schema: str) -> Dialect:
+    """The words of PostgreSQL for the statements of the stores (see ``plugit_backends.sql``)."""
+    return Dialect(
+        {
+            "s": f'"{check_schema_name(schema)}"',
+            "fold": "lower",
+            "c": ' COLLATE "C"',
+            "now": "now()",
+            "lock": " FOR NO KEY UPDATE",
+            "json_list": "json_agg",
+            "json_array": "json_build_array",
+        },
+        pyformat=True,
+        drop_nul=True,
+    )
+
+
+class PostgresDatabase:
+    """The tables of ``component`` in ``schema``, migrated to version ``len(steps)`` (see
+    :func:`migrate`), reached through a :class:`StorePool`.
+
+    ``store`` and ``label`` name it in the guard; the other arguments are the pool's."""
+
+    def __init__(
+        self,
+        dsn: str,
+        steps: Sequence[str],
+        *,
+        component: str,
+        store: str,
+        label: str,
+        schema: str = DEFAULT_SCHEMA,
+        pool_size: int = DEFAULT_POOL_SIZE,
+        pool_timeout: float = DEFAULT_POOL_TIMEOUT,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        max_waiters: int = DEFAULT_MAX_WAITERS,
+        required: bool = True,
+    ) -> None:
+        require_psycopg()
+        self.schema = check_schema_name(schema)
+        self.dialect = dialect(schema)
+        with connect(dsn, connect_timeout=connect_timeout) as conn:
+            migrate(conn, schema, component, steps)
+        self.pool = StorePool(
+            dsn,
+            max_size=pool_size,
+            timeout=pool_timeout,
+            connect_timeout=connect_timeout,
+            name=f"plugit-{component}-{schema}",
+            store=store,
+            label=label,
+            max_waiters=max_waiters,
+            required=required,
+        )
+        self.guard = self.pool.guard
+
+    def __repr__(self) -> str:
+        return f"<PostgresDatabase schema={self.schema!r}>"
+
+    @contextmanager
+    def connection(self) -> Iterator[SQLConnection]:
+        """A pooled autocommit connection: each statement is its own transaction."""
+        with self.pool.connection() as conn:
+            yield SQLConnection(conn, self.dialect)
+
+    @contextmanager
+    def transaction(self) -> Iterator[SQLConnection]:
+        """A pooled connection inside one transaction (committed, or rolled back on error)."""
+        with self.pool.transaction() as conn:
+            yield SQLConnection(conn, self.dialect)
+
+    def close(self) -> None:
+        """Close the pool's idle connections (those in use close when given back); the next
+        call opens new ones."""
+        self.pool.close()
 
 
 @dataclass(frozen=True)
