@@ -15,13 +15,14 @@ import math
 import os
 import re
 import sys
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, overload
+from typing import Any, TypeVar, overload
 from urllib.parse import urlsplit
 
 from .networks import parse_networks
+from .settings import ConfigError, Section, SettingError, read_section, setting
 from .users import DEFAULT_USER_DATA
 
 if sys.version_info >= (3, 11):
@@ -64,107 +65,7 @@ MAKE_A_KEY = "python -c 'import secrets; print(secrets.token_urlsafe(48))'"
 
 _NAME = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 _RESERVED_MOUNTS = ("/_plugit/",)
-
-
-class ConfigError(ValueError):
-    """The configuration is invalid.  ``key`` is the dotted path of the faulty setting.
-
-    When ``source`` is a file, the message says where in it: the service by its ``name`` for a
-    key of ``[[services]]``, and the line of the key (or of its table, when the key is missing):
-    ``services[1].url: must be an http:// or https:// URL, got 'ftp://x' (service 'wiki', in
-    plugit.toml, line 12)``.  ``line`` and ``service`` hold them (None when unknown).
-    """
-
-    def __init__(self, key: str, message: str, source: str | None = None) -> None:
-        self.key = key
-        self.source = source
-        self.line, self.service = _locate(key, source)
-        where = []
-        if self.service is not None:
-            where.append(f"service {self.service!r}")
-        if source:
-            where.append(f"in {source}")
-        if self.line is not None:
-            where.append(f"line {self.line}")
-        super().__init__(f"{key}: {message}" + (f" ({', '.join(where)})" if where else ""))
-
-
-_ARRAY_TABLE = re.compile(r"^\[\[\s*(?P<name>[^\[\]]+?)\s*\]\]")
-_TABLE = re.compile(r"^\[\s*(?P<name>[^\[\]]+?)\s*\]")
-_KEY = re.compile(r"""^(?P<key>[A-Za-z0-9_\-]+|"[^"]*"|'[^']*')\s*=\s*(?P<value>.*)$""")
-_SERVICE_KEY = re.compile(r"^services\[(\d+)\]")
-
-
-def _toml_lines(text: str) -> dict[str, int]:
-    """Where each table and key of a TOML document starts: ``services[1].url`` -> line number.
-
-    A light reading of the usual layout (tables, arrays of tables, ``key = value`` lines,
-    multi-line strings skipped), enough to point at a line; what it cannot place is left out.
-    """
-    where: dict[str, int] = {}
-    arrays: dict[str, int] = {}  # path of an array of tables -> tables seen so far
-    table = ""
-    closing: str | None = None  # the delimiter ending the multi-line string being skipped
-    for number, line in enumerate(text.splitlines(), 1):
-        stripped = line.strip()
-        if closing is not None:
-            if closing in stripped:
-                closing = None
-            continue
-        if not stripped or stripped.startswith("#"):
-            continue
-        match = _ARRAY_TABLE.match(stripped) or _TABLE.match(stripped)
-        if match:
-            is_array = stripped.startswith("[[")
-            parts = [part.strip().strip("\"'") for part in match["name"].split(".")]
-            path = ""
-            for n, part in enumerate(parts):
-                path = f"{path}.{part}" if path else part
-                if is_array and n == len(parts) - 1:
-                    arrays[path] = arrays.get(path, 0) + 1
-                if path in arrays:
-                    path += f"[{arrays[path] - 1}]"
-            table = path
-            where.setdefault(table, number)
-            continue
-        match = _KEY.match(stripped)
-        if match:
-            key = match["key"].strip("\"'")
-            where.setdefault(f"{table}.{key}" if table else key, number)
-            value = match["value"]
-            for quote in ('"""', "'''"):
-                if value.startswith(quote) and value.count(quote) == 1:
-                    closing = quote
-    return where
-
-
-def _locate(key: str, source: str | None) -> tuple[int | None, str | None]:
-    """The line of ``key`` in the file ``source`` and, for a service's key, the service's name."""
-    if not source or key == "config":
-        return None, None
-    try:
-        text = Path(source).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError, ValueError):
-        return None, None
-    line = None
-    lines = _toml_lines(text)
-    path = key
-    while path:
-        if path in lines:
-            line = lines[path]
-            break
-        path = path.rpartition(".")[0]
-    service = None
-    match = _SERVICE_KEY.match(key)
-    if match:
-        try:
-            entry = tomllib.loads(text).get("services", [])[int(match[1])]
-        except (tomllib.TOMLDecodeError, IndexError, AttributeError, TypeError, KeyError):
-            entry = None
-        name = entry.get("name") if isinstance(entry, dict) else None
-        if isinstance(name, str) and name:
-            service = name[:64]
-    return line, service
+T = TypeVar("T")
 
 
 class SectionReader:
@@ -355,6 +256,48 @@ class SectionReader:
             raise self.error(sorted(unknown)[0], "unknown setting (check its spelling)")
 
 
+def _name(value: str) -> str:
+    if not _NAME.match(value):
+        raise ValueError(f"must be lower-case letters, digits, '-' or '_', got {value!r}")
+    return value
+
+
+def _service_url(value: str) -> str:
+    """A service's URL, without its trailing slash."""
+    if not re.match(r"^https?://[^/\s]+", value):
+        raise ValueError(f"must be an http:// or https:// URL, got {value!r}")
+    return value.rstrip("/")
+
+
+def _mount(value: str) -> str:
+    if not value.startswith("/") or not value.endswith("/"):
+        raise ValueError(f"must start and end with '/', got {value!r}")
+    if any(value.startswith(reserved) for reserved in _RESERVED_MOUNTS):
+        raise ValueError(f"{value!r} is reserved by the proxy")
+    return value
+
+
+def _service_secret(value: str) -> str:
+    if len(value) < 16:
+        raise ValueError("must be at least 16 characters long")
+    return value
+
+
+def _cookie_rule(value: Any) -> tuple[str, str]:
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string, got {type(value).__name__}")
+    if value.count("=") != 1 or not value.split("=")[0]:
+        raise ValueError(f"expected name=value, got {value!r}")
+    name, _, cookie = value.partition("=")
+    return name, cookie
+
+
+def _roles(value: tuple[str, ...]) -> tuple[str, ...]:
+    if set(value) - {"member", "admin", "superuser"}:
+        raise ValueError("roles are member, admin or superuser")
+    return value
+
+
 @dataclass(frozen=True)
 class Variant:
     """Another build of a service (a canary, a development build), chosen per request.
@@ -365,13 +308,28 @@ class Variant:
     ``cookie = "name=value"``.
     """
 
-    name: str
-    url: str
-    secret: str | None = field(default=None, repr=False)
-    users: tuple[str, ...] = ()
-    orgas: tuple[str, ...] = ()
-    roles: tuple[str, ...] = ()
-    cookie: tuple[str, str] | None = None
+    name: str = setting(check=_name, help="the variant's name, in logs and metrics")
+    url: str = setting(check=_service_url, help="where this build of the service answers")
+    secret: str | None = setting(None, secret=True, help="its own signing secret")
+    users: tuple[str, ...] = setting((), help="user names sent to it")
+    orgas: tuple[str, ...] = setting((), help="organisations whose members are sent to it")
+    roles: tuple[str, ...] = setting((), check=_roles, help="roles sent to it")
+    cookie: tuple[str, str] | None = setting(
+        None, parse=_cookie_rule, help='"name=value": browsers with that cookie are sent to it'
+    )
+
+    def settings_check(self) -> None:
+        """A variant without a rule would never be chosen: refused."""
+        if not (self.users or self.orgas or self.roles or self.cookie):
+            raise SettingError(
+                "a variant needs at least one rule: users, orgas, roles or cookie", "name"
+            )
+
+
+def _action_path(value: str) -> str:
+    if any(ord(c) < 0x20 for c in value) or value.startswith("//"):
+        raise ValueError(f"must be an action path of the service, got {value!r}")
+    return value.lstrip("/")
 
 
 @dataclass(frozen=True)
@@ -384,12 +342,20 @@ class FragmentSpec:
     visitor whom the action's access rules refuse; ``title`` heads it on a site page.
     """
 
-    service: str
-    path: str
-    fallback: str | None = None
-    placeholder: str | None = None
-    timeout: float | None = None
-    title: str | None = None
+    service: str = setting(help="the name of a mounted service")
+    path: str = setting("", check=_action_path, help="the action's path in the service")
+    fallback: str | None = setting(None, help="markup shown when the service fails")
+    placeholder: str | None = setting(None, help="markup shown to visitors refused access")
+    timeout: float | None = setting(None, above=0, help="seconds (default: the service's)")
+    title: str | None = setting(None, help="its heading on a site page")
+
+
+def _site_path(value: str) -> str:
+    if not value.startswith("/") or any(ord(c) < 0x21 for c in value) or "<" in value:
+        raise ValueError(f"must be a path of the site starting with '/', got {value!r}")
+    if any(value.startswith(reserved) for reserved in _RESERVED_MOUNTS):
+        raise ValueError(f"{value!r} is reserved by the proxy")
+    return value
 
 
 @dataclass(frozen=True)
@@ -397,84 +363,168 @@ class SitePage:
     """A page of the site declared in the configuration (``[[pages]]``): a title and fragments
     of any services, in the site's layout, in ``columns`` columns on wide screens."""
 
-    path: str
-    title: str
-    fragments: tuple[FragmentSpec, ...] = ()
-    columns: int = 1
+    path: str = setting(check=_site_path, help="its path on the site")
+    title: str = setting(help="its title")
+    fragments: tuple[FragmentSpec, ...] = setting(
+        (), expected="a list of fragment tables", help="the fragments it shows, in order"
+    )
+    columns: int = setting(1, minimum=1, maximum=4, help="columns on wide screens")
+
+
+def _title(values: Mapping[str, Any]) -> str:
+    name: str = values["name"]
+    return name.replace("_", " ").replace("-", " ").title() or name
 
 
 @dataclass(frozen=True)
 class ServiceMount:
-    """One service mounted on the proxy."""
+    """One service mounted on the proxy (``[[services]]``)."""
 
-    name: str
-    url: str
-    mount: str
-    title: str
-    timeout: float = 5.0
-    connect_timeout: float = 2.0
-    template_dialect: str = "jinja"
-    secret: str | None = field(default=None, repr=False)
-    api_key: str | None = field(default=None, repr=False)
-    orga_mode: bool = False
-    proxy_mode: bool = False
-    menu_block: str = "menubar"
-    layout: str = "default"
-    max_concurrency: int = 32
-    max_response_size: int = 10 * 1024 * 1024
-    breaker_failures: int = 5
-    breaker_reset: float = 30.0
+    name: str = setting(check=_name, help="the service's name, in URLs of the API and logs")
+    url: str = setting(check=_service_url, help="where the service answers")
+    mount: str = setting(
+        default_from=lambda values: f"/{values['name']}/",
+        check=_mount,
+        help="its path on the site (default: /<name>/)",
+    )
+    title: str = setting(default_from=_title, blank_is_missing=True, help="its title in menus")
+    timeout: float = setting(5.0, minimum=0.001, help="seconds an action may take")
+    connect_timeout: float = setting(2.0, minimum=0.001, help="seconds to connect")
+    template_dialect: str = setting(
+        "jinja", choices=("jinja", "django"), help="the language of its templates"
+    )
+    secret: str | None = setting(
+        None, secret=True, check=_service_secret, help="the key requests to it are signed with"
+    )
+    api_key: str | None = setting(None, secret=True, help="the key it calls the API with")
+    orga_mode: bool = setting(False, help="its data belongs to organisations")
+    proxy_mode: bool = setting(False, help="its pages are sent as they are, without the layout")
+    menu_block: str = setting("menubar", blank_is_missing=True, help="the block of its menu")
+    layout: str = setting("default", choices=("default", "menu"), help="the site layout used")
+    max_concurrency: int = setting(32, minimum=1, help="requests to it at once")
+    max_response_size: int = setting(10 * 1024 * 1024, minimum=1024, help="bytes of a reply")
+    breaker_failures: int = setting(5, minimum=1, help="failures in a row that open the circuit")
+    breaker_reset: float = setting(30.0, minimum=0.1, help="seconds before trying again")
     # Is the proxy not ready (/_plugit/ready answers 503) while this service's circuit is open?
-    required: bool = False
-    stale_for: float = 3600.0
-    fallback_html: str | None = None
-    variants: tuple[Variant, ...] = ()
-    shadow_url: str | None = None
-    shadow_secret: str | None = field(default=None, repr=False)
-    options: Mapping[str, Any] = field(default_factory=dict)
+    required: bool = setting(False, help="the proxy is not ready while the service is down")
+    stale_for: float = setting(3600.0, help="seconds a stale page may stand in for a failure")
+    fallback_html: str | None = setting(None, help="markup shown when the service fails")
+    variants: tuple[Variant, ...] = setting(
+        (), expected="[[services.variants]] tables", help="other builds chosen per request"
+    )
+    shadow_url: str | None = setting(None, check=_service_url, help="a build sent copies")
+    shadow_secret: str | None = setting(None, secret=True, help="the shadow build's secret")
+    options: Mapping[str, Any] = setting(
+        default_factory=dict, check=dict, help="what the service's own code reads"
+    )
     # How far the site trusts the service's HTML: "sandboxed" (sanitised, strict CSP) or "full".
-    trust: str = "sandboxed"
+    trust: str = setting("sandboxed", choices=TRUST_LEVELS, help="how far its HTML is trusted")
     # The theme of its pages (a registered theme backend), when not the site's.
-    theme: str | None = None
+    theme: str | None = setting(None, blank_is_missing=True, help="its theme, when not the site's")
     # The budget of one render of its templates (plugit_core.proxy.sandbox.RenderBudget).
-    render_cpu_time: float = 0.5
-    render_max_iterations: int = 100_000
-    render_max_output: int = 5_000_000
-    render_max_size: int = 1_000_000
+    render_cpu_time: float = setting(0.5, minimum=0.001, help="CPU seconds of one render")
+    render_max_iterations: int = setting(100_000, minimum=1, help="loop turns of one render")
+    render_max_output: int = setting(5_000_000, minimum=1024, help="characters one render makes")
+    render_max_size: int = setting(1_000_000, minimum=1024, help="characters of a template")
 
     @property
     def media_url(self) -> str:
         return self.mount + "media/"
 
 
+def _secret_key(values: Mapping[str, Any]) -> str:
+    if not values["dev_mode"]:
+        raise SettingError(f"is required outside dev mode: make one with {MAKE_A_KEY}")
+    return DEV_SECRET_KEY
+
+
+def _networks(setting_name: str) -> Callable[[tuple[str, ...]], tuple[str, ...]]:
+    def check(value: tuple[str, ...]) -> tuple[str, ...]:
+        parse_networks(value, setting=setting_name)
+        return value
+
+    return check
+
+
+def _user_data(value: tuple[str, ...]) -> tuple[str, ...]:
+    if "pk" not in value:
+        raise ValueError("must contain 'pk'")
+    return value
+
+
 @dataclass(frozen=True)
 class ProxyConfig:
-    """The whole proxy configuration."""
+    """The whole proxy configuration: the top level of the file."""
 
-    secret_key: str = field(repr=False)
-    services: tuple[ServiceMount, ...] = ()
-    dev_mode: bool = False
-    site_name: str = "PlugIt"
-    theme: str = "bootstrap"
-    cache: str = "memory"
-    session: str = "cookie"
-    auth: tuple[str, ...] = ()
-    users: str | None = None
-    billing: str | None = None
-    mail: str | None = None
-    user_data: tuple[str, ...] = DEFAULT_USER_DATA
-    allowed_redirect_hosts: tuple[str, ...] = ()
-    trusted_proxies: tuple[str, ...] = ()
-    dev_allowed_clients: tuple[str, ...] = ()
-    max_upload_size: int = 16 * 1024 * 1024
-    http_client: str = "auto"
-    pages: tuple[SitePage, ...] = ()  # [[pages]]: pages composed of fragments
+    secret_key: str = setting(
+        default_from=_secret_key,
+        blank_is_missing=True,
+        secret=True,
+        help="the key sessions and requests to services are signed with",
+    )
+    services: tuple[ServiceMount, ...] = setting(
+        (), expected="[[services]] tables", help="the mounted services"
+    )
+    dev_mode: bool = setting(False, help="development mode: never in production")
+    site_name: str = setting("PlugIt", blank_is_missing=True, help="the site's name")
+    theme: str = setting("bootstrap", blank_is_missing=True, help="the theme backend")
+    cache: str = setting("memory", blank_is_missing=True, help="the cache backend")
+    session: str = setting("cookie", blank_is_missing=True, help="the session backend")
+    auth: tuple[str, ...] = setting((), help="the login backends, in order")
+    # Logins need a directory: the embedded SQLite one unless another is named.
+    users: str | None = setting(
+        None,
+        default_from=lambda values: "sqlite" if values["auth"] else None,
+        help="the user directory backend",
+    )
+    billing: str | None = setting(None, blank_is_missing=True, help="the billing backend")
+    mail: str | None = setting(None, blank_is_missing=True, help="the mail backend")
+    user_data: tuple[str, ...] = setting(
+        DEFAULT_USER_DATA, check=_user_data, help="user properties services may receive"
+    )
+    allowed_redirect_hosts: tuple[str, ...] = setting(
+        (),
+        check=lambda hosts: tuple(h.lower() for h in hosts),
+        help="hosts services may redirect to",
+    )
+    trusted_proxies: tuple[str, ...] = setting(
+        (), check=_networks("trusted_proxies"), help="proxies whose X-Forwarded-* are believed"
+    )
+    dev_allowed_clients: tuple[str, ...] = setting(
+        (),
+        non_empty=True,
+        check=_networks("dev_allowed_clients"),
+        help="who may use a dev-mode proxy",
+    )
+    max_upload_size: int = setting(16 * 1024 * 1024, help="bytes of a request's body")
+    http_client: str = setting("auto", choices=HTTP_CLIENTS, help="how services are called")
+    pages: tuple[SitePage, ...] = setting(
+        (), expected="[[pages]] tables", help="pages composed of fragments"
+    )
     source: str | None = None
     sections: Mapping[str, Mapping[str, Any]] = field(default_factory=dict, repr=False)
 
     def section(self, name: str) -> Mapping[str, Any]:
         """The table ``[name]`` of the file (empty when absent), for the backend called ``name``."""
         return self.sections.get(name, {})
+
+    def read(
+        self,
+        cls: type[T],
+        name: str,
+        section: Mapping[str, Any] | None = None,
+        *,
+        blank_is_missing: bool = False,
+    ) -> T:
+        """The table ``[name]`` (or ``section``, the table a backend's factory is handed) read
+        into the settings dataclass ``cls`` (:func:`plugit_core.settings.read_section`), its
+        errors naming ``name.key`` and this file."""
+        data = self.section(name) if section is None else section
+        return read_section(cls, data, name, self.source, blank_is_missing=blank_is_missing)
+
+    def error(self, key: str, message: str) -> ConfigError:
+        """The error of the setting ``key`` (a dotted path) in this file."""
+        return ConfigError(key, message, self.source)
 
     def reader(
         self, name: str, section: Mapping[str, Any] | None = None, **options: Any
@@ -495,91 +545,37 @@ class ProxyConfig:
         cls, data: Mapping[str, Any], source: str | None = None, *, check_secret: bool = True
     ) -> ProxyConfig:
         """Validate a parsed configuration; raise :class:`ConfigError` naming the faulty key."""
-        top = SectionReader(data, "", source)
-        dev_mode = top.bool("dev_mode", False)
-        secret_key = top.str("secret_key")
-        if secret_key is None or not secret_key:
-            if not dev_mode:
-                raise top.error(
-                    "secret_key", f"is required outside dev mode: make one with {MAKE_A_KEY}"
-                )
-            secret_key = DEV_SECRET_KEY
-        elif not dev_mode:
-            _check_not_known(secret_key, top, "secret_key")
+        top = Section("", source)
+        names = {f.name for f in fields(cls)}
+        # Top-level tables that are not settings belong to backends; they check them when built.
+        sections = {k: v for k, v in data.items() if isinstance(v, Mapping) and k not in names}
+        config = read_section(cls, data, "", source, extra_keys=sections)
+        if not config.dev_mode:
+            _check_not_known(config.secret_key, top, "secret_key")
             if check_secret:
-                _check_strong(secret_key, top, "secret_key")
-        services_raw = top.raw("services", [])
-        if not isinstance(services_raw, list):
-            raise top.error("services", "expected [[services]] tables")
-        services = tuple(_service(item, i, source) for i, item in enumerate(services_raw))
-        _check_unique(services, source)
-        trusted = top.str_list("trusted_proxies", ())
-        try:
-            parse_networks(trusted, setting="trusted_proxies")
-        except ValueError as exc:
-            raise top.error("trusted_proxies", str(exc)) from None
-        dev_allowed = top.str_list("dev_allowed_clients", (), allow_empty=False)
-        try:
-            parse_networks(dev_allowed, setting="dev_allowed_clients")
-        except ValueError as exc:
-            raise top.error("dev_allowed_clients", str(exc)) from None
-        auth = top.str_list("auth", ())
-        # Logins need a directory: the embedded SQLite one unless another is named.
-        users = top.str("users", "sqlite" if auth else None)
-        http_client = top.choice("http_client", "auto", HTTP_CLIENTS)
-        if http_client == "httptools":
-            _check_httptools(top, services)
-        user_data = top.str_list("user_data", DEFAULT_USER_DATA)
-        if "pk" not in user_data:
-            raise top.error("user_data", "must contain 'pk'")
-        config = cls(
-            secret_key=secret_key,
-            services=services,
-            dev_mode=dev_mode,
-            site_name=top.str("site_name", "PlugIt") or "PlugIt",
-            theme=top.str("theme", "bootstrap") or "bootstrap",
-            cache=top.str("cache", "memory") or "memory",
-            session=top.str("session", "cookie") or "cookie",
-            auth=auth,
-            users=users,
-            billing=top.str("billing") or None,
-            mail=top.str("mail") or None,
-            user_data=user_data,
-            allowed_redirect_hosts=tuple(
-                h.lower() for h in top.str_list("allowed_redirect_hosts", ())
-            ),
-            trusted_proxies=trusted,
-            dev_allowed_clients=dev_allowed,
-            max_upload_size=top.number(
-                "max_upload_size", 16 * 1024 * 1024, minimum=0, integer=True
-            ),
-            http_client=http_client,
-            pages=_pages(top.raw("pages", []), services, source),
-            source=source,
-            sections={
-                k: v for k, v in data.items() if isinstance(v, Mapping) and k not in top.seen
-            },
-        )
-        # Remaining top-level tables belong to backends; they check them when built.
-        top.finish(allowed_extra=set(config.sections))
-        return config
+                _check_strong(config.secret_key, top, "secret_key")
+        _check_unique(config.services, top)
+        if config.http_client == "httptools":
+            _check_httptools(top, config.services)
+        _check_pages(config, top)
+        return replace(config, source=source, sections=sections)
 
 
-def _check_not_known(secret: str, reader: SectionReader, key: str) -> None:
+def _check_not_known(secret: str, top: Section, key: str) -> None:
     """Refuse the dev-mode key, the keys printed in this repository and obvious placeholders:
     anyone can read them, so anyone could sign sessions (log in as anyone) with them."""
     folded = secret.strip().lower()
     if secret.strip() in KNOWN_KEYS or any(word in folded for word in _PLACEHOLDER_WORDS):
-        raise reader.error(
+        raise top.error(
             key,
             "is a published example or dev-mode key, which anyone can use to sign sessions: "
             f"make your own with {MAKE_A_KEY}",
         )
 
 
-def _check_strong(secret: str, reader: SectionReader, key: str) -> None:
+def _check_strong(secret: str, top: Section, key: str) -> None:
     if len(secret) < 32 or len(set(secret)) < 10:
-        raise reader.error(
+        raise top.error(
             key, f"is too weak: use at least 32 random characters (make one with {MAKE_A_KEY})"
         )
 
@@ -593,192 +589,49 @@ def httptools_available() -> bool:
     return True
 
 
-def _check_httptools(reader: SectionReader, services: tuple[ServiceMount, ...]) -> None:
+def _check_httptools(top: Section, services: tuple[ServiceMount, ...]) -> None:
     if not httptools_available():
-        raise reader.error("http_client", "'httptools' needs: pip install 'plugit-wsgi[speedups]'")
+        raise top.error("http_client", "'httptools' needs: pip install 'plugit-wsgi[speedups]'")
     for mount in services:
         urls = [mount.url, *(v.url for v in mount.variants), mount.shadow_url]
         for url in filter(None, urls):
             if not url.startswith("http://"):
-                raise reader.error(
+                raise top.error(
                     "http_client",
                     f"'httptools' speaks plain http; service {mount.name!r} is at {url} "
                     "(use 'auto' or 'urllib3')",
                 )
 
 
-def _service(data: Any, index: int, source: str | None) -> ServiceMount:
-    r = SectionReader(data, f"services[{index}].", source)
-    name = r.str("name", required=True)
-    assert name is not None
-    if not _NAME.match(name):
-        raise r.error("name", f"must be lower-case letters, digits, '-' or '_', got {name!r}")
-    url = _url(r, "url", required=True)
-    assert url is not None
-    mount = r.str("mount", f"/{name}/")
-    assert mount is not None
-    if not mount.startswith("/") or not mount.endswith("/"):
-        raise r.error("mount", f"must start and end with '/', got {mount!r}")
-    if any(mount.startswith(reserved) for reserved in _RESERVED_MOUNTS):
-        raise r.error("mount", f"{mount!r} is reserved by the proxy")
-    secret = r.str("secret")
-    if secret is not None and len(secret) < 16:
-        raise r.error("secret", "must be at least 16 characters long")
-    mount_obj = ServiceMount(
-        name=name,
-        url=url,
-        mount=mount,
-        title=r.str("title", name.replace("_", " ").replace("-", " ").title()) or name,
-        timeout=r.number("timeout", 5.0, minimum=0.001),
-        connect_timeout=r.number("connect_timeout", 2.0, minimum=0.001),
-        template_dialect=r.choice("template_dialect", "jinja", ("jinja", "django")),
-        secret=secret,
-        api_key=r.str("api_key"),
-        orga_mode=r.bool("orga_mode", False),
-        proxy_mode=r.bool("proxy_mode", False),
-        menu_block=r.str("menu_block", "menubar") or "menubar",
-        layout=r.choice("layout", "default", ("default", "menu")),
-        max_concurrency=r.number("max_concurrency", 32, minimum=1, integer=True),
-        max_response_size=r.number(
-            "max_response_size", 10 * 1024 * 1024, minimum=1024, integer=True
-        ),
-        breaker_failures=r.number("breaker_failures", 5, minimum=1, integer=True),
-        breaker_reset=r.number("breaker_reset", 30.0, minimum=0.1),
-        required=r.bool("required", False),
-        stale_for=r.number("stale_for", 3600.0, minimum=0),
-        fallback_html=r.str("fallback_html"),
-        variants=_variants(r.raw("variants", []), index, source),
-        shadow_url=_url(r, "shadow_url", required=False),
-        shadow_secret=r.str("shadow_secret"),
-        options=dict(r.raw("options", {}) or {}),
-        trust=r.choice("trust", "sandboxed", TRUST_LEVELS),
-        theme=r.str("theme") or None,
-        render_cpu_time=r.number("render_cpu_time", 0.5, minimum=0.001),
-        render_max_iterations=r.number("render_max_iterations", 100_000, minimum=1, integer=True),
-        render_max_output=r.number("render_max_output", 5_000_000, minimum=1024, integer=True),
-        render_max_size=r.number("render_max_size", 1_000_000, minimum=1024, integer=True),
-    )
-    r.finish()
-    return mount_obj
+def _check_pages(config: ProxyConfig, top: Section) -> None:
+    """What a page's reading alone cannot check: its place among the mounts and other pages,
+    and that its fragments name mounted services."""
+    known = ", ".join(sorted(m.name for m in config.services)) or "none"
+    for index, page in enumerate(config.pages):
+        where = f"pages[{index}]"
+        for mount in config.services:
+            if page.path.startswith(mount.mount) or page.path + "/" == mount.mount:
+                raise top.error(
+                    f"{where}.path", f"{page.path!r} is below the mount of service {mount.name!r}"
+                )
+        if any(other.path == page.path for other in config.pages[:index]):
+            raise top.error(f"{where}.path", f"{page.path!r} is used twice")
+        for n, spec in enumerate(page.fragments):
+            if not any(spec.service == mount.name for mount in config.services):
+                raise top.error(
+                    f"{where}.fragments[{n}].service",
+                    f"no service is named {spec.service!r} (services: {known})",
+                )
 
 
-def _url(r: SectionReader, key: str, *, required: bool) -> str | None:
-    url = r.str(key, required=required)
-    if url is None:
-        return None
-    if not re.match(r"^https?://[^/\s]+", url):
-        raise r.error(key, f"must be an http:// or https:// URL, got {url!r}")
-    return url.rstrip("/")
-
-
-def _variants(data: Any, index: int, source: str | None) -> tuple[Variant, ...]:
-    if not isinstance(data, list):
-        raise ConfigError(
-            f"services[{index}].variants", "expected [[services.variants]] tables", source
-        )
-    variants = []
-    for n, item in enumerate(data):
-        r = SectionReader(item, f"services[{index}].variants[{n}].", source)
-        name = r.str("name", required=True)
-        assert name is not None
-        if not _NAME.match(name):
-            raise r.error("name", f"must be lower-case letters, digits, '-' or '_', got {name!r}")
-        cookie = r.str("cookie")
-        if cookie is not None and (cookie.count("=") != 1 or not cookie.split("=")[0]):
-            raise r.error("cookie", f"expected name=value, got {cookie!r}")
-        roles = r.str_list("roles", ())
-        if set(roles) - {"member", "admin", "superuser"}:
-            raise r.error("roles", "roles are member, admin or superuser")
-        variant = Variant(
-            name=name,
-            url=_url(r, "url", required=True) or "",
-            secret=r.str("secret"),
-            users=r.str_list("users", ()),
-            orgas=r.str_list("orgas", ()),
-            roles=roles,
-            cookie=tuple(cookie.split("=", 1)) if cookie else None,  # type: ignore[arg-type]
-        )
-        if not (variant.users or variant.orgas or variant.roles or variant.cookie):
-            raise r.error(
-                "name", "a variant needs at least one rule: users, orgas, roles or cookie"
-            )
-        r.finish()
-        variants.append(variant)
-    return tuple(variants)
-
-
-def _fragment_specs(
-    data: Any, key: str, services: Mapping[str, ServiceMount], source: str | None
-) -> tuple[FragmentSpec, ...]:
-    if not isinstance(data, list):
-        raise ConfigError(key, "expected a list of fragment tables", source)
-    specs = []
-    for n, item in enumerate(data):
-        r = SectionReader(item, f"{key}[{n}].", source)
-        service = r.str("service", required=True)
-        if service not in services:
-            known = ", ".join(sorted(services)) or "none"
-            raise r.error("service", f"no service is named {service!r} (services: {known})")
-        path = r.str("path", "") or ""
-        if any(ord(c) < 0x20 for c in path) or path.startswith("//"):
-            raise r.error("path", f"must be an action path of the service, got {path!r}")
-        timeout = r.raw("timeout", None)
-        specs.append(
-            FragmentSpec(
-                service=str(service),
-                path=path.lstrip("/"),
-                fallback=r.str("fallback"),
-                placeholder=r.str("placeholder"),
-                timeout=None if timeout is None else r.number("timeout", 0.0, above=0),
-                title=r.str("title"),
-            )
-        )
-        r.finish()
-    return tuple(specs)
-
-
-def _pages(
-    data: Any, services: tuple[ServiceMount, ...], source: str | None
-) -> tuple[SitePage, ...]:
-    """``[[pages]]``: site pages composed of fragments of the services."""
-    if not isinstance(data, list):
-        raise ConfigError("pages", "expected [[pages]] tables", source)
-    by_name = {m.name: m for m in services}
-    pages: list[SitePage] = []
-    for index, item in enumerate(data):
-        r = SectionReader(item, f"pages[{index}].", source)
-        path = r.str("path", required=True)
-        assert path is not None
-        if not path.startswith("/") or any(ord(c) < 0x21 for c in path) or "<" in path:
-            raise r.error("path", f"must be a path of the site starting with '/', got {path!r}")
-        if any(path.startswith(reserved) for reserved in _RESERVED_MOUNTS):
-            raise r.error("path", f"{path!r} is reserved by the proxy")
-        for mount in services:
-            if path.startswith(mount.mount) or path + "/" == mount.mount:
-                raise r.error("path", f"{path!r} is below the mount of service {mount.name!r}")
-        if any(page.path == path for page in pages):
-            raise r.error("path", f"{path!r} is used twice")
-        page = SitePage(
-            path=path,
-            title=r.str("title", required=True) or path,
-            fragments=_fragment_specs(
-                r.raw("fragments", []), f"pages[{index}].fragments", by_name, source
-            ),
-            columns=r.number("columns", 1, minimum=1, maximum=4, integer=True),
-        )
-        r.finish()
-        pages.append(page)
-    return tuple(pages)
-
-
-def _check_unique(services: tuple[ServiceMount, ...], source: str | None) -> None:
+def _check_unique(services: tuple[ServiceMount, ...], top: Section) -> None:
     names: set[str] = set()
     mounts: set[str] = set()
     for i, service in enumerate(services):
         if service.name in names:
-            raise ConfigError(f"services[{i}].name", f"{service.name!r} is used twice", source)
+            raise top.error(f"services[{i}].name", f"{service.name!r} is used twice")
         if service.mount in mounts:
-            raise ConfigError(f"services[{i}].mount", f"{service.mount!r} is used twice", source)
+            raise top.error(f"services[{i}].mount", f"{service.mount!r} is used twice")
         names.add(service.name)
         mounts.add(service.mount)
 

@@ -26,9 +26,9 @@ from .users import ALL, Orga, PlugItUser
 if TYPE_CHECKING:
     from werkzeug.wrappers import Response
 
-    from .config import SectionReader
     from .proxy.app import ProxyApp, ProxyRequest
     from .proxy.routes import Route
+    from .settings import Section
 
 __all__ = [
     "MAX_USERNAME",
@@ -95,7 +95,7 @@ class GroupGrant:
 
 
 def parse_group_grants(
-    reader: SectionReader,
+    reader: Section,
     value: Any,
     service_names: set[str],
     *,

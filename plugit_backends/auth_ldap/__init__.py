@@ -48,15 +48,16 @@ import ssl
 import string
 import uuid
 import warnings
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlsplit
 
-from plugit_core.config import ConfigError, ProxyConfig, SectionReader
+from plugit_core.config import ConfigError, ProxyConfig
 from plugit_core.hookspecs import hookimpl
 from plugit_core.identity import AuthError, GroupGrant, grant_memberships, parse_group_grants
 from plugit_core.networks import is_loopback_host
+from plugit_core.settings import Section, SettingError, setting
 from plugit_core.users import PlugItUser
 
 # ldap3 is the `ldap` extra: without it this plugin still loads (so it can be a built-in), and
@@ -106,12 +107,6 @@ AD_DISABLED = {
 _AD_CODE = re.compile(r"\bdata ([0-9a-fA-F]{3,4})\b")
 _PLACEHOLDER = re.compile(r"\{(dn|username)\}")
 _ATTRIBUTE = re.compile(r"^(?:[A-Za-z][A-Za-z0-9-]*|[0-9]+(?:\.[0-9]+)+)$")
-_KNOWN = frozenset(
-    """server label start_tls ca_file validate allow_plaintext timeout bind_dn bind_password
-    user_search_base user_filter id_attribute username_attribute email_attribute
-    first_name_attribute last_name_attribute member_of_attribute group_search_base group_filter
-    groups superuser_groups""".split()
-)
 
 UNAVAILABLE = "The company directory cannot be reached right now."
 BAD_CREDENTIALS = "Wrong user name or password."
@@ -121,32 +116,131 @@ DISABLED = "This account is disabled."
 # -- settings -------------------------------------------------------------------------------------
 
 
+def _server(value: str) -> str:
+    split = urlsplit(value)
+    if split.scheme not in ("ldap", "ldaps") or not split.hostname:
+        raise ValueError(f"expected ldap://host[:port] or ldaps://host[:port], got {value!r}")
+    if split.username or split.password or split.path not in ("", "/") or split.query:
+        raise ValueError("only ldap[s]://host[:port] (no user, path or query)")
+    try:
+        split.port  # noqa: B018 (raises ValueError for a bad port)
+    except ValueError:
+        raise ValueError(f"invalid port in {value!r}") from None
+    return value
+
+
+def _validate(value: Any) -> bool:
+    if value not in ("required", "none", ""):
+        raise ValueError(f'must be "required" or "none", got {value!r}')
+    return value != "none"
+
+
+def _attribute(*, allow_dn: bool = False) -> Callable[[str], str]:
+    def check(value: str) -> str:
+        if allow_dn and value.lower() == "dn":
+            return "dn"
+        if not _ATTRIBUTE.match(value):
+            raise ValueError(f"not an LDAP attribute name: {value!r}")
+        return value
+
+    return check
+
+
+def _dn(value: Any) -> tuple[tuple[str, str], ...]:
+    """The normalised key of a distinguished name, or ValueError."""
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError("expected a distinguished name (cn=...,dc=...)")
+    try:
+        return dn_key(value)
+    except LDAPInvalidDnError:
+        raise ValueError(f"not a valid distinguished name: {value!r}") from None
+
+
+def _dn_text(value: str) -> str:
+    _dn(value)
+    return value
+
+
+def _search_filter(*placeholders: str) -> Callable[[str], str]:
+    def check(value: str) -> str:
+        if not any("{" + p + "}" in value for p in placeholders):
+            raise ValueError(f"must contain {' or '.join('{' + p + '}' for p in placeholders)}")
+        if not _balanced(value):
+            raise ValueError(f"not an LDAP filter (unbalanced parentheses): {value!r}")
+        leftover = value
+        for p in placeholders:
+            leftover = leftover.replace("{" + p + "}", "")
+        if "{" in leftover or "}" in leftover:
+            names = ", ".join("{" + p + "}" for p in placeholders)
+            raise ValueError(f"only {names} may appear in braces")
+        return value
+
+    return check
+
+
+def _group_dns(value: Any) -> frozenset[tuple[tuple[str, str], ...]]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list):
+        raise ValueError("expected a list of group DNs")
+    keys = set()
+    for i, dn in enumerate(value):
+        try:
+            keys.add(_dn(dn))
+        except ValueError as exc:
+            raise SettingError(str(exc), f"[{i}]") from None
+    return frozenset(keys)
+
+
 @dataclass(frozen=True)
 class LDAPSettings:
-    """The validated ``[auth_ldap]`` table."""
+    """The ``[auth_ldap]`` table, checked (see docs/auth-ldap.md)."""
 
-    host: str
-    port: int
-    use_ssl: bool
-    user_search_base: str
-    label: str = "Company directory"
-    start_tls: bool = False
-    ca_file: str | None = None
-    validate: bool = True
-    timeout: float = 5.0
-    bind_dn: str | None = None
-    bind_password: str | None = field(default=None, repr=False)
-    user_filter: str = DEFAULT_USER_FILTER
-    id_attribute: str = "entryUUID"
-    username_attribute: str = "uid"
-    email_attribute: str = "mail"
-    first_name_attribute: str = "givenName"
-    last_name_attribute: str = "sn"
-    member_of_attribute: str = "memberOf"
-    group_search_base: str | None = None
-    group_filter: str = DEFAULT_GROUP_FILTER
-    groups: Mapping[tuple[tuple[str, str], ...], GroupGrant] = field(default_factory=dict)
-    superuser_groups: frozenset[tuple[tuple[str, str], ...]] = frozenset()
+    server: str = setting(check=_server, help="ldap://host[:port] or ldaps://host[:port]")
+    user_search_base: str = setting(check=_dn_text, help="where users are searched")
+    label: str = setting("Company directory", help="the name on the login page")
+    start_tls: bool = setting(False, help="upgrade ldap:// to TLS")
+    ca_file: str | None = setting(None, help="the CA bundle the server is checked against")
+    validate: bool = setting(True, parse=_validate, help='"required" or "none"')
+    allow_plaintext: bool = setting(False, help="passwords may cross a trusted network in clear")
+    timeout: float = setting(5.0, above=0, maximum=300, help="seconds of a directory exchange")
+    bind_dn: str | None = setting(None, check=_dn_text, help="the service account")
+    bind_password: str | None = setting(None, secret=True, help="its password")
+    user_filter: str = setting(
+        DEFAULT_USER_FILTER, check=_search_filter("username"), help="finds a user"
+    )
+    id_attribute: str = setting(
+        "entryUUID", check=_attribute(allow_dn=True), help="the stable id of an entry"
+    )
+    username_attribute: str = setting("uid", check=_attribute(), help="the user name")
+    email_attribute: str = setting("mail", check=_attribute(), help="the e-mail address")
+    first_name_attribute: str = setting("givenName", check=_attribute(), help="the first name")
+    last_name_attribute: str = setting("sn", check=_attribute(), help="the last name")
+    member_of_attribute: str = setting("memberOf", check=_attribute(), help="the user's groups")
+    group_search_base: str | None = setting(None, check=_dn_text, help="where groups are")
+    group_filter: str = setting(
+        DEFAULT_GROUP_FILTER, check=_search_filter("dn", "username"), help="finds user's groups"
+    )
+    groups: Mapping[tuple[tuple[str, str], ...], GroupGrant] = setting(
+        default_factory=dict,
+        expected="a table of group DN = { services = {...}, ... }",
+        help="what membership of each group gives",
+    )
+    superuser_groups: frozenset[tuple[tuple[str, str], ...]] = setting(
+        frozenset(), parse=_group_dns, help="groups whose members administer every service"
+    )
+
+    @property
+    def use_ssl(self) -> bool:
+        return urlsplit(self.server).scheme == "ldaps"
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.server).hostname or ""
+
+    @property
+    def port(self) -> int:
+        return urlsplit(self.server).port or (636 if self.use_ssl else 389)
 
     @property
     def tls(self) -> bool:
@@ -156,44 +250,6 @@ class LDAPSettings:
     def source(self) -> str:
         """The ``source`` of the users this directory vouches for, in the proxy's directory."""
         return f"ldap:{self.host.lower()}"
-
-
-class _Reader(SectionReader):
-    """The ``[auth_ldap]`` table: an empty string is not set; LDAP names and filters checked."""
-
-    def __init__(self, config: ProxyConfig, section: Mapping[str, Any]) -> None:
-        super().__init__(section, f"{SECTION}.", config.source, blank_is_missing=True)
-
-    def attribute(self, key: str, default: str, *, allow_dn: bool = False) -> str:
-        value = self.str(key, default) or default
-        if allow_dn and value.lower() == "dn":
-            return "dn"
-        if not _ATTRIBUTE.match(value):
-            raise self.error(key, f"not an LDAP attribute name: {value!r}")
-        return value
-
-    def dn(self, key: str, value: Any) -> tuple[tuple[str, str], ...]:
-        if not isinstance(value, str) or not value.strip():
-            raise self.error(key, "expected a distinguished name (cn=...,dc=...)")
-        try:
-            return dn_key(value)
-        except LDAPInvalidDnError:
-            raise self.error(key, f"not a valid distinguished name: {value!r}") from None
-
-    def search_filter(self, key: str, default: str, placeholders: tuple[str, ...]) -> str:
-        value = self.str(key, default) or default
-        if not any("{" + p + "}" in value for p in placeholders):
-            wanted = " or ".join("{" + p + "}" for p in placeholders)
-            raise self.error(key, f"must contain {wanted}")
-        if not _balanced(value):
-            raise self.error(key, f"not an LDAP filter (unbalanced parentheses): {value!r}")
-        leftover = value
-        for p in placeholders:
-            leftover = leftover.replace("{" + p + "}", "")
-        if "{" in leftover or "}" in leftover:
-            names = ", ".join("{" + p + "}" for p in placeholders)
-            raise self.error(key, f"only {names} may appear in braces")
-        return value
 
 
 def _balanced(value: str) -> bool:
@@ -223,104 +279,40 @@ def settings_from_config(config: ProxyConfig, section: Mapping[str, Any]) -> LDA
             f"the ldap auth backend needs ldap3: pip install 'plugit-wsgi[ldap]' ({LDAP3_MISSING})",
             config.source,
         )
-    reader = _Reader(config, section)
-    reader.known(_KNOWN)
-
-    server = reader.str("server", required=True) or ""
-    split = urlsplit(server)
-    if split.scheme not in ("ldap", "ldaps") or not split.hostname:
-        raise reader.error(
-            "server", f"expected ldap://host[:port] or ldaps://host[:port], got {server!r}"
-        )
-    if split.username or split.password or split.path not in ("", "/") or split.query:
-        raise reader.error("server", "only ldap[s]://host[:port] (no user, path or query)")
-    try:
-        port = split.port or (636 if split.scheme == "ldaps" else 389)
-    except ValueError:
-        raise reader.error("server", f"invalid port in {server!r}") from None
-    use_ssl = split.scheme == "ldaps"
-    host = split.hostname
-
-    start_tls = reader.bool("start_tls", False)
-    if start_tls and use_ssl:
-        raise reader.error("start_tls", "ldaps:// already uses TLS; start_tls is for ldap://")
-    tls = use_ssl or start_tls
-    ca_file = reader.str("ca_file")
-    if ca_file is not None:
-        if not tls:
-            raise reader.error("ca_file", "only used with ldaps:// or start_tls = true")
-        if not os.path.isfile(ca_file) or not os.access(ca_file, os.R_OK):
-            raise reader.error("ca_file", f"cannot read {ca_file!r}")
-    validate = reader.str("validate", "required")
-    if validate not in ("required", "none"):
-        raise reader.error("validate", f'must be "required" or "none", got {validate!r}')
-    allow_plaintext = reader.bool("allow_plaintext", False)
-    if not tls and not allow_plaintext and not is_loopback_host(host):
-        raise reader.error(
+    s = config.read(LDAPSettings, SECTION, section, blank_is_missing=True)
+    where = Section(SECTION, config.source)
+    if s.start_tls and s.use_ssl:
+        raise where.error("start_tls", "ldaps:// already uses TLS; start_tls is for ldap://")
+    if s.ca_file is not None:
+        if not s.tls:
+            raise where.error("ca_file", "only used with ldaps:// or start_tls = true")
+        if not os.path.isfile(s.ca_file) or not os.access(s.ca_file, os.R_OK):
+            raise where.error("ca_file", f"cannot read {s.ca_file!r}")
+    if not s.tls and not s.allow_plaintext and not is_loopback_host(s.host):
+        raise where.error(
             "server",
             "passwords would cross the network in clear: use ldaps://, start_tls = true, "
             "or set allow_plaintext = true if the network is trusted",
         )
+    if s.bind_dn is not None and not s.bind_password:
+        # A DN without a password is an unauthenticated bind: it "succeeds" as anonymous.
+        raise where.error("bind_password", "is required with bind_dn")
+    if s.bind_dn is None and s.bind_password is not None:
+        raise where.error("bind_password", "is only used with bind_dn")
+    if s.group_search_base is None and "group_filter" in section:
+        raise where.error("group_filter", "is only used with group_search_base")
 
-    timeout = reader.number("timeout", 5, above=0, maximum=300)
-
-    bind_dn = reader.str("bind_dn")
-    bind_password = reader.str("bind_password")
-    if bind_dn is not None:
-        reader.dn("bind_dn", bind_dn)
-        if not bind_password:
-            # A DN without a password is an unauthenticated bind: it "succeeds" as anonymous.
-            raise reader.error("bind_password", "is required with bind_dn")
-    elif bind_password is not None:
-        raise reader.error("bind_password", "is only used with bind_dn")
-
-    user_search_base = reader.str("user_search_base", required=True) or ""
-    reader.dn("user_search_base", user_search_base)
-    group_search_base = reader.str("group_search_base")
-    if group_search_base is not None:
-        reader.dn("group_search_base", group_search_base)
-    elif "group_filter" in section:
-        raise reader.error("group_filter", "is only used with group_search_base")
+    def group_key(key: str, dn: Any) -> tuple[tuple[str, str], ...]:
+        try:
+            return _dn(dn)
+        except ValueError as exc:
+            raise where.error(key, str(exc)) from None
 
     services = {mount.name for mount in config.services}
-    superusers = reader.raw("superuser_groups", [])
-    if isinstance(superusers, str):
-        superusers = [superusers]
-    if not isinstance(superusers, list):
-        raise reader.error("superuser_groups", "expected a list of group DNs")
-
-    return LDAPSettings(
-        host=host,
-        port=port,
-        use_ssl=use_ssl,
-        user_search_base=user_search_base,
-        label=reader.str("label", "Company directory") or "Company directory",
-        start_tls=start_tls,
-        ca_file=ca_file,
-        validate=validate == "required",
-        timeout=float(timeout),
-        bind_dn=bind_dn,
-        bind_password=bind_password,
-        user_filter=reader.search_filter("user_filter", DEFAULT_USER_FILTER, ("username",)),
-        id_attribute=reader.attribute("id_attribute", "entryUUID", allow_dn=True),
-        username_attribute=reader.attribute("username_attribute", "uid"),
-        email_attribute=reader.attribute("email_attribute", "mail"),
-        first_name_attribute=reader.attribute("first_name_attribute", "givenName"),
-        last_name_attribute=reader.attribute("last_name_attribute", "sn"),
-        member_of_attribute=reader.attribute("member_of_attribute", "memberOf"),
-        group_search_base=group_search_base,
-        group_filter=reader.search_filter("group_filter", DEFAULT_GROUP_FILTER, ("dn", "username")),
-        groups=parse_group_grants(
-            reader,
-            section.get("groups", {}),
-            services,
-            group_key=reader.dn,
-            described="group DN",
-        ),
-        superuser_groups=frozenset(
-            reader.dn(f"superuser_groups[{i}]", dn) for i, dn in enumerate(superusers)
-        ),
+    groups = parse_group_grants(
+        where, s.groups, services, group_key=group_key, described="group DN"
     )
+    return replace(s, groups=groups)
 
 
 # -- distinguished names --------------------------------------------------------------------------

@@ -53,7 +53,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
@@ -61,7 +61,7 @@ import requests
 from werkzeug.wrappers import Response
 
 from plugit_backends.login import LOGIN_PATH
-from plugit_core.config import ConfigError, ProxyConfig, SectionReader
+from plugit_core.config import ConfigError, ProxyConfig
 from plugit_core.hookspecs import hookimpl
 from plugit_core.identity import (
     AuthError,
@@ -73,6 +73,7 @@ from plugit_core.identity import (
 from plugit_core.networks import is_loopback_host
 from plugit_core.proxy.redirects import is_local_path
 from plugit_core.proxy.routes import Route
+from plugit_core.settings import Section, setting
 from plugit_core.users import PlugItUser
 
 # joserfc is the `oidc` extra (and a dependency of Authlib 1.6 and later, which imports it for its
@@ -131,12 +132,6 @@ PROTOCOL_CLAIMS = frozenset(
     "iss sub aud exp iat nbf nonce azp at_hash c_hash auth_time acr amr sid jti".split()
 )
 AUTH_METHODS = ("client_secret_basic", "client_secret_post", "none")
-_KNOWN = frozenset(
-    """issuer client_id client_secret token_endpoint_auth_method scopes redirect_uri
-    post_logout_redirect_uri provider_logout label timeout leeway algorithms userinfo allow_http
-    username_claim email_claim first_name_claim last_name_claim groups_claim groups
-    superuser_groups""".split()
-)
 
 UNAVAILABLE = "The single sign-on service is unavailable right now. Please try again later."
 UNKNOWN_STATE = "This login was not started here or took too long. Please log in again."
@@ -149,31 +144,84 @@ BROKEN = "The login failed because of an error on our side. Please try again lat
 # -- settings -------------------------------------------------------------------------------------
 
 
+def _claim(value: str) -> str:
+    if not value.strip() or any(ord(c) < 32 for c in value):
+        raise ValueError(f"not a claim name: {value!r}")
+    return value
+
+
+def _auth_method(value: str) -> str:
+    if value not in AUTH_METHODS:
+        raise ValueError(f"must be one of {', '.join(AUTH_METHODS)}, not {value!r}")
+    return value
+
+
+def _scopes(value: tuple[str, ...]) -> tuple[str, ...]:
+    if "openid" not in value:
+        raise ValueError('must include "openid"')
+    return value
+
+
+def _algorithms(value: tuple[str, ...]) -> tuple[str, ...]:
+    for alg in value:
+        if alg not in SUPPORTED_ALGORITHMS:
+            choices = ", ".join(SUPPORTED_ALGORITHMS)
+            raise ValueError(f"{alg!r} is not supported for ID tokens (one of {choices})")
+    return value
+
+
+def _group_names(value: Any) -> frozenset[str]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ValueError("expected a list of non-empty strings")
+    return frozenset(value)
+
+
 @dataclass(frozen=True)
 class OIDCSettings:
-    """The validated ``[auth_oidc]`` table."""
+    """The ``[auth_oidc]`` table, checked (see docs/auth-oidc.md)."""
 
-    issuer: str
-    client_id: str
-    client_secret: str | None = field(default=None, repr=False)
-    token_endpoint_auth_method: str = "client_secret_basic"  # noqa: S105 (a method name)
-    scopes: tuple[str, ...] = ("openid", "email", "profile")
-    redirect_uri: str | None = None
-    post_logout_redirect_uri: str | None = None
-    provider_logout: bool = True
-    label: str = "Single sign-on"
-    timeout: float = 5.0
-    leeway: int = 60
-    algorithms: tuple[str, ...] = SUPPORTED_ALGORITHMS
-    userinfo: bool = True
-    allow_http: bool = False
-    username_claim: str = "preferred_username"
-    email_claim: str = "email"
-    first_name_claim: str = "given_name"
-    last_name_claim: str = "family_name"
-    groups_claim: str = "groups"
-    groups: Mapping[str, GroupGrant] = field(default_factory=dict)
-    superuser_groups: frozenset[str] = frozenset()
+    issuer: str = setting(help="the provider's issuer URL")
+    client_id: str = setting(help="this site's client id at the provider")
+    client_secret: str | None = setting(None, secret=True, help="its client secret")
+    token_endpoint_auth_method: str = setting(
+        "client_secret_basic",
+        default_from=lambda v: "client_secret_basic" if v["client_secret"] else "none",
+        check=_auth_method,
+        help="how the client authenticates to the token endpoint",
+    )
+    scopes: tuple[str, ...] = setting(
+        ("openid", "email", "profile"),
+        split=True,
+        non_empty=True,
+        check=_scopes,
+        help="the scopes asked for",
+    )
+    redirect_uri: str | None = setting(None, help="the callback URL, when not derived")
+    post_logout_redirect_uri: str | None = setting(None, help="where the provider sends back")
+    provider_logout: bool = setting(True, help="log out at the provider too")
+    label: str = setting("Single sign-on", help="the name on the login page")
+    timeout: float = setting(5.0, minimum=0.1, maximum=300, help="seconds of a provider call")
+    leeway: int = setting(60, maximum=600, help="seconds of clock difference tolerated")
+    algorithms: tuple[str, ...] = setting(
+        SUPPORTED_ALGORITHMS, non_empty=True, check=_algorithms, help="ID token algorithms"
+    )
+    userinfo: bool = setting(True, help="ask the userinfo endpoint for claims")
+    allow_http: bool = setting(False, help="tokens may cross a trusted network in clear")
+    username_claim: str = setting("preferred_username", check=_claim, help="the user name")
+    email_claim: str = setting("email", check=_claim, help="the e-mail address")
+    first_name_claim: str = setting("given_name", check=_claim, help="the first name")
+    last_name_claim: str = setting("family_name", check=_claim, help="the last name")
+    groups_claim: str = setting("groups", check=_claim, help="the user's groups")
+    groups: Mapping[str, GroupGrant] = setting(
+        default_factory=dict,
+        expected='a table of "group" = { services = {...}, ... }',
+        help="what membership of each group gives",
+    )
+    superuser_groups: frozenset[str] = setting(
+        frozenset(), parse=_group_names, help="groups whose members administer every service"
+    )
 
     @property
     def source(self) -> str:
@@ -185,46 +233,24 @@ class OIDCSettings:
         return self.issuer.rstrip("/") + "/.well-known/openid-configuration"
 
 
-class _Reader(SectionReader):
-    """The ``[auth_oidc]`` table: an empty string is not set; claim names checked."""
-
-    def __init__(self, config: ProxyConfig, section: Mapping[str, Any]) -> None:
-        super().__init__(section, f"{SECTION}.", config.source, blank_is_missing=True)
-
-    def claim(self, key: str, default: str) -> str:
-        value = self.str(key, default) or default
-        if not value.strip() or any(ord(c) < 32 for c in value):
-            raise self.error(key, f"not a claim name: {value!r}")
-        return value
-
-
-def _http_url(reader: _Reader, key: str, value: str, allow_http: bool) -> str:
+def _http_url(where: Section, key: str, value: str, allow_http: bool) -> str:
     """Check an absolute URL of the provider or of this site."""
     split = urlsplit(value)
     try:
         split.port  # noqa: B018 (raises ValueError for a bad port)
     except ValueError:
-        raise reader.error(key, f"invalid port in {value!r}") from None
+        raise where.error(key, f"invalid port in {value!r}") from None
     if split.scheme not in ("http", "https") or not split.hostname:
-        raise reader.error(key, f"expected an https:// URL, got {value!r}")
+        raise where.error(key, f"expected an https:// URL, got {value!r}")
     if split.fragment or split.username or split.password:
-        raise reader.error(key, "no fragment, user or password in the URL")
+        raise where.error(key, "no fragment, user or password in the URL")
     if split.scheme == "http" and not allow_http and not is_loopback_host(split.hostname):
-        raise reader.error(
+        raise where.error(
             key,
             "tokens would cross the network in clear: use https://, or set allow_http = true "
             "if the network is trusted",
         )
     return value
-
-
-def _group_name(reader: _Reader) -> Callable[[str, Any], str]:
-    def check(where: str, group: Any) -> str:
-        if not isinstance(group, str) or not group:
-            raise reader.error("groups", "group names must not be empty")
-        return group
-
-    return check
 
 
 def settings_from_config(config: ProxyConfig, section: Mapping[str, Any]) -> OIDCSettings:
@@ -236,84 +262,33 @@ def settings_from_config(config: ProxyConfig, section: Mapping[str, Any]) -> OID
             f"({JOSERFC_MISSING})",
             config.source,
         )
-    reader = _Reader(config, section)
-    reader.known(_KNOWN)
-    allow_http = reader.bool("allow_http", False)
-
-    issuer = reader.str("issuer", required=True) or ""
-    _http_url(reader, "issuer", issuer, allow_http)
-    if urlsplit(issuer).query:
-        raise reader.error("issuer", "an issuer has no query string")
-
-    client_id = reader.str("client_id", required=True) or ""
-    client_secret = reader.str("client_secret")
-    method = reader.str("token_endpoint_auth_method")
-    if method is None:
-        method = "client_secret_basic" if client_secret else "none"
-    if method not in AUTH_METHODS:
-        choices = ", ".join(AUTH_METHODS)
-        raise reader.error(
-            "token_endpoint_auth_method", f"must be one of {choices}, not {method!r}"
-        )
-    if method != "none" and not client_secret:
-        raise reader.error("client_secret", f"is required with {method}")
-
-    scopes = reader.str_list(
-        "scopes", ("openid", "email", "profile"), split=True, allow_empty=False
-    )
-    if "openid" not in scopes:
-        raise reader.error("scopes", 'must include "openid"')
-
-    redirect_uri = reader.str("redirect_uri")
-    if redirect_uri is not None:
-        _http_url(reader, "redirect_uri", redirect_uri, allow_http)
-        if urlsplit(redirect_uri).path != CALLBACK_PATH:
-            raise reader.error("redirect_uri", f"must end with the callback path {CALLBACK_PATH}")
-    post_logout = reader.str("post_logout_redirect_uri")
+    s = config.read(OIDCSettings, SECTION, section, blank_is_missing=True)
+    where = Section(SECTION, config.source)
+    _http_url(where, "issuer", s.issuer, s.allow_http)
+    if urlsplit(s.issuer).query:
+        raise where.error("issuer", "an issuer has no query string")
+    if s.token_endpoint_auth_method != "none" and not s.client_secret:  # noqa: S105
+        raise where.error("client_secret", f"is required with {s.token_endpoint_auth_method}")
+    if s.redirect_uri is not None:
+        _http_url(where, "redirect_uri", s.redirect_uri, s.allow_http)
+        if urlsplit(s.redirect_uri).path != CALLBACK_PATH:
+            raise where.error("redirect_uri", f"must end with the callback path {CALLBACK_PATH}")
+    post_logout = s.post_logout_redirect_uri
     if post_logout is not None and not post_logout.startswith("/"):
-        _http_url(reader, "post_logout_redirect_uri", post_logout, allow_http)
+        _http_url(where, "post_logout_redirect_uri", post_logout, s.allow_http)
     elif post_logout is not None and post_logout.startswith(("//", "/\\")):
-        raise reader.error("post_logout_redirect_uri", "expected a URL or a local path")
+        raise where.error("post_logout_redirect_uri", "expected a URL or a local path")
 
-    algorithms = reader.str_list("algorithms", SUPPORTED_ALGORITHMS, allow_empty=False)
-    for alg in algorithms:
-        if alg not in SUPPORTED_ALGORITHMS:
-            choices = ", ".join(SUPPORTED_ALGORITHMS)
-            raise reader.error(
-                "algorithms", f"{alg!r} is not supported for ID tokens (one of {choices})"
-            )
+    def group_name(key: str, group: Any) -> str:
+        if not isinstance(group, str) or not group:
+            raise where.error("groups", "group names must not be empty")
+        return group
 
     services = {mount.name for mount in config.services}
-    superusers = reader.str_list("superuser_groups", (), allow_empty=False)
-    return OIDCSettings(
-        issuer=issuer,
-        client_id=client_id,
-        client_secret=client_secret,
-        token_endpoint_auth_method=method,
-        scopes=scopes,
-        redirect_uri=redirect_uri,
-        post_logout_redirect_uri=post_logout,
-        provider_logout=reader.bool("provider_logout", True),
-        label=reader.str("label", "Single sign-on") or "Single sign-on",
-        timeout=float(reader.number("timeout", 5, minimum=0.1, maximum=300)),
-        leeway=int(reader.number("leeway", 60, minimum=0, maximum=600)),
-        algorithms=algorithms,
-        userinfo=reader.bool("userinfo", True),
-        allow_http=allow_http,
-        username_claim=reader.claim("username_claim", "preferred_username"),
-        email_claim=reader.claim("email_claim", "email"),
-        first_name_claim=reader.claim("first_name_claim", "given_name"),
-        last_name_claim=reader.claim("last_name_claim", "family_name"),
-        groups_claim=reader.claim("groups_claim", "groups"),
-        groups=parse_group_grants(
-            reader,
-            section.get("groups", {}),
-            services,
-            group_key=_group_name(reader),
-            described='"group"',
-        ),
-        superuser_groups=frozenset(superusers),
+    groups = parse_group_grants(
+        where, s.groups, services, group_key=group_name, described='"group"'
     )
+    return replace(s, groups=groups)
 
 
 # -- helpers --------------------------------------------------------------------------------------

@@ -40,6 +40,7 @@ import hashlib
 import hmac
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from werkzeug.datastructures import MultiDict
@@ -53,6 +54,7 @@ from plugit_core.identity import SESSION_BACKEND_KEY, SESSION_USER_KEY, AuthErro
 from plugit_core.proxy.bodies import read_body
 from plugit_core.proxy.redirects import is_local_path
 from plugit_core.proxy.routes import Route
+from plugit_core.settings import setting
 from plugit_core.stores import StoreUnavailable
 from plugit_core.users import PlugItUser
 
@@ -96,28 +98,26 @@ MESSAGES = {
 CSRF_MESSAGE = "The form has expired. Reload the page and try again."
 
 
+@dataclass(frozen=True)
 class LoginSettings:
-    """The ``[login_default]`` table."""
+    """The ``[login_default]`` table: how failed logins are throttled."""
 
-    def __init__(
-        self, max_failures: int = 5, window: float = 900, max_address_failures: int | None = None
-    ) -> None:
-        self.max_failures = max_failures
-        self.window = window
-        self.max_address_failures = (
-            4 * max_failures if max_address_failures is None else max_address_failures
-        )
+    max_failures: int = setting(
+        5, minimum=1, help="failed logins of one user name before it is throttled"
+    )
+    window: float = setting(
+        900.0, above=0, maximum=MAX_WINDOW, help="seconds failures are remembered for"
+    )
+    max_address_failures: int = setting(
+        20,
+        minimum=1,
+        default_from=lambda values: 4 * values["max_failures"],
+        help="failed logins from one client address (default: 4 x max_failures)",
+    )
 
 
 def _settings(config: ProxyConfig, section: Mapping[str, Any]) -> LoginSettings:
-    reader = config.reader("login_default", section)
-    reader.known({"max_failures", "max_address_failures", "window"})
-    max_failures = reader.number("max_failures", 5, minimum=1, integer=True)
-    max_address_failures = reader.number(
-        "max_address_failures", 4 * max_failures, minimum=1, integer=True
-    )
-    window = reader.number("window", 900, above=0, maximum=MAX_WINDOW)
-    return LoginSettings(max_failures, float(window), max_address_failures)
+    return config.read(LoginSettings, "login_default", section)
 
 
 def _safe_next(value: str | None, base: str = "") -> str:

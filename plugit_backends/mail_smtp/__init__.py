@@ -43,13 +43,11 @@ service answered ``{"result": "Ok"}``.
 
 from __future__ import annotations
 
-import builtins
 import email.utils
 import hashlib
 import imaplib
 import json
 import logging
-import os
 import smtplib
 import sqlite3
 import sys
@@ -68,6 +66,7 @@ from plugit_core.config import ConfigError, ProxyConfig
 from plugit_core.hookspecs import hookimpl
 from plugit_core.proxy.api import ApiCall, ApiError
 from plugit_core.proxy.upstream import ServiceClient, ServiceError, UpstreamRequest
+from plugit_core.settings import Section, setting
 from plugit_core.stores import StoreUnavailable
 from plugit_core.users import SIMULATED_MODES, simulated_user
 
@@ -119,258 +118,168 @@ DEFAULT_QUEUE_SCHEMA = "plugit"
 # -- settings --------------------------------------------------------------------------------------
 
 
+def _address(*, display_name: bool = False) -> Callable[[str], str]:
+    """A check of an e-mail address (with a display name when ``display_name``)."""
+
+    def check(value: str) -> str:
+        try:
+            name, _address = split_sender(value)
+        except ValueError as exc:
+            raise ValueError(f"not an e-mail address: {value!r} ({exc})") from None
+        if name and not display_name:
+            raise ValueError(f"expected a bare address (no display name), got {value!r}")
+        return value
+
+    return check
+
+
+def _domains(values: tuple[str, ...]) -> tuple[str, ...]:
+    domains = tuple(d.lower().lstrip("*") for d in values)
+    for domain in domains:
+        if "@" in domain or not domain.strip("."):
+            raise ValueError(f"not a domain name: {domain!r}")
+    return domains
+
+
+def _senders(values: tuple[str, ...]) -> tuple[str, ...]:
+    senders = tuple(s.lower() for s in values)
+    for allowed in senders:
+        if not (ADDRESS.match(allowed) or ADDRESS.match("x" + allowed)):
+            raise ValueError(f"expected addresses or @domain entries, got {allowed!r}")
+    return senders
+
+
+def _tcp_port(value: int) -> int:
+    if value > 65535:
+        raise ValueError(f"not a TCP port: {value}")
+    return value
+
+
+def _queue(value: str) -> str:
+    if value not in QUEUES:
+        raise ValueError(f'must be "sqlite" (queue_path) or "postgres" (queue_dsn), not {value!r}')
+    return value
+
+
+def _default_port(values: Mapping[str, Any]) -> int:
+    return 465 if values["ssl"] else 587 if values["starttls"] else 25
+
+
 @dataclass(frozen=True)
 class MailSettings:
-    """The ``[mail_smtp]`` table, checked (see the module documentation)."""
+    """The ``[mail_smtp]`` table, checked (see the module documentation and docs/mail.md)."""
 
-    sender: str
-    host: str = "localhost"
-    port: int = 25
-    ssl: bool = False
-    starttls: bool = False
-    username: str | None = None
-    password: str | None = None
-    timeout: float = 30.0
-    helo_name: str | None = None
-    ca_file: str | None = None
-    envelope_sender: str | None = None
-    reply_address: str | None = None
-    token_max_age: float = 30 * 86400.0
-    queue_path: str = "plugit-mail.sqlite3"
-    queue: str = "sqlite"
-    queue_dsn: str | None = None
-    queue_schema: str = DEFAULT_QUEUE_SCHEMA
-    retry_interval: float = 60.0
-    max_retry_interval: float = 3600.0
-    max_attempts: int = 100
-    sender_lease: float = 10.0
-    send_in_background: bool = True
-    keep_sent: float = 7 * 86400.0
-    allowed_recipient_domains: tuple[str, ...] = ()
-    member_recipients: bool = True
-    allowed_senders: tuple[str, ...] = ()
-    max_per_hour: int = 100
-    max_recipients: int = 50
-    max_body_bytes: int = 256 * 1024
-    incoming_protocol: str | None = None
-    incoming_host: str | None = None
-    incoming_port: int = 0
-    incoming_ssl: bool = False
-    incoming_starttls: bool = False
-    incoming_username: str | None = None
-    incoming_password: str | None = None
-    incoming_mailbox: str = "INBOX"
-    incoming_ca_file: str | None = None
-    poll_interval: float = 0.0
-    max_delivery_attempts: int = 10
-    max_incoming_bytes: int = 10 * 1024 * 1024
-    max_messages_per_run: int = 200
-    smtp_required: bool = False
-    smtp_check_interval: float = 5.0
+    sender: str = setting(
+        check=_address(display_name=True),
+        required='is required: the default From address, "no-reply@example.org"',
+        help="the default From address",
+    )
+    host: str = setting("localhost", help="the SMTP server")
+    port: int = setting(
+        25, default_from=_default_port, check=_tcp_port, help="its port (465 with ssl, ...)"
+    )
+    ssl: bool = setting(False, help="implicit TLS")
+    starttls: bool = setting(False, help="STARTTLS")
+    username: str | None = setting(None, help="the SMTP login")
+    password: str | None = setting(None, secret=True, help="the SMTP password")
+    timeout: float = setting(30.0, minimum=0.1, help="seconds of an SMTP exchange")
+    helo_name: str | None = setting(None, help="the name said in HELO")
+    ca_file: str | None = setting(None, help="the CA bundle the server is checked against")
+    envelope_sender: str | None = setting(None, check=_address(), help="the bounce address")
+    reply_address: str | None = setting(None, check=_address(), help="where replies go")
+    token_max_age: float = setting(30 * 86400.0, minimum=1, help="seconds a reply is accepted")
+    queue_path: str = setting("plugit-mail.sqlite3", help="the SQLite queue's file")
+    queue: str = setting("sqlite", check=_queue, help='"sqlite" or "postgres"')
+    queue_dsn: str | None = setting(None, secret=True, help="the PostgreSQL queue's database")
+    queue_schema: str = setting(DEFAULT_QUEUE_SCHEMA, help="the PostgreSQL queue's schema")
+    retry_interval: float = setting(60.0, minimum=0.01, help="seconds before the first retry")
+    max_retry_interval: float = setting(3600.0, minimum=0.01, help="the longest retry wait")
+    max_attempts: int = setting(100, help="attempts before a mail fails")
+    sender_lease: float = setting(10.0, minimum=0.2, help="seconds a sender holds its mails")
+    send_in_background: bool = setting(True, help="send from a thread, not the request")
+    keep_sent: float = setting(7 * 86400.0, minimum=3600, help="seconds sent mails are kept")
+    allowed_recipient_domains: tuple[str, ...] = setting(
+        (), non_empty=True, check=_domains, help="the only domains mail may go to"
+    )
+    member_recipients: bool = setting(True, help="services may mail their members")
+    allowed_senders: tuple[str, ...] = setting(
+        (), non_empty=True, check=_senders, help="From addresses services may use"
+    )
+    max_per_hour: int = setting(100, help="mails of one service per hour")
+    max_recipients: int = setting(50, minimum=1, help="recipients of one mail")
+    max_body_bytes: int = setting(256 * 1024, minimum=1, help="bytes of one mail's body")
+    incoming_protocol: str | None = setting(
+        None, choices=("imap", "pop3"), help="how replies are fetched"
+    )
+    incoming_host: str | None = setting(None, help="the mailbox's server")
+    incoming_port: int = setting(0, help="its port (0: the protocol's)")
+    incoming_ssl: bool = setting(False, help="implicit TLS to the mailbox")
+    incoming_starttls: bool = setting(False, help="STARTTLS to the mailbox")
+    incoming_username: str | None = setting(None, help="the mailbox login")
+    incoming_password: str | None = setting(None, secret=True, help="the mailbox password")
+    incoming_mailbox: str = setting("INBOX", help="the folder replies arrive in")
+    incoming_ca_file: str | None = setting(None, help="the mailbox's CA bundle")
+    poll_interval: float = setting(0.0, help="seconds between mailbox checks (0: never)")
+    max_delivery_attempts: int = setting(10, minimum=1, help="attempts to deliver a reply")
+    max_incoming_bytes: int = setting(10 * 1024 * 1024, minimum=1024, help="bytes of one reply")
+    max_messages_per_run: int = setting(200, minimum=1, help="replies fetched at once")
+    smtp_required: bool = setting(False, help="the proxy is not ready while SMTP is down")
+    smtp_check_interval: float = setting(5.0, help="seconds between checks of the server")
 
     @property
     def sender_address(self) -> str:
         return split_sender(self.sender)[1].lower()
 
 
-class _Reader:
-    """Typed access to the table; ``{ env = "NAME" }`` reads a value from the environment."""
-
-    # The annotations say builtins.str and builtins.bool: in this class, str and bool are the
-    # methods below.
-
-    def __init__(self, config: ProxyConfig, section: Mapping[builtins.str, Any]) -> None:
-        self.config = config
-        self.section = section
-
-    def error(self, key: builtins.str, message: builtins.str) -> ConfigError:
-        return ConfigError(f"{SECTION}.{key}", message, self.config.source)
-
-    def raw(self, key: builtins.str, default: Any = None) -> Any:
-        value = self.section.get(key, default)
-        if isinstance(value, Mapping) and set(value) == {"env"}:
-            name = value["env"]
-            if not isinstance(name, str) or name not in os.environ:
-                raise self.error(key, f"environment variable {name!r} is not set")
-            return os.environ[name]
-        return value
-
-    def str(self, key: builtins.str, default: builtins.str | None = None) -> builtins.str | None:
-        value = self.raw(key, default)
-        if value is None or value == "":
-            return default if value == "" else None
-        if not isinstance(value, str):
-            raise self.error(key, f"expected a string, got {type(value).__name__}")
-        return value
-
-    def bool(self, key: builtins.str, default: builtins.bool) -> builtins.bool:
-        value = self.raw(key, default)
-        if not isinstance(value, bool):
-            raise self.error(key, f"expected true or false, got {value!r}")
-        return value
-
-    def number(
-        self,
-        key: builtins.str,
-        default: float,
-        *,
-        minimum: float = 0,
-        integer: builtins.bool = False,
-    ) -> Any:
-        value = self.raw(key, default)
-        kind = int if integer else (int, float)
-        if isinstance(value, bool) or not isinstance(value, kind) or value < minimum:
-            what = "a whole number" if integer else "a number"
-            raise self.error(key, f"expected {what} of at least {minimum}, got {value!r}")
-        return value
-
-    def str_list(self, key: builtins.str) -> tuple[builtins.str, ...]:
-        value = self.raw(key, [])
-        if isinstance(value, str):
-            value = [value]
-        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-            raise self.error(key, "expected a list of strings")
-        return tuple(value)
-
-    def address(
-        self, key: builtins.str, *, display_name: builtins.bool = False
-    ) -> builtins.str | None:
-        value = self.str(key)
-        if value is None:
-            return None
-        try:
-            name, _address = split_sender(value)
-        except ValueError as exc:
-            raise self.error(key, f"not an e-mail address: {value!r} ({exc})") from None
-        if name and not display_name:
-            raise self.error(key, f"expected a bare address (no display name), got {value!r}")
-        return value
-
-
-KNOWN_KEYS = frozenset(MailSettings.__dataclass_fields__)
-
-
 def read_settings(config: ProxyConfig, section: Mapping[str, Any]) -> MailSettings:
     """Validate the ``[mail_smtp]`` table; raise :class:`ConfigError` naming the faulty key."""
-    unknown = set(section) - KNOWN_KEYS
-    if unknown:
-        raise ConfigError(
-            f"{SECTION}.{sorted(unknown)[0]}", "unknown setting (check its spelling)", config.source
+    settings = config.read(MailSettings, SECTION, section, blank_is_missing=True)
+    where = Section(SECTION, config.source)
+    if settings.ssl and settings.starttls:
+        raise where.error("starttls", "ssl (implicit TLS) and starttls exclude each other")
+    if settings.username and settings.password is None:
+        raise where.error("password", "is required with username")
+    if settings.incoming_ssl and settings.incoming_starttls:
+        raise where.error(
+            "incoming_starttls", "incoming_ssl and incoming_starttls exclude each other"
         )
-    r = _Reader(config, section)
-    sender = r.address("sender", display_name=True)
-    if sender is None:
-        raise r.error("sender", 'is required: the default From address, "no-reply@example.org"')
-    use_ssl = r.bool("ssl", False)
-    starttls = r.bool("starttls", False)
-    if use_ssl and starttls:
-        raise r.error("starttls", "ssl (implicit TLS) and starttls exclude each other")
-    username = r.str("username")
-    password = r.str("password")
-    if username and password is None:
-        raise r.error("password", "is required with username")
-    port = r.number("port", 0, integer=True)
-    if port > 65535:
-        raise r.error("port", f"not a TCP port: {port}")
-    domains = tuple(d.lower().lstrip("*") for d in r.str_list("allowed_recipient_domains"))
-    for domain in domains:
-        if "@" in domain or not domain.strip("."):
-            raise r.error("allowed_recipient_domains", f"not a domain name: {domain!r}")
-    senders = tuple(s.lower() for s in r.str_list("allowed_senders"))
-    for allowed in senders:
-        if not (ADDRESS.match(allowed) or ADDRESS.match("x" + allowed)):
-            raise r.error(
-                "allowed_senders", f"expected addresses or @domain entries, got {allowed!r}"
-            )
-    protocol = r.str("incoming_protocol")
-    if protocol is not None and protocol not in ("imap", "pop3"):
-        raise r.error("incoming_protocol", f'must be "imap" or "pop3", got {protocol!r}')
-    incoming_ssl = r.bool("incoming_ssl", False)
-    incoming_starttls = r.bool("incoming_starttls", False)
-    if incoming_ssl and incoming_starttls:
-        raise r.error("incoming_starttls", "incoming_ssl and incoming_starttls exclude each other")
-    settings = MailSettings(
-        sender=sender,
-        host=r.str("host", "localhost") or "localhost",
-        port=port or (465 if use_ssl else 587 if starttls else 25),
-        ssl=use_ssl,
-        starttls=starttls,
-        username=username,
-        password=password,
-        timeout=r.number("timeout", 30.0, minimum=0.1),
-        helo_name=r.str("helo_name"),
-        ca_file=r.str("ca_file"),
-        envelope_sender=r.address("envelope_sender"),
-        reply_address=r.address("reply_address"),
-        token_max_age=r.number("token_max_age", 30 * 86400.0, minimum=1),
-        queue_path=r.str("queue_path", "plugit-mail.sqlite3") or "plugit-mail.sqlite3",
-        retry_interval=r.number("retry_interval", 60.0, minimum=0.01),
-        max_retry_interval=r.number("max_retry_interval", 3600.0, minimum=0.01),
-        max_attempts=r.number("max_attempts", 100, integer=True),
-        sender_lease=r.number("sender_lease", 10.0, minimum=0.2),
-        send_in_background=r.bool("send_in_background", True),
-        keep_sent=r.number("keep_sent", 7 * 86400.0, minimum=3600),
-        allowed_recipient_domains=domains,
-        member_recipients=r.bool("member_recipients", True),
-        allowed_senders=senders,
-        max_per_hour=r.number("max_per_hour", 100, integer=True),
-        max_recipients=r.number("max_recipients", 50, minimum=1, integer=True),
-        max_body_bytes=r.number("max_body_bytes", 256 * 1024, minimum=1, integer=True),
-        incoming_protocol=protocol,
-        incoming_host=r.str("incoming_host"),
-        incoming_port=r.number("incoming_port", 0, integer=True),
-        incoming_ssl=incoming_ssl,
-        incoming_starttls=incoming_starttls,
-        incoming_username=r.str("incoming_username"),
-        incoming_password=r.str("incoming_password"),
-        incoming_mailbox=r.str("incoming_mailbox", "INBOX") or "INBOX",
-        incoming_ca_file=r.str("incoming_ca_file"),
-        poll_interval=r.number("poll_interval", 0.0),
-        max_delivery_attempts=r.number("max_delivery_attempts", 10, minimum=1, integer=True),
-        max_incoming_bytes=r.number(
-            "max_incoming_bytes", 10 * 1024 * 1024, minimum=1024, integer=True
-        ),
-        max_messages_per_run=r.number("max_messages_per_run", 200, minimum=1, integer=True),
-        smtp_required=r.bool("smtp_required", False),
-        smtp_check_interval=r.number("smtp_check_interval", 5.0),
-    )
+    protocol = settings.incoming_protocol
     if protocol is not None:
         for key in ("incoming_host", "incoming_username", "incoming_password"):
             if not getattr(settings, key):
-                raise r.error(key, f"is required with incoming_protocol = {protocol!r}")
+                raise where.error(key, f"is required with incoming_protocol = {protocol!r}")
         if settings.reply_address is None:
-            raise r.error("reply_address", "is required to receive replies (incoming_protocol)")
+            raise where.error("reply_address", "is required to receive replies (incoming_protocol)")
     if settings.poll_interval and protocol is None:
-        raise r.error("poll_interval", "needs incoming_protocol")
-    return _check_queue(r, section, settings)
+        raise where.error("poll_interval", "needs incoming_protocol")
+    if settings.port == 0:  # as if not set
+        settings = replace(settings, port=_default_port(vars(settings)))
+    return _check_queue(where, section, settings)
 
 
-def _check_queue(r: _Reader, section: Mapping[str, Any], settings: MailSettings) -> MailSettings:
+def _check_queue(
+    where: Section, section: Mapping[str, Any], settings: MailSettings
+) -> MailSettings:
     """The ``queue`` settings: ``"sqlite"`` (``queue_path``) or ``"postgres"`` (``queue_dsn``,
     ``queue_schema``), each refusing the other's keys."""
-    queue = r.str("queue", "sqlite") or "sqlite"
-    if queue not in QUEUES:
-        raise r.error(
-            "queue", f'must be "sqlite" (queue_path) or "postgres" (queue_dsn), not {queue!r}'
-        )
-    if queue == "sqlite":
+    if settings.queue == "sqlite":
         for key in ("queue_dsn", "queue_schema"):
             if key in section:
-                raise r.error(key, 'is for queue = "postgres" (the SQLite queue is queue_path)')
+                raise where.error(key, 'is for queue = "postgres" (the SQLite queue is queue_path)')
         return settings
     from plugit_backends.sql import postgres as pg
 
     if "queue_path" in section:
-        raise r.error("queue_path", 'is for queue = "sqlite": with "postgres" set queue_dsn')
+        raise where.error("queue_path", 'is for queue = "sqlite": with "postgres" set queue_dsn')
     if pg.PG_MISSING is not None:
-        raise r.error(
+        raise where.error(
             "queue",
             "the postgres queue needs psycopg 3: pip install 'plugit-wsgi[postgres]' "
             f"({pg.PG_MISSING})",
         )
-    dsn = r.str("queue_dsn")
+    dsn = settings.queue_dsn
     if dsn is None or not dsn.strip():
-        raise r.error(
+        raise where.error(
             "queue_dsn",
             'is required with queue = "postgres": a connection string, '
             'e.g. queue_dsn = { env = "PLUGIT_DATABASE_URL" }',
@@ -378,13 +287,12 @@ def _check_queue(r: _Reader, section: Mapping[str, Any], settings: MailSettings)
     try:
         pg.psycopg.conninfo.conninfo_to_dict(dsn)
     except pg.psycopg.ProgrammingError:
-        raise r.error("queue_dsn", "not a PostgreSQL connection string") from None
-    schema = r.str("queue_schema", DEFAULT_QUEUE_SCHEMA) or DEFAULT_QUEUE_SCHEMA
+        raise where.error("queue_dsn", "not a PostgreSQL connection string") from None
     try:
-        pg.check_schema_name(schema)
+        pg.check_schema_name(settings.queue_schema)
     except ValueError as exc:
-        raise r.error("queue_schema", str(exc)) from None
-    return replace(settings, queue=queue, queue_dsn=dsn, queue_schema=schema)
+        raise where.error("queue_schema", str(exc)) from None
+    return settings
 
 
 def open_queue(settings: MailSettings, *, clock: Callable[[], float] = time.time) -> MailQueue:
