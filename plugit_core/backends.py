@@ -1,27 +1,34 @@
-"""Backend kinds, their interfaces, and the registry plugins fill at start-up.
+"""The backend registry: the kinds, the factories plugins register, the chosen instances.
 
-Each kind has one small interface here; every implementation (memory, Redis, SQLite, ...) passes
-the kind's shared conformance suite (``plugit_core.conformance`` for caches and sessions,
-``plugit_core.testing`` for the stores).
+Each kind is a package of :mod:`plugit_core.kinds` holding its interface, the type of its
+factory and, in its ``testing`` module, its shared conformance suite (``kinds.cache``,
+``kinds.session``, ``kinds.theme``, ``kinds.auth``, ``kinds.users``, ``kinds.billing``; the
+mail backend's queue is ``kinds.mailqueue``).  The interfaces the proxy itself uses most are
+re-exported here.  ``login`` and ``mail`` have no interface of their own yet: their factories
+may return anything.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, overload
+
+from .kinds.auth import AuthFactory
+from .kinds.billing import BillingFactory
+from .kinds.cache import CacheBackend, CacheFactory
+from .kinds.session import Session, SessionBackend, SessionFactory
+from .kinds.theme import Theme, ThemeFactory
+from .kinds.users import UsersFactory
 
 if TYPE_CHECKING:
-    from werkzeug.wrappers import Request, Response
-
     from .config import ProxyConfig
 
 __all__ = [
     "KINDS",
     "Backends",
     "CacheBackend",
+    "Factory",
     "RegisterBackend",
     "Session",
     "SessionBackend",
@@ -30,94 +37,30 @@ __all__ = [
 
 KINDS = ("cache", "session", "theme", "auth", "users", "login", "mail", "billing")
 
+#: Any kind's factory: ``factory(proxy_config, section)``, ``section`` being the backend's own
+#: table of the configuration (``[cache_memory]``).
 Factory = Callable[["ProxyConfig", Mapping[str, Any]], Any]
 
 
 class RegisterBackend(Protocol):
+    """``register(kind, name, factory)``, given to ``plugit_register_backends``: typed per kind,
+    so a type checker sees a factory that builds the wrong thing for its kind."""
+
+    @overload
+    def __call__(self, kind: Literal["cache"], name: str, factory: CacheFactory) -> None: ...
+    @overload
+    def __call__(self, kind: Literal["session"], name: str, factory: SessionFactory) -> None: ...
+    @overload
+    def __call__(self, kind: Literal["theme"], name: str, factory: ThemeFactory) -> None: ...
+    @overload
+    def __call__(self, kind: Literal["auth"], name: str, factory: AuthFactory) -> None: ...
+    @overload
+    def __call__(self, kind: Literal["users"], name: str, factory: UsersFactory) -> None: ...
+    @overload
+    def __call__(self, kind: Literal["billing"], name: str, factory: BillingFactory) -> None: ...
+    @overload
+    def __call__(self, kind: Literal["login", "mail"], name: str, factory: Factory) -> None: ...
     def __call__(self, kind: str, name: str, factory: Factory) -> None: ...
-
-
-@runtime_checkable
-class CacheBackend(Protocol):
-    """A byte-valued cache with per-entry lifetime.  Must be safe to use from many threads.
-
-    A backend that fails (a lost connection) must not raise to the caller: ``get`` answers
-    None and ``set`` does nothing, after logging a warning.
-    """
-
-    def get(self, key: str) -> bytes | None:
-        """The value stored under ``key``, or None when absent or expired."""
-
-    def set(self, key: str, value: bytes, ttl: float) -> None:
-        """Store ``value`` for ``ttl`` seconds (> 0)."""
-
-    def delete(self, key: str) -> None:
-        """Forget ``key`` (no error when absent)."""
-
-    def clear(self) -> None:
-        """Forget everything this backend stored."""
-
-
-class Session(dict[str, Any]):
-    """A browser session: a dict of JSON-serialisable values that knows whether it changed."""
-
-    def __init__(self, data: Mapping[str, Any] | None = None, *, new: bool = True) -> None:
-        super().__init__(data or {})
-        self.new = new
-        self.modified = False
-        self.rotate = False  # set on login: the next save must issue a new session id
-
-    def __setitem__(self, key: str, value: Any) -> None:
-        super().__setitem__(key, value)
-        self.modified = True
-
-    def __delitem__(self, key: str) -> None:
-        super().__delitem__(key)
-        self.modified = True
-
-    def pop(self, key: str, *default: Any) -> Any:
-        if key in self:
-            self.modified = True
-        return super().pop(key, *default)
-
-    def setdefault(self, key: str, default: Any = None) -> Any:
-        if key not in self:
-            self.modified = True
-        return super().setdefault(key, default)
-
-    def update(self, *args: Any, **kwargs: Any) -> None:
-        super().update(*args, **kwargs)
-        self.modified = True
-
-    def clear(self) -> None:
-        if self:
-            self.modified = True
-        super().clear()
-
-
-class SessionBackend(Protocol):
-    """Loads a request's session and saves it onto the response."""
-
-    def open(self, request: Request) -> Session:
-        """The session of this request (a new empty one when it has none or it is invalid)."""
-
-    def save(self, session: Session, request: Request, response: Response) -> None:
-        """Persist the session if it changed, setting or deleting the cookie on ``response``."""
-
-
-@dataclass(frozen=True)
-class Theme:
-    """A theme: the site's own templates, the templates service templates may extend, assets."""
-
-    name: str
-    templates: Path
-    service_templates: Path
-    static: Path
-    #: More folders served below the static URL, by the first segment of the path: with
-    #: ``{"jquery": Path(...)}``, ``jquery/jquery.min.js`` is that folder's ``jquery.min.js``.
-    #: Any other path is looked up in ``static``.  (Assets installed by other packages, such as
-    #: the XStatic ones, are served from where they are installed.)
-    static_roots: Mapping[str, Path] = field(default_factory=dict, hash=False)
 
 
 class Backends:

@@ -1,12 +1,11 @@
-"""Identity: the directory of users and organisations, and the login backends, as interfaces.
+"""Identity: what the directory and the login backends share.
 
-* A :class:`UserStore` (backend kind ``users``) keeps users, organisations and memberships:
-  who is member or administrator of which service and organisation.  It feeds the access rules,
-  orga mode and ``user_info``.  ``users_sqlite`` is the embedded default.
-* An auth backend (kind ``auth``) proves who someone is.  A :class:`PasswordBackend` checks a
-  user name and password (local accounts, LDAP); a :class:`RedirectBackend` sends the browser
-  elsewhere and comes back (OpenID Connect).  Several may be active at once: the login page
-  offers every one of them.
+* The interfaces are kinds: :class:`UserStore` (kind ``users``, the directory) is
+  :mod:`plugit_core.kinds.users`; :class:`PasswordBackend`, :class:`RedirectBackend` and
+  :class:`AuthError` (kind ``auth``) are :mod:`plugit_core.kinds.auth`.  They are re-exported
+  here.
+* User names, roles and the group grants external directories map to memberships are checked
+  and parsed here, the same way for every store and backend.
 * :func:`log_in` and :func:`log_out` change the session the same way for every backend: a login
   empties the session and gives it a new id (no session fixation).
 
@@ -19,15 +18,14 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from .users import ALL, Orga, PlugItUser
+from .kinds.auth import AuthError, PasswordBackend, RedirectBackend
+from .kinds.users import UserStore
+from .users import ALL, PlugItUser
 
 if TYPE_CHECKING:
-    from werkzeug.wrappers import Response
-
-    from .proxy.app import ProxyApp, ProxyRequest
-    from .proxy.routes import Route
+    from .proxy.app import ProxyRequest
     from .settings import Section
 
 __all__ = [
@@ -169,146 +167,6 @@ def grant_memberships(
     if superuser:
         services[ALL] = "admin"
     return services, orgas
-
-
-class AuthError(Exception):
-    """A login failed.  ``message`` is safe to show on the login page; ``code`` is for logs.
-
-    Codes: ``bad_credentials``, ``disabled``, ``throttled``, ``unavailable`` (the identity server
-    cannot be reached), ``refused`` (the identity provider said no), ``invalid`` (a forged or
-    stale answer from the provider).
-    """
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
-@runtime_checkable
-class UserStore(Protocol):
-    """Users, organisations and memberships.  Every method is safe to call from many threads.
-
-    The users it returns are authenticated :class:`PlugItUser` objects whose ``extra`` holds at
-    least ``uuid`` (a stable string id, also accepted by :meth:`get_user`) and ``source``
-    (``"local"``, or the external directory that vouches for the user: ``"oidc"``, ``"ldap"``).
-    Memberships remember their source too: a user's rights are the union of every source's
-    grants; :meth:`grant` and :meth:`add_to_orga` are local grants, :meth:`revoke` and
-    :meth:`remove_from_orga` remove the grants of every source (an external directory grants
-    its own again at the user's next login through it).  Methods that change one user or
-    organisation raise ``KeyError`` when it does not exist; :meth:`revoke` and
-    :meth:`remove_from_orga` do nothing then.  :class:`plugit_core.testing.UserStoreConformance`
-    checks all of this for any implementation.
-    """
-
-    def get_user(self, pk: Any) -> PlugItUser | None:
-        """The user with this pk (or UUID), with ``member_of``, ``admin_of`` and ``orgas``."""
-
-    def get_by_username(self, username: str) -> PlugItUser | None:
-        """The user with this user name (case-insensitive), or None."""
-
-    def list_users(self) -> list[PlugItUser]:
-        """Every user, active or not, by user name (for administration: ``plugit users list``)."""
-
-    def create_user(
-        self,
-        username: str,
-        *,
-        email: str = "",
-        first_name: str = "",
-        last_name: str = "",
-        password_hash: str | None = None,
-        source: str = "local",
-        external_id: str | None = None,
-        is_superuser: bool = False,
-    ) -> PlugItUser:
-        """Add a user; raise ValueError when the user name is taken."""
-
-    def sync_external_user(
-        self, source: str, external_id: str, fields: Mapping[str, Any]
-    ) -> PlugItUser:
-        """Create or update the user an external directory (OIDC, LDAP) vouches for.
-
-        ``fields`` may hold ``username``, ``email``, ``first_name``, ``last_name``, and the
-        memberships the provider's groups map to: ``services`` (name -> ``member``/``admin``)
-        and ``orgas`` (organisation name -> ``member``/``admin``), which replace the ones this
-        source granted before.
-        """
-
-    def password_hash(self, pk: Any) -> str | None:
-        """The stored password hash of a local user (None for external users)."""
-
-    def set_password_hash(self, pk: Any, password_hash: str) -> None: ...
-
-    def set_active(self, pk: Any, active: bool) -> None: ...
-
-    def is_active(self, pk: Any) -> bool: ...
-
-    def session_generation(self, pk: Any) -> int:
-        """How many times the user's sessions were ended (:meth:`end_sessions`); 0 for a user
-        never logged out, or unknown.  A session remembers it at login and is over once it
-        changed."""
-
-    def end_sessions(self, pk: Any) -> None:
-        """End every session of the user opened so far, on every device and proxy process (a
-        logout): bump :meth:`session_generation`, durably."""
-
-    def grant(self, pk: Any, service: str, role: str) -> None:
-        """Make the user ``member`` or ``admin`` of a service (``*`` for every service)."""
-
-    def revoke(self, pk: Any, service: str) -> None: ...
-
-    def create_orga(self, name: str, codops: str = "") -> Orga: ...
-
-    def get_orga(self, pk: Any) -> Orga | None: ...
-
-    def list_orgas(self) -> list[Orga]: ...
-
-    def add_to_orga(self, pk: Any, orga_pk: Any, *, admin: bool = False) -> None: ...
-
-    def remove_from_orga(self, pk: Any, orga_pk: Any) -> None: ...
-
-    def members(self, service: str) -> list[PlugItUser]:
-        """Users who are member or admin of the service (directly or through ``*``)."""
-
-    def record_failure(self, key: str) -> None:
-        """Record a failed login for ``key`` (an account or a client address)."""
-
-    def count_failures(self, key: str, window: float) -> int:
-        """The failed logins recorded for ``key`` within the last ``window`` seconds."""
-
-    def clear_failures(self, key: str) -> None:
-        """Forget the failures of ``key`` (after a successful login)."""
-
-
-class PasswordBackend(Protocol):
-    """Checks a user name and password."""
-
-    name: str
-    label: str
-
-    def authenticate(self, username: str, password: str, request: ProxyRequest) -> PlugItUser:
-        """The user, or raise :class:`AuthError`."""
-
-
-class RedirectBackend(Protocol):
-    """Logs in through another site (an OpenID provider)."""
-
-    name: str
-    label: str
-
-    def start_url(self) -> str:
-        """Where the login page's button for this backend points (a route of the backend)."""
-
-    def routes(self, proxy: ProxyApp) -> Iterable[Route]:
-        """The backend's own URLs (start, callback)."""
-
-    def logout_redirect(self, request: ProxyRequest) -> Response | None:
-        """A redirect to the provider's logout, or None.
-
-        Called just before the local logout: the session still holds what the backend kept
-        there at login (an ID token to send as ``id_token_hint``).
-        """
 
 
 def log_in(request: ProxyRequest, user: PlugItUser, backend: str) -> None:

@@ -13,7 +13,13 @@ import pytest
 import requests
 
 # Before anything imports them: failed checks of the shared suites show their values.
-pytest.register_assert_rewrite("plugit_core.conformance", "plugit_core.testing")
+pytest.register_assert_rewrite(
+    "plugit_core.testing",
+    *(
+        f"plugit_core.kinds.{kind}.testing"
+        for kind in ("auth", "billing", "cache", "mailqueue", "session", "users")
+    ),
+)
 
 
 @pytest.fixture

@@ -53,6 +53,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlsplit
 
+from plugit_core.backends import RegisterBackend
 from plugit_core.config import ConfigError, ProxyConfig
 from plugit_core.hookspecs import hookimpl
 from plugit_core.identity import AuthError, GroupGrant, grant_memberships, parse_group_grants
@@ -739,5 +740,5 @@ def _factory(config: ProxyConfig, section: Mapping[str, Any]) -> LDAPAuth:
 
 
 @hookimpl(trylast=True)
-def plugit_register_backends(register: Any) -> None:
+def plugit_register_backends(register: RegisterBackend) -> None:
     register("auth", "ldap", _factory)

@@ -61,6 +61,7 @@ import requests
 from werkzeug.wrappers import Response
 
 from plugit_backends.login import LOGIN_PATH
+from plugit_core.backends import RegisterBackend
 from plugit_core.config import ConfigError, ProxyConfig
 from plugit_core.hookspecs import hookimpl
 from plugit_core.identity import (
@@ -837,7 +838,7 @@ def _factory(config: ProxyConfig, section: Mapping[str, Any]) -> OIDCAuth:
 
 
 @hookimpl(trylast=True)
-def plugit_register_backends(register: Any) -> None:
+def plugit_register_backends(register: RegisterBackend) -> None:
     register("auth", "oidc", _factory)
 
 

@@ -28,6 +28,7 @@ from typing import Any
 
 from werkzeug.security import check_password_hash, generate_password_hash
 
+from plugit_core.backends import RegisterBackend
 from plugit_core.config import ConfigError, ProxyConfig
 from plugit_core.hookspecs import hookimpl
 from plugit_core.identity import AuthError
@@ -126,7 +127,7 @@ def _factory(config: ProxyConfig, section: Mapping[str, Any]) -> SessionAuth:
 
 
 @hookimpl(trylast=True)
-def plugit_register_backends(register: Any) -> None:
+def plugit_register_backends(register: RegisterBackend) -> None:
     register("auth", "session", _factory)
 
 

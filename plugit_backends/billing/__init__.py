@@ -23,6 +23,7 @@ import dataclasses
 import logging
 from typing import TYPE_CHECKING, Any
 
+from plugit_core.backends import RegisterBackend
 from plugit_core.hookspecs import hookimpl
 from plugit_core.stores import StoreUnavailable
 
@@ -92,7 +93,7 @@ def with_subscriptions(proxy: Any, user: PlugItUser) -> PlugItUser:
 
 
 @hookimpl(trylast=True)
-def plugit_register_backends(register: Any) -> None:
+def plugit_register_backends(register: RegisterBackend) -> None:
     register("billing", "sqlite", factory)
 
 

@@ -12,7 +12,7 @@ Configuration (``postgres`` extra: psycopg 3 and psycopg_pool)::
     connect_timeout = 10
 
 The semantics are those of ``plugit_backends.billing.sqlite`` (the reference implementation),
-checked by the same :class:`plugit_core.testing.BillingStoreConformance`:
+checked by the same :class:`plugit_core.kinds.billing.testing.BillingStoreConformance`:
 
 * a grant is one statement (the plan looked up, the subscription and its ``grant`` event
   inserted), so it is one transaction;
@@ -61,6 +61,7 @@ from plugit_backends.sql.postgres import (
     connect,
     migrate,
 )
+from plugit_core.backends import RegisterBackend
 from plugit_core.config import ProxyConfig
 from plugit_core.hookspecs import hookimpl
 from plugit_core.stores import DEFAULT_MAX_WAITERS
@@ -466,5 +467,5 @@ def factory(config: ProxyConfig, section: Mapping[str, Any]) -> PostgresBillingS
 
 
 @hookimpl(trylast=True)
-def plugit_register_backends(register: Any) -> None:
+def plugit_register_backends(register: RegisterBackend) -> None:
     register("billing", "postgres", factory)

@@ -17,6 +17,7 @@ from typing import Any
 
 from cachetools import TLRUCache
 
+from plugit_core.backends import RegisterBackend
 from plugit_core.config import ProxyConfig
 from plugit_core.hookspecs import hookimpl
 
@@ -66,5 +67,5 @@ def _factory(config: ProxyConfig, section: Mapping[str, Any]) -> MemoryCache:
 
 
 @hookimpl(trylast=True)
-def plugit_register_backends(register: Any) -> None:
+def plugit_register_backends(register: RegisterBackend) -> None:
     register("cache", "memory", _factory)

@@ -44,6 +44,7 @@ except ImportError:  # the optional ``redis`` extra is not installed
     redis = None  # type: ignore[assignment]
 
 from plugit_backends.cache_memory import MemoryCache
+from plugit_core.backends import RegisterBackend
 from plugit_core.config import ConfigError, ProxyConfig, SectionReader
 from plugit_core.hookspecs import hookimpl
 from plugit_core.stores import (
@@ -337,5 +338,5 @@ def _factory(config: ProxyConfig, section: Mapping[str, Any]) -> RedisCache:
 
 
 @hookimpl(trylast=True)
-def plugit_register_backends(register: Any) -> None:
+def plugit_register_backends(register: RegisterBackend) -> None:
     register("cache", "redis", _factory)

@@ -47,7 +47,7 @@ from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.wrappers import Response
 
-from plugit_core.backends import Session, SessionBackend
+from plugit_core.backends import RegisterBackend, Session, SessionBackend
 from plugit_core.config import ProxyConfig
 from plugit_core.hookspecs import hookimpl
 from plugit_core.identity import SESSION_BACKEND_KEY, SESSION_USER_KEY, AuthError, log_in, log_out
@@ -351,7 +351,7 @@ def logout_view(request: Any) -> Response:
 
 
 @hookimpl(trylast=True)
-def plugit_register_backends(register: Any) -> None:
+def plugit_register_backends(register: RegisterBackend) -> None:
     register("login", "default", _settings)
 
 

@@ -11,7 +11,8 @@ Configuration (``postgres`` extra: psycopg 3 and psycopg_pool), in the mail back
     queue_schema = "plugit"                     # may be the directory's schema: tables mail_*
 
 The semantics are those of :class:`~plugit_backends.mail_smtp.store.MailStore` (the SQLite
-reference), checked by the same :class:`plugit_core.testing.MailQueueConformance`:
+reference), checked by the same
+:class:`plugit_core.kinds.mailqueue.testing.MailQueueConformance`:
 
 * every write is one transaction: one statement (``UPDATE ... RETURNING``, ``INSERT ... ON
   CONFLICT``), or ``BEGIN ... COMMIT`` around the quota check and the insert of

@@ -62,6 +62,7 @@ from typing import Any
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 from werkzeug.wrappers import Response
 
+from plugit_core.backends import RegisterBackend
 from plugit_core.config import ConfigError, ProxyConfig
 from plugit_core.hookspecs import hookimpl
 from plugit_core.proxy.api import ApiCall, ApiError
@@ -1236,7 +1237,7 @@ def _factory(config: ProxyConfig, section: Mapping[str, Any]) -> MailBackend:
 
 
 @hookimpl(trylast=True)
-def plugit_register_backends(register: Any) -> None:
+def plugit_register_backends(register: RegisterBackend) -> None:
     register("mail", "smtp", _factory)
 
 

@@ -2,7 +2,7 @@
 implementation (one file, stdlib) of :class:`plugit_core.kinds.mailqueue.MailQueue`
 (re-exported here), shared by every proxy process.
 ``plugit_backends.mail_postgres`` holds the PostgreSQL one; both pass
-:class:`plugit_core.testing.MailQueueConformance`.
+:class:`plugit_core.kinds.mailqueue.testing.MailQueueConformance`.
 
 * ``outbox``: every mail the API accepted, until the SMTP server took it.  A mail is written in
   one transaction together with the rate-limit check, so an accepted mail is on disk before the

@@ -25,7 +25,7 @@ from typing import Any
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 from werkzeug.wrappers import Request, Response
 
-from plugit_core.backends import Session
+from plugit_core.backends import RegisterBackend, Session
 from plugit_core.config import ProxyConfig
 from plugit_core.hookspecs import hookimpl
 
@@ -113,5 +113,5 @@ def _factory(config: ProxyConfig, section: Mapping[str, Any]) -> CookieSessionBa
 
 
 @hookimpl(trylast=True)
-def plugit_register_backends(register: Any) -> None:
+def plugit_register_backends(register: RegisterBackend) -> None:
     register("session", "cookie", _factory)

@@ -53,7 +53,7 @@ from plugit_backends.cache_redis import (
     redact_url,
     redis,
 )
-from plugit_core.backends import Session
+from plugit_core.backends import RegisterBackend, Session
 from plugit_core.config import ConfigError, ProxyConfig
 from plugit_core.hookspecs import hookimpl
 from plugit_core.stores import (
@@ -295,5 +295,5 @@ def _factory(config: ProxyConfig, section: Mapping[str, Any]) -> RedisSessionBac
 
 
 @hookimpl(trylast=True)
-def plugit_register_backends(register: Any) -> None:
+def plugit_register_backends(register: RegisterBackend) -> None:
     register("session", "redis", _factory)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from plugit_core.backends import Theme
+from plugit_core.backends import RegisterBackend, Theme
 from plugit_core.config import ProxyConfig
 from plugit_core.hookspecs import hookimpl
 
@@ -18,5 +18,5 @@ def _factory(config: ProxyConfig, section: Mapping[str, Any]) -> Theme:
 
 
 @hookimpl(trylast=True)
-def plugit_register_backends(register: Any) -> None:
+def plugit_register_backends(register: RegisterBackend) -> None:
     register("theme", "bootstrap", _factory)

@@ -11,12 +11,12 @@ Configuration (``postgres`` extra: psycopg 3 and psycopg_pool)::
     pool_timeout = 10                       # seconds a request waits for a free connection
     connect_timeout = 10                    # seconds to open one connection
 
-The store is the one of ``users_sqlite``, :class:`plugit_backends.sql.users.SQLUserStore`
-(how it stays correct when several processes share the database is said there), on a
+The store is the one of ``users_sqlite``, :class:`plugit_backends.sql.users.SQLUserStore` (how
+it stays correct when several processes share the database is said there), on a
 :class:`plugit_backends.sql.postgres.PostgresDatabase`; both pass
-:class:`plugit_core.testing.UserStoreConformance`.  The tables live in their own schema, with a
-``schema_version`` row per component (see ``plugit_backends.sql.postgres.migrate`` and
-docs/postgres.md).
+:class:`plugit_core.kinds.users.testing.UserStoreConformance`. The tables live in their own
+schema, with a ``schema_version`` row per component (see
+``plugit_backends.sql.postgres.migrate`` and docs/postgres.md).
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from plugit_backends.sql.postgres import (
     build_store,
 )
 from plugit_backends.sql.users import FAILURE_RETENTION, SQLUserStore
+from plugit_core.backends import RegisterBackend
 from plugit_core.config import ProxyConfig
 from plugit_core.hookspecs import hookimpl
 from plugit_core.stores import DEFAULT_MAX_WAITERS
@@ -155,7 +156,7 @@ def _factory(config: ProxyConfig, section: Mapping[str, Any]) -> PostgresUserSto
 
 
 @hookimpl(trylast=True)
-def plugit_register_backends(register: Any) -> None:
+def plugit_register_backends(register: RegisterBackend) -> None:
     register("users", "postgres", _factory)
 
 

@@ -23,6 +23,7 @@ from typing import Any
 
 from plugit_backends.sql.sqlite import SQLiteDatabase, check_file
 from plugit_backends.sql.users import FAILURE_RETENTION, SQLUserStore
+from plugit_core.backends import RegisterBackend
 from plugit_core.config import ProxyConfig
 from plugit_core.hookspecs import hookimpl
 from plugit_core.stores import (
@@ -133,7 +134,7 @@ def _factory(config: ProxyConfig, section: Mapping[str, Any]) -> SQLiteUserStore
 
 
 @hookimpl(trylast=True)
-def plugit_register_backends(register: Any) -> None:
+def plugit_register_backends(register: RegisterBackend) -> None:
     register("users", "sqlite", _factory)
 
 

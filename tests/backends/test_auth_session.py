@@ -18,7 +18,6 @@ from werkzeug.security import generate_password_hash
 
 from plugit_backends.auth_session import SessionAuth, _factory
 from plugit_core.config import ConfigError, ProxyConfig
-from plugit_core.conformance import delete_prefix, redis_for_tests
 from plugit_core.hookspecs import hookimpl
 from plugit_core.identity import AuthError
 from plugit_core.proxy.app import ProxyApp
@@ -34,6 +33,7 @@ from plugit_core.service import (
     user_info,
 )
 from plugit_core.testing import FakeClock, serve
+from plugit_core.testing.redis import delete_prefix, redis_for_tests
 from plugit_core.users import DEFAULT_USER_DATA
 
 SECRET = "service-secret-for-auth-tests-0123456789"

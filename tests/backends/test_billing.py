@@ -44,10 +44,11 @@ from plugit_core.kinds.billing import (
     parse_datetime,
     utc,
 )
+from plugit_core.kinds.billing.testing import BillingStoreConformance
 from plugit_core.proxy.api import MAX_API_BODY
 from plugit_core.proxy.app import ProxyApp
 from plugit_core.service import PlugItService, action, json_only, user_info
-from plugit_core.testing import BillingStoreConformance, serve
+from plugit_core.testing import serve
 from plugit_core.users import Orga, PlugItUser
 
 STRONG_KEY = "k3y-for-tests-9f8e7d6c5b4a39281706f5e4d3c2b1a0"

@@ -18,7 +18,7 @@ import pytest
 
 from plugit_backends.sql import postgres as pg
 from plugit_core.config import ConfigError, ProxyConfig
-from plugit_core.testing import BillingStoreConformance
+from plugit_core.kinds.billing.testing import BillingStoreConformance
 
 REQUIRED = os.environ.get("PLUGIT_REQUIRE_SERVERS") == "1"
 DSN = os.environ.get("PLUGIT_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")

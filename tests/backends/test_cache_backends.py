@@ -16,14 +16,9 @@ from plugit_backends.cache_memory import MemoryCache
 from plugit_backends.cache_redis import RedisCache, RedisHealth, plugit_register_backends
 from plugit_core.backends import Backends
 from plugit_core.config import ConfigError, ProxyConfig
-from plugit_core.conformance import (
-    CacheBackendConformance,
-    delete_prefix,
-    free_port,
-    redis_for_tests,
-    redis_server,
-    wait_until,
-)
+from plugit_core.kinds.cache.testing import CacheBackendConformance
+from plugit_core.testing import free_port, wait_until
+from plugit_core.testing.redis import delete_prefix, redis_for_tests, redis_server
 
 redis = pytest.importorskip("redis")  # the ``redis`` extra
 

@@ -27,7 +27,8 @@ from plugit_backends.mail_smtp import (
 from plugit_backends.mail_smtp.store import LEASE_LOST, MailStore
 from plugit_backends.sql import postgres as pg
 from plugit_core.config import ConfigError, ProxyConfig
-from plugit_core.testing import FakeClock, MailQueueConformance
+from plugit_core.kinds.mailqueue.testing import MailQueueConformance
+from plugit_core.testing import FakeClock
 
 REQUIRED = os.environ.get("PLUGIT_REQUIRE_SERVERS") == "1"
 DSN = os.environ.get("PLUGIT_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")

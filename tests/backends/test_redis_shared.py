@@ -22,20 +22,14 @@ from werkzeug.wrappers import Response
 
 import plugit_backends.cache_redis
 import plugit_backends.session_redis
-from plugit_core.conformance import (
-    delete_prefix,
-    free_port,
-    redis_for_tests,
-    redis_server,
-    wait_until,
-)
 from plugit_core.hookspecs import hookimpl
 from plugit_core.identity import log_in
 from plugit_core.plugins import BUILTIN_PLUGINS
 from plugit_core.proxy.app import ProxyApp
 from plugit_core.proxy.routes import Route
 from plugit_core.service import PlugItService, action, cache
-from plugit_core.testing import serve
+from plugit_core.testing import free_port, serve, wait_until
+from plugit_core.testing.redis import delete_prefix, redis_for_tests, redis_server
 from plugit_core.users import simulated_user
 
 redis = pytest.importorskip("redis")  # the ``redis`` extra

@@ -19,14 +19,10 @@ from plugit_backends.session_redis import (
 )
 from plugit_core.backends import Backends, Session
 from plugit_core.config import ConfigError, ProxyConfig
-from plugit_core.conformance import (
-    SessionBackendConformance,
-    SessionClient,
-    delete_prefix,
-    free_port,
-    redis_for_tests,
-)
+from plugit_core.kinds.session.testing import SessionBackendConformance, SessionClient
 from plugit_core.stores import StoreUnavailable
+from plugit_core.testing import free_port
+from plugit_core.testing.redis import delete_prefix, redis_for_tests
 
 redis = pytest.importorskip("redis")  # the ``redis`` extra
 

@@ -11,7 +11,7 @@ import pytest
 
 from plugit_backends.users_sqlite import SCHEMA_VERSION, SQLiteUserStore, _factory
 from plugit_core.config import ConfigError, ProxyConfig
-from plugit_core.testing import UserStoreConformance
+from plugit_core.kinds.users.testing import UserStoreConformance
 
 STRONG_KEY = "k3y-for-tests-9f8e7d6c5b4a39281706f5e4d3c2b1a0"
 

@@ -17,16 +17,20 @@ taken as UTC.  A subscription is *active* (gives its plan's label) while ``start
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from ...config import ProxyConfig
 
 __all__ = [
     "MAX_DESCRIPTION",
     "MAX_LABEL",
     "STATES",
     "BillingError",
+    "BillingFactory",
     "BillingStore",
     "ConflictError",
     "InvalidError",
@@ -214,6 +218,9 @@ class BillingStore(Protocol):
     def close(self) -> None:
         """Release connections; the store may be used again afterwards."""
 
+
+#: ``factory(proxy_config, section)``: builds the store from its own table (``[billing_<name>]``).
+BillingFactory = Callable[["ProxyConfig", Mapping[str, Any]], BillingStore]
 
 # Optional, for speed: ``labels_by_service(user_pk, orga_pks) -> {service: [labels]}`` answers
 # for every service at once (one query); :func:`plugit_backends.billing.with_subscriptions`

@@ -3,7 +3,8 @@ what one claimed mail is (:class:`Outgoing`) and the quota's error (:class:`Rate
 
 The implementations are backends: ``plugit_backends.mail_smtp.store.MailStore`` (SQLite) and
 ``plugit_backends.mail_postgres.PostgresMailQueue``; both pass
-:class:`plugit_core.testing.MailQueueConformance`, the contract below as pytest tests.
+:class:`plugit_core.kinds.mailqueue.testing.MailQueueConformance`, the contract below as
+pytest tests.
 """
 
 from __future__ import annotations

@@ -1,14 +1,9 @@
-"""The shared conformance suites of the backend kinds, as pytest classes to subclass.
+"""The shared conformance suite of the ``session`` kind: every
+:class:`~plugit_core.kinds.session.SessionBackend` passes :class:`SessionBackendConformance`,
+through werkzeug requests and responses; :class:`SessionClient` plays the browser (it keeps the
+cookies the backend sets and sends them back).
 
-Every implementation of a kind passes the same tests: subclass the kind's class in a test module
-(named ``Test...`` so pytest collects it) and give it the fixture it asks for::
-
-    class TestMyCache(CacheBackendConformance):
-        @pytest.fixture
-        def cache(self):
-            cache = MyCache(...)
-            yield cache
-            cache.clear()
+Subclass it in a test module (named ``Test...`` so pytest collects it)::
 
     class TestMySessions(SessionBackendConformance):
         server_side = True  # sessions live on the server: a rotated or cleared id is dead
@@ -18,26 +13,12 @@ Every implementation of a kind passes the same tests: subclass the kind's class 
             # make_backend(secret_key=..., cookie_name=..., max_age=..., secure=..., samesite=...)
             return lambda secret_key="s3cret", **options: MySessions(secret_key, **options)
 
-* :class:`CacheBackendConformance` checks a :class:`~plugit_core.backends.CacheBackend`.
-* :class:`SessionBackendConformance` checks a :class:`~plugit_core.backends.SessionBackend`
-  through werkzeug requests and responses; :class:`SessionClient` plays the browser (it keeps
-  the cookies the backend sets and sends them back).
-* :func:`redis_server` runs a throwaway ``redis-server`` for tests (to stop it mid-test), and
-  :func:`redis_for_tests` gives the URL of a Redis to test against.
-
 This module needs pytest (the ``test`` extra).
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import secrets
-import shutil
-import subprocess
-import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,146 +26,10 @@ import pytest
 from werkzeug.test import EnvironBuilder
 from werkzeug.wrappers import Request, Response
 
-from .backends import CacheBackend, Session
-from .testing import free_port, wait_for_port
+from ...testing.helpers import wait_until
+from . import Session
 
-__all__ = [
-    "CacheBackendConformance",
-    "Exchange",
-    "RedisServer",
-    "SessionBackendConformance",
-    "SessionClient",
-    "SetCookie",
-    "delete_prefix",
-    "free_port",
-    "redis_for_tests",
-    "redis_server",
-    "wait_until",
-]
-
-
-def wait_until(condition: Callable[[], Any], timeout: float = 5.0, interval: float = 0.05) -> Any:
-    """Poll ``condition`` until it returns a true value (returned); fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"condition still false after {timeout}s")
-        time.sleep(interval)
-
-
-# -- caches ------------------------------------------------------------------------------------
-
-
-class CacheBackendConformance:
-    """The contract of every cache backend.  Subclasses provide the ``cache`` fixture: an
-    empty cache that accepts values of at least 4 MiB."""
-
-    def test_is_a_cache_backend(self, cache: Any) -> None:
-        assert isinstance(cache, CacheBackend)
-
-    def test_missing_key_is_none(self, cache: Any) -> None:
-        assert cache.get("missing") is None
-
-    def test_set_then_get(self, cache: Any) -> None:
-        cache.set("k", b"value", 60)
-        assert cache.get("k") == b"value"
-
-    def test_overwrite(self, cache: Any) -> None:
-        cache.set("k", b"one", 60)
-        cache.set("k", b"two", 60)
-        assert cache.get("k") == b"two"
-
-    def test_keys_are_independent(self, cache: Any) -> None:
-        keys = ["a", "A", "a ", "page:/svc/x?q=1", "été/日本", "star*", "[br]ace?", "back\\slash"]
-        for i, key in enumerate(keys):
-            cache.set(key, str(i).encode(), 60)
-        assert [cache.get(key) for key in keys] == [str(i).encode() for i in range(len(keys))]
-
-    def test_entry_expires_after_its_ttl(self, cache: Any) -> None:
-        cache.set("short", b"1", 1.0)
-        cache.set("long", b"2", 60)
-        assert cache.get("short") == b"1"
-        wait_until(lambda: cache.get("short") is None, timeout=5)
-        assert cache.get("long") == b"2"
-
-    def test_overwrite_sets_a_new_ttl(self, cache: Any) -> None:
-        cache.set("k", b"old", 0.3)
-        cache.set("k", b"new", 60)
-        time.sleep(0.5)
-        assert cache.get("k") == b"new"
-
-    def test_non_positive_ttl_stores_nothing(self, cache: Any) -> None:
-        cache.set("zero", b"x", 0)
-        cache.set("negative", b"x", -5)
-        assert cache.get("zero") is None
-        assert cache.get("negative") is None
-
-    def test_delete(self, cache: Any) -> None:
-        cache.set("k", b"v", 60)
-        cache.set("other", b"w", 60)
-        cache.delete("k")
-        assert cache.get("k") is None
-        assert cache.get("other") == b"w"
-
-    def test_delete_missing_key_is_no_error(self, cache: Any) -> None:
-        cache.delete("never-set")
-
-    def test_clear(self, cache: Any) -> None:
-        for i in range(50):
-            cache.set(f"k{i}", b"v", 60)
-        cache.clear()
-        assert all(cache.get(f"k{i}") is None for i in range(50))
-        cache.set("after", b"v", 60)  # still usable
-        assert cache.get("after") == b"v"
-
-    @pytest.mark.parametrize(
-        "value",
-        [b"", b"\x00", bytes(range(256)), b"\xff\xfe\xfd invalid utf-8 \xc3\x28", "é".encode()],
-        ids=["empty", "nul", "all-bytes", "invalid-utf8", "utf8"],
-    )
-    def test_bytes_round_trip(self, cache: Any, value: bytes) -> None:
-        cache.set("bytes", value, 60)
-        got = cache.get("bytes")
-        assert type(got) is bytes
-        assert got == value
-
-    def test_large_value(self, cache: Any) -> None:
-        value = secrets.token_bytes(4 * 1024 * 1024)
-        cache.set("large", value, 60)
-        assert cache.get("large") == value
-
-    def test_many_threads(self, cache: Any) -> None:
-        errors: list[BaseException] = []
-        start = threading.Barrier(8)
-
-        def work(n: int) -> None:
-            try:
-                start.wait()
-                for i in range(100):
-                    key, value = f"t{n}:{i}", f"{n}:{i}".encode() * 10
-                    cache.set(key, value, 60)
-                    assert cache.get(key) == value
-                    cache.set("shared", value, 60)
-                    assert cache.get("shared") is not None
-                    if i % 10 == 0:
-                        cache.delete(key)
-                        assert cache.get(key) is None
-            except BaseException as exc:
-                errors.append(exc)
-
-        threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(60)
-        assert not errors, errors[0]
-        assert cache.get("t3:99") == b"3:99" * 10
-
-
-# -- sessions ----------------------------------------------------------------------------------
+__all__ = ["Exchange", "SessionBackendConformance", "SessionClient", "SetCookie"]
 
 
 @dataclass(frozen=True)
@@ -484,125 +329,3 @@ class SessionBackendConformance:
         deleted = client.request(lambda s: s.clear()).cookie("site_sid")
         assert deleted is not None and deleted.deletes
         assert deleted.attributes.get("path") == "/"
-
-
-# -- Redis for tests ---------------------------------------------------------------------------
-
-
-@dataclass
-class RedisServer:
-    """A ``redis-server`` process started by :func:`redis_server`."""
-
-    port: int
-    process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        """Start (or restart, on the same port) the server; return once it accepts clients."""
-        if self.process is not None and self.process.poll() is None:
-            return
-        executable = shutil.which("redis-server")
-        if executable is None:
-            pytest.skip("redis-server is not installed")
-        self.process = subprocess.Popen(  # noqa: S603 (a fixed executable and arguments)
-            [
-                executable,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--daemonize",
-                "no",
-                "--loglevel",
-                "warning",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            wait_for_port("127.0.0.1", self.port, timeout=10)
-        except TimeoutError:
-            self.stop()
-            raise
-
-    def stop(self) -> None:
-        """Stop the server (its data is lost)."""
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            self.process.kill()
-        self.process.wait(10)
-        self.process = None
-
-
-@contextlib.contextmanager
-def redis_server(port: int | None = None) -> Iterator[RedisServer]:
-    """A private ``redis-server`` on 127.0.0.1 (a free port by default), keeping nothing on disk,
-    stopped at the end; :meth:`RedisServer.stop` and :meth:`RedisServer.start` stop and restart
-    it meanwhile.  Skips the test when ``redis-server`` is not installed."""
-    server = RedisServer(port or free_port())
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-def _answers(url: str) -> bool:
-    import redis
-
-    client = redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
-    try:
-        return bool(client.ping())
-    except redis.RedisError:
-        return False
-    finally:
-        client.close()
-        client.connection_pool.disconnect()
-
-
-@contextlib.contextmanager
-def redis_for_tests() -> Iterator[str]:
-    """The URL of a Redis to test against.
-
-    ``PLUGIT_TEST_REDIS_URL`` (default ``redis://127.0.0.1:6379/0``) when it answers, else a
-    private ``redis-server`` started for the block.  Tests sharing a Redis must use their own key
-    prefix.  Skips without the redis package or any Redis, unless ``PLUGIT_REQUIRE_REDIS=1``.
-    """
-    try:
-        import redis  # noqa: F401
-    except ImportError:
-        if os.environ.get("PLUGIT_REQUIRE_REDIS") == "1":
-            pytest.fail("the redis package is not installed (pip install 'plugit-wsgi[redis]')")
-        pytest.skip("the redis package is not installed (pip install 'plugit-wsgi[redis]')")
-    url = os.environ.get("PLUGIT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-    if _answers(url):
-        yield url
-        return
-    if shutil.which("redis-server") is None and os.environ.get("PLUGIT_REQUIRE_REDIS") == "1":
-        pytest.fail(f"no Redis answers at {url} and redis-server is not installed")
-    with redis_server() as server:
-        yield server.url
-
-
-def delete_prefix(url: str, prefix: str) -> int:
-    """Delete every key starting with ``prefix`` (SCAN, not FLUSHDB); the number deleted."""
-    import redis
-
-    client = redis.Redis.from_url(url, socket_timeout=5)
-    try:
-        pattern = "".join("\\" + c if c in "*?[]\\^" else c for c in prefix) + "*"
-        names = list(client.scan_iter(match=pattern, count=1000))
-        for start in range(0, len(names), 500):
-            client.unlink(*names[start : start + 500])
-        return len(names)
-    finally:
-        client.close()
-        client.connection_pool.disconnect()
