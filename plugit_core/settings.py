@@ -40,6 +40,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar, Union
+from urllib.parse import urlsplit
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -48,12 +49,15 @@ else:  # pragma: no cover
 
 __all__ = [
     "ConfigError",
+    "NoSettings",
     "Section",
     "Setting",
     "SettingError",
     "describe",
+    "file_path",
     "read_section",
     "setting",
+    "url_with",
 ]
 
 T = TypeVar("T")
@@ -191,6 +195,7 @@ class Setting:
     default_from: Callable[[Mapping[str, Any]], Any] | None = None
     required: str = "is required"
     expected: str | None = None
+    flatten: bool = False
 
 
 def setting(
@@ -212,6 +217,7 @@ def setting(
     default_factory: Callable[[], Any] | None = None,
     required: str = "is required",
     expected: str | None = None,
+    flatten: bool = False,
 ) -> Any:
     """A dataclass field read from the table by :func:`read_section`.
 
@@ -228,6 +234,8 @@ def setting(
     ``name=value`` pair read into a tuple).  ``secret``: never shown, in
     an error message nor in :func:`describe` nor in the dataclass's repr.  ``expected`` words
     the type error of a nested table or an array of tables (``"[[services]] tables"``).
+    ``flatten``: the field is a settings dataclass whose keys are keys of this very table (a
+    group of keys several backends share, such as :class:`plugit_core.stores.GuardSettings`).
     ``help`` says what the key is for, in a sentence.
     """
     spec = Setting(
@@ -246,6 +254,7 @@ def setting(
         default_from=default_from,
         required=required,
         expected=expected,
+        flatten=flatten,
     )
     metadata = {_META: spec}
     if isinstance(default, (list, dict, set)):
@@ -285,6 +294,14 @@ def _fields(cls: type[Any]) -> list[tuple[dataclasses.Field[Any], Setting, Any]]
     ]
 
 
+def _keys(cls: type[Any]) -> set[str]:
+    """The keys of the table ``cls`` reads, with those of its flattened fields."""
+    keys = set()
+    for f, spec, kind in _fields(cls):
+        keys.update(_keys(kind) if spec.flatten else {f.name})
+    return keys
+
+
 def read_section(
     cls: type[T],
     data: object,
@@ -306,12 +323,22 @@ def read_section(
     if not isinstance(data, Mapping):
         raise ConfigError(where or "config", "expected a table", source)
     fields = _fields(cls)
-    unknown = set(data) - {f.name for f, _, _ in fields} - set(extra_keys)
+    unknown = set(data) - _keys(cls) - set(extra_keys)
     if unknown:
         raise section.error(sorted(unknown)[0], "unknown setting (check its spelling)")
     values: dict[str, Any] = {}
     later = []
     for f, spec, kind in fields:
+        if spec.flatten:
+            own = _keys(kind)
+            values[f.name] = read_section(
+                kind,
+                {k: v for k, v in data.items() if k in own},
+                where,
+                source,
+                blank_is_missing=blank_is_missing,
+            )
+            continue
         value = _resolve(section, f.name, data.get(f.name))
         blank = spec.blank_is_missing if spec.blank_is_missing is not None else blank_is_missing
         if value is None or (blank and value == "" and _optional(kind) is str):
@@ -450,12 +477,40 @@ def _strings(spec: Setting, value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
+@dataclass(frozen=True)
+class NoSettings:
+    """The table of a backend without settings: any key in it is refused as unknown."""
+
+
+def file_path(value: Any) -> str:
+    """A ``parse`` of the path of a file: a non-empty string (SQLite's ``:memory:`` is no file)."""
+    if not isinstance(value, str) or not value or value == ":memory:":
+        raise ValueError(f"expected the path of a file, got {value!r}")
+    return value
+
+
+def url_with(*schemes: str) -> Callable[[str], str]:
+    """A ``check`` of a URL whose scheme is one of ``schemes`` (the rest is the caller's)."""
+
+    def check(value: str) -> str:
+        if urlsplit(value).scheme not in schemes:
+            names = [f"{scheme}://" for scheme in schemes]
+            wanted = " or ".join(filter(None, [", ".join(names[:-1]), names[-1]]))
+            raise ValueError(f"expected a {wanted} URL, got {value!r}")
+        return value
+
+    return check
+
+
 def describe(cls: type[Any]) -> list[dict[str, Any]]:
     """One entry per key of the table ``cls`` reads: ``key``, ``type``, ``default`` (None when
     required or computed; a secret's default is never shown), ``secret`` and ``help``: what a
     documentation page or a ``--help`` lists."""
     entries = []
     for f, spec, kind in _fields(cls):
+        if spec.flatten:
+            entries.extend(describe(kind))
+            continue
         default = None if f.default is dataclasses.MISSING or spec.secret else f.default
         entries.append(
             {

@@ -37,15 +37,20 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
+
+from .settings import setting
 
 __all__ = [
     "DEFAULT_MAX_BACKOFF",
     "DEFAULT_MAX_WAITERS",
     "DEFAULT_WAIT",
+    "GuardSettings",
     "StoreGuard",
     "StoreMetrics",
     "StoreUnavailable",
+    "WaitingGuardSettings",
     "guards_of",
     "read_guard_settings",
     "sqlite_is_outage",
@@ -476,6 +481,38 @@ def guards_of(*backends: Any) -> list[StoreGuard]:
             if isinstance(guard, StoreGuard) and guard not in found:
                 found.append(guard)
     return found
+
+
+@dataclass(frozen=True)
+class GuardSettings:
+    """The keys of a store backend's table that tune its :class:`StoreGuard`, flattened into
+    the backend's settings: ``guard: GuardSettings = setting(flatten=True, ...)``."""
+
+    max_waiters: int = setting(
+        DEFAULT_MAX_WAITERS, minimum=1, text=True, help="requests waiting for the store at once"
+    )
+    required: bool | None = setting(
+        None, help="the proxy is not ready without this store (default: the backend's)"
+    )
+
+    def options(self, *, required: bool = True) -> dict[str, Any]:
+        """The guard's keyword arguments; ``required`` when the table does not say."""
+        return {
+            "max_waiters": self.max_waiters,
+            "required": required if self.required is None else self.required,
+        }
+
+
+@dataclass(frozen=True)
+class WaitingGuardSettings(GuardSettings):
+    """:class:`GuardSettings` with ``wait``, for a backend that has no timeout of its own."""
+
+    wait: float = setting(
+        DEFAULT_WAIT, minimum=0.05, text=True, help="seconds a store call may take"
+    )
+
+    def options(self, *, required: bool = True) -> dict[str, Any]:
+        return {**super().options(required=required), "wait": self.wait}
 
 
 def read_guard_settings(reader: Any, *, wait: bool = True, required: bool = True) -> dict[str, Any]:

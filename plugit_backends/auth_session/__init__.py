@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from werkzeug.security import check_password_hash, generate_password_hash
@@ -32,6 +33,7 @@ from plugit_core.backends import RegisterBackend
 from plugit_core.config import ConfigError, ProxyConfig
 from plugit_core.hookspecs import hookimpl
 from plugit_core.identity import AuthError
+from plugit_core.settings import Section, setting
 from plugit_core.users import PlugItUser
 
 __all__ = ["DEFAULT_METHOD", "SessionAuth"]
@@ -110,20 +112,33 @@ class SessionAuth:
         return user
 
 
+def _password_method(value: Any) -> str:
+    if not isinstance(value, str) or not value.startswith(("scrypt", "pbkdf2")):
+        raise ValueError(f'expected "scrypt" or "pbkdf2" (with optional parameters), got {value!r}')
+    return value
+
+
+@dataclass(frozen=True)
+class SessionAuthSettings:
+    """The ``[auth_session]`` table."""
+
+    password_method: str = setting(
+        DEFAULT_METHOD, parse=_password_method, help="werkzeug's hashing method of new passwords"
+    )
+    min_password_length: int = setting(
+        10, minimum=1, maximum=1024, help="characters of a new password, at least"
+    )
+
+
 def _factory(config: ProxyConfig, section: Mapping[str, Any]) -> SessionAuth:
-    reader = config.reader("auth_session", section)
-    reader.known({"password_method", "min_password_length"})
-    method = reader.raw("password_method", DEFAULT_METHOD)
-    if not isinstance(method, str) or not method.startswith(("scrypt", "pbkdf2")):
-        raise reader.error(
-            "password_method",
-            f'expected "scrypt" or "pbkdf2" (with optional parameters), got {method!r}',
-        )
-    length = reader.number("min_password_length", 10, minimum=1, maximum=1024, integer=True)
+    settings = config.read(SessionAuthSettings, "auth_session", section)
+    method = settings.password_method
     try:
-        return SessionAuth(method, length)
+        return SessionAuth(method, settings.min_password_length)
     except (ValueError, TypeError) as exc:
-        raise reader.error("password_method", f"werkzeug refuses {method!r}: {exc}") from None
+        raise Section("auth_session", config.source).error(
+            "password_method", f"werkzeug refuses {method!r}: {exc}"
+        ) from None
 
 
 @hookimpl(trylast=True)

@@ -24,17 +24,18 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from plugit_core.config import ProxyConfig
+from plugit_core.settings import file_path, setting
 from plugit_core.stores import (
     DEFAULT_MAX_WAITERS,
     DEFAULT_WAIT,
-    GUARD_KEYS,
     StoreGuard,
-    read_guard_settings,
+    WaitingGuardSettings,
     sqlite_is_outage,
 )
 
@@ -440,13 +441,19 @@ class SQLiteBillingStore:
         ]
 
 
+@dataclass(frozen=True)
+class SQLiteBillingSettings:
+    """The ``[billing_sqlite]`` table."""
+
+    path: str = setting("plugit-billing.sqlite3", parse=file_path, help="the database file")
+    guard: WaitingGuardSettings = setting(default_factory=WaitingGuardSettings, flatten=True)
+
+
 def factory(config: ProxyConfig, section: Mapping[str, Any]) -> SQLiteBillingStore:
     """Build the store from ``[billing_sqlite]``."""
-    reader = config.reader("billing_sqlite", section)
-    reader.known({"path", *GUARD_KEYS})
-    path = reader.path("path", "plugit-billing.sqlite3")
-    guard = read_guard_settings(reader, required=False)
+    settings = config.read(SQLiteBillingSettings, "billing_sqlite", section)
+    path = settings.path
     try:
-        return SQLiteBillingStore(path, **guard)
+        return SQLiteBillingStore(path, **settings.guard.options(required=False))
     except sqlite3.Error as exc:
-        raise reader.error("path", f"cannot open {path!r}: {exc}") from None
+        raise config.error("billing_sqlite.path", f"cannot open {path!r}: {exc}") from None

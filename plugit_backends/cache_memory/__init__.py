@@ -13,6 +13,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from cachetools import TLRUCache
@@ -20,6 +21,7 @@ from cachetools import TLRUCache
 from plugit_core.backends import RegisterBackend
 from plugit_core.config import ProxyConfig
 from plugit_core.hookspecs import hookimpl
+from plugit_core.settings import setting
 
 __all__ = ["MemoryCache"]
 
@@ -60,10 +62,17 @@ class MemoryCache:
             self._data.clear()
 
 
+@dataclass(frozen=True)
+class MemoryCacheSettings:
+    """The ``[cache_memory]`` table."""
+
+    max_bytes: int = setting(
+        64 * 1024 * 1024, minimum=1024, help="bytes of cached values, the oldest dropped first"
+    )
+
+
 def _factory(config: ProxyConfig, section: Mapping[str, Any]) -> MemoryCache:
-    reader = config.reader("cache_memory", section)
-    reader.known({"max_bytes"})
-    return MemoryCache(reader.number("max_bytes", 64 * 1024 * 1024, minimum=1024, integer=True))
+    return MemoryCache(config.read(MemoryCacheSettings, "cache_memory", section).max_bytes)
 
 
 @hookimpl(trylast=True)

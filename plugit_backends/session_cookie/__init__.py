@@ -18,8 +18,10 @@ Configuration (all optional)::
 
 from __future__ import annotations
 
+import re
 import secrets
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from itsdangerous import BadSignature, URLSafeTimedSerializer
@@ -28,6 +30,7 @@ from werkzeug.wrappers import Request, Response
 from plugit_core.backends import RegisterBackend, Session
 from plugit_core.config import ProxyConfig
 from plugit_core.hookspecs import hookimpl
+from plugit_core.settings import Section, setting
 
 __all__ = ["CookieSessionBackend"]
 
@@ -94,22 +97,42 @@ class CookieSessionBackend:
         )
 
 
+def _cookie_name(value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", value):
+        raise ValueError(f"expected a cookie name, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class CookieSettings:
+    """The session cookie's keys, of ``[session_cookie]`` and of other session backends' tables
+    (flattened into them)."""
+
+    cookie_name: str = setting("plugit_session", check=_cookie_name, help="the cookie's name")
+    max_age: int = setting(14 * 24 * 3600, minimum=1, help="seconds a session lives")
+    secure: bool | None = setting(None, help="HTTPS only (default: true outside dev mode)")
+    samesite: str = setting("Lax", choices=("Lax", "Strict", "None"), help="its SameSite")
+    domain: str | None = setting(None, blank_is_missing=True, help="its Domain")
+
+    def options(self, config: ProxyConfig, where: str) -> dict[str, Any]:
+        """The backend's keyword arguments; refuses SameSite=None without secure."""
+        secure = not config.dev_mode if self.secure is None else self.secure
+        if self.samesite == "None" and not secure:
+            raise Section(where, config.source).error(
+                "samesite", "SameSite=None requires secure = true"
+            )
+        return {
+            "cookie_name": self.cookie_name,
+            "max_age": self.max_age,
+            "secure": secure,
+            "samesite": self.samesite,
+            "domain": self.domain,
+        }
+
+
 def _factory(config: ProxyConfig, section: Mapping[str, Any]) -> CookieSessionBackend:
-    reader = config.reader("session_cookie", section)
-    reader.known({"cookie_name", "max_age", "secure", "samesite", "domain"})
-    max_age = reader.number("max_age", 14 * 24 * 3600, minimum=1, integer=True)
-    samesite = reader.choice("samesite", "Lax", ("Lax", "Strict", "None"))
-    secure = reader.bool("secure", not config.dev_mode)
-    if samesite == "None" and not secure:
-        raise reader.error("samesite", "SameSite=None requires secure = true")
-    return CookieSessionBackend(
-        config.secret_key,
-        cookie_name=str(reader.raw("cookie_name", "plugit_session")),
-        max_age=max_age,
-        secure=secure,
-        samesite=samesite,
-        domain=reader.raw("domain") or None,
-    )
+    settings = config.read(CookieSettings, "session_cookie", section)
+    return CookieSessionBackend(config.secret_key, **settings.options(config, "session_cookie"))
 
 
 @hookimpl(trylast=True)

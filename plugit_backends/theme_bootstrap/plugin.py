@@ -8,12 +8,13 @@ from typing import Any
 from plugit_core.backends import RegisterBackend, Theme
 from plugit_core.config import ProxyConfig
 from plugit_core.hookspecs import hookimpl
+from plugit_core.settings import NoSettings
 
 from . import SERVICE_TEMPLATES_DIR, STATIC_DIR, TEMPLATES_DIR
 
 
 def _factory(config: ProxyConfig, section: Mapping[str, Any]) -> Theme:
-    config.reader("theme_bootstrap", section).finish()  # it has no settings
+    config.read(NoSettings, "theme_bootstrap", section)
     return Theme("bootstrap", TEMPLATES_DIR, SERVICE_TEMPLATES_DIR, STATIC_DIR)
 
 

@@ -8,12 +8,13 @@ from typing import Any
 from plugit_core.backends import RegisterBackend, Theme
 from plugit_core.config import ConfigError, ProxyConfig
 from plugit_core.hookspecs import hookimpl
+from plugit_core.settings import NoSettings
 
 from . import SERVICE_TEMPLATES_DIR, STATIC_DIR, TEMPLATES_DIR, MissingAssetsError, static_roots
 
 
 def _factory(config: ProxyConfig, section: Mapping[str, Any]) -> Theme:
-    config.reader("theme_legacy", section).finish()  # it has no settings
+    config.read(NoSettings, "theme_legacy", section)
     try:
         roots = static_roots()
     except MissingAssetsError as exc:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +27,11 @@ from plugit_backends.sql.users import FAILURE_RETENTION, SQLUserStore
 from plugit_core.backends import RegisterBackend
 from plugit_core.config import ProxyConfig
 from plugit_core.hookspecs import hookimpl
+from plugit_core.settings import file_path, setting
 from plugit_core.stores import (
     DEFAULT_MAX_WAITERS,
     DEFAULT_WAIT,
-    GUARD_KEYS,
-    read_guard_settings,
+    WaitingGuardSettings,
 )
 
 __all__ = ["FAILURE_RETENTION", "SCHEMA_VERSION", "STEPS", "SQLiteUserStore"]
@@ -122,15 +123,21 @@ class SQLiteUserStore(SQLUserStore):
         return f"<SQLiteUserStore {self.path!r}>"
 
 
+@dataclass(frozen=True)
+class SQLiteUsersSettings:
+    """The ``[users_sqlite]`` table."""
+
+    path: str = setting("plugit.sqlite3", parse=file_path, help="the database file")
+    guard: WaitingGuardSettings = setting(default_factory=WaitingGuardSettings, flatten=True)
+
+
 def _factory(config: ProxyConfig, section: Mapping[str, Any]) -> SQLiteUserStore:
-    reader = config.reader("users_sqlite", section)
-    reader.known({"path", *GUARD_KEYS})
-    path = reader.path("path", "plugit.sqlite3")
-    guard = read_guard_settings(reader)
+    settings = config.read(SQLiteUsersSettings, "users_sqlite", section)
+    path = settings.path
     try:
-        return SQLiteUserStore(path, **guard)
+        return SQLiteUserStore(path, **settings.guard.options(required=True))
     except sqlite3.Error as exc:
-        raise reader.error("path", f"cannot open {path!r}: {exc}") from None
+        raise config.error("users_sqlite.path", f"cannot open {path!r}: {exc}") from None
 
 
 @hookimpl(trylast=True)
