@@ -15,7 +15,8 @@ Order of one page request through the hooks (the pipeline in ``plugit_core.proxy
     plugit_handle_error           a fallback when the service failed (first answer wins)
 
 At start-up: ``plugit_register_backends`` (historic: late plugins are called too), then
-``plugit_extra_routes``, then ``plugit_startup``.
+``plugit_register_api_endpoints``, then ``plugit_extra_routes``, then ``plugit_startup``; at the
+end, ``plugit_shutdown``.
 
 Plugins registered later are called first (pluggy's LIFO order); built-in defaults are marked
 ``trylast`` so any installed plugin runs before them.
