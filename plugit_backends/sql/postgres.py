@@ -29,12 +29,13 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from plugit_core.config import ConfigError, ProxyConfig
-from plugit_core.stores import DEFAULT_MAX_WAITERS, StoreGuard, read_guard_settings
+from plugit_core.settings import read_section, setting
+from plugit_core.stores import DEFAULT_MAX_WAITERS, GuardSettings, StoreGuard
 
 from . import Connection as SQLConnection
 from . import Dialect
@@ -70,15 +71,6 @@ DEFAULT_SCHEMA = "plugit"
 DEFAULT_POOL_SIZE = 10
 DEFAULT_POOL_TIMEOUT = 2.0  # seconds a store call may take: a free connection, then the query
 DEFAULT_CONNECT_TIMEOUT = 2.0  # seconds to establish one connection (libpq's minimum)
-SETTINGS = (
-    "dsn",
-    "schema",
-    "pool_size",
-    "pool_timeout",
-    "connect_timeout",
-    "max_waiters",
-    "required",
-)
 _SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 
 
@@ -448,17 +440,49 @@ class PostgresDatabase:
         self.pool.close()
 
 
+def _dsn(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError("expected a PostgreSQL connection string (postgresql://... or key=value)")
+    if PG_MISSING is None:
+        try:
+            psycopg.conninfo.conninfo_to_dict(value)
+        except psycopg.ProgrammingError:
+            raise ValueError("not a PostgreSQL connection string") from None
+    return value
+
+
+def _schema(value: Any) -> str:
+    check_schema_name(value)
+    return str(value)
+
+
 @dataclass(frozen=True)
 class PgSettings:
     """A ``[<kind>_postgres]`` table, checked."""
 
-    dsn: str
-    schema: str = DEFAULT_SCHEMA
-    pool_size: int = DEFAULT_POOL_SIZE
-    pool_timeout: float = DEFAULT_POOL_TIMEOUT
-    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
-    max_waiters: int = DEFAULT_MAX_WAITERS
-    required: bool = True
+    dsn: str = setting(
+        parse=_dsn,
+        secret=True,
+        required='is required: a connection string, e.g. dsn = { env = "PLUGIT_DATABASE_URL" }',
+        help="the database's connection string",
+    )
+    schema: str = setting(DEFAULT_SCHEMA, parse=_schema, help="the schema of the tables")
+    pool_size: int = setting(DEFAULT_POOL_SIZE, minimum=1, text=True, help="pooled connections")
+    pool_timeout: float = setting(
+        DEFAULT_POOL_TIMEOUT, minimum=0.1, text=True, help="seconds to wait for a connection"
+    )
+    connect_timeout: float = setting(
+        DEFAULT_CONNECT_TIMEOUT, minimum=1, text=True, help="seconds to connect"
+    )
+    guard: GuardSettings = setting(default_factory=GuardSettings, flatten=True)
+
+    @property
+    def max_waiters(self) -> int:
+        return self.guard.max_waiters
+
+    @property
+    def required(self) -> bool:
+        return self.guard.required is not False
 
     def store_kwargs(self) -> dict[str, Any]:
         return {
@@ -482,40 +506,11 @@ def read_settings(
     """Check the ``[name]`` table (``users_postgres``, ...).  ``extra`` are further keys the
     caller reads itself; ``required`` is the default of the ``required`` key (is the proxy
     ready without this store?)."""
-    reader = config.reader(name, section)
-    reader.known({*SETTINGS, *extra})
-    if "dsn" not in section:
-        raise reader.error(
-            "dsn",
-            'is required: a connection string, e.g. dsn = { env = "PLUGIT_DATABASE_URL" }',
-        )
-    dsn = reader.raw("dsn")
-    if not isinstance(dsn, str) or not dsn.strip():
-        raise reader.error(
-            "dsn", "expected a PostgreSQL connection string (postgresql://... or key=value)"
-        )
-    if PG_MISSING is None:
-        try:
-            psycopg.conninfo.conninfo_to_dict(dsn)
-        except psycopg.ProgrammingError:
-            raise reader.error("dsn", "not a PostgreSQL connection string") from None
-    schema = reader.raw("schema", DEFAULT_SCHEMA)
-    try:
-        check_schema_name(schema)
-    except ValueError as exc:
-        raise reader.error("schema", str(exc)) from None
-    return PgSettings(
-        dsn=dsn,
-        schema=schema,
-        pool_size=reader.number("pool_size", DEFAULT_POOL_SIZE, minimum=1, integer=True, text=True),
-        pool_timeout=float(
-            reader.number("pool_timeout", DEFAULT_POOL_TIMEOUT, minimum=0.1, text=True)
-        ),
-        connect_timeout=float(
-            reader.number("connect_timeout", DEFAULT_CONNECT_TIMEOUT, minimum=1, text=True)
-        ),
-        **read_guard_settings(reader, wait=False, required=required),
-    )
+    settings = read_section(PgSettings, section, name, config.source, extra_keys=extra)
+    guard = settings.guard
+    if guard.required is None:
+        settings = replace(settings, guard=replace(guard, required=required))
+    return settings
 
 
 def build_store(
