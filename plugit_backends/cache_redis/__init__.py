@@ -22,30 +22,30 @@ Requests never fail because of the cache.  Calls go through a
 :class:`~plugit_core.stores.StoreGuard` (``cache_redis`` in ``/_plugit/ready`` and
 ``/_plugit/metrics``).  See docs/redis.md.
 
-The helpers :func:`connection_pool` and :func:`redact_url` are shared with
-``plugit_backends.session_redis``.
+The connection, URL and settings helpers it shares with ``plugit_backends.session_redis`` are
+``plugit_backends.redis``.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import threading
-import time
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
-
-try:
-    import redis
-    from redis.backoff import NoBackoff
-    from redis.retry import Retry
-except ImportError:  # the optional ``redis`` extra is not installed
-    redis = None  # type: ignore[assignment]
 
 from plugit_backends.cache_memory import MemoryCache
+from plugit_backends.redis import (
+    DEFAULT_URL,
+    connection_pool,
+    glob_escape,
+    is_outage,
+    read_prefix,
+    read_url,
+    redact_url,
+    redis,
+)
 from plugit_core.backends import RegisterBackend
-from plugit_core.config import ConfigError, ProxyConfig, SectionReader
+from plugit_core.config import ConfigError, ProxyConfig
 from plugit_core.hookspecs import hookimpl
 from plugit_core.stores import (
     DEFAULT_MAX_WAITERS,
@@ -54,131 +54,11 @@ from plugit_core.stores import (
     read_guard_settings,
 )
 
-__all__ = ["RedisCache", "RedisHealth", "connection_pool", "redact_url"]
+__all__ = ["RedisCache"]
 
 log = logging.getLogger("plugit.cache.redis")
 
-DEFAULT_URL = "redis://127.0.0.1:6379/0"
 WARN_INTERVAL = 60.0  # seconds between two "still down" warnings
-
-
-def redact_url(url: str) -> str:
-    """``url`` without its password, for logs."""
-    try:
-        split = urlsplit(url)
-        if split.password is None:
-            return url
-        netloc = split.netloc.rsplit("@", 1)[1]
-        user = split.username or ""
-        return urlunsplit(split._replace(netloc=f"{user}:***@{netloc}"))
-    except ValueError:
-        return "<invalid Redis URL>"
-
-
-def connection_pool(url: str, *, socket_timeout: float, max_connections: int | None = None) -> Any:
-    """A redis-py connection pool that fails fast: no retries, connect and read timeouts.
-
-    Raises ValueError for a URL redis-py cannot parse and RuntimeError when redis-py is not
-    installed.
-    """
-    if redis is None:
-        raise RuntimeError("the redis package is not installed: pip install 'plugit-wsgi[redis]'")
-    options: dict[str, Any] = {
-        "socket_timeout": socket_timeout,
-        "socket_connect_timeout": socket_timeout,
-        "retry": Retry(NoBackoff(), 0),
-        "health_check_interval": 0,
-    }
-    if max_connections:
-        options["max_connections"] = max_connections
-    return redis.ConnectionPool.from_url(url, **options)
-
-
-class RedisHealth:
-    """Whether to ask Redis now, and the rate-limited logging of its outages.
-
-    After a failure Redis is skipped for ``retry_interval`` seconds; then one caller (only one,
-    whatever the number of threads) tries again.  The first failure logs a warning, later ones
-    at most every ``warn_interval`` seconds; the recovery is logged once.
-    """
-
-    def __init__(
-        self,
-        what: str,
-        logger: logging.Logger,
-        *,
-        retry_interval: float = 5.0,
-        warn_interval: float = WARN_INTERVAL,
-        clock: Any = time.monotonic,
-    ) -> None:
-        self.what = what
-        self.log = logger
-        self.retry_interval = retry_interval
-        self.warn_interval = warn_interval
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._down = False
-        self._retry_at = 0.0
-        self._last_warning = -math.inf
-        self.failures = 0  # every failure since start (for tests and metrics)
-
-    @property
-    def down(self) -> bool:
-        return self._down
-
-    def should_try(self) -> bool:
-        """True when Redis is up, or when it is down and this caller is the one to retry."""
-        if not self._down:
-            return True
-        with self._lock:
-            now = self._clock()
-            if not self._down or now >= self._retry_at:
-                self._retry_at = now + self.retry_interval  # the other threads keep skipping
-                return True
-            return False
-
-    def failed(self, error: BaseException, consequence: str) -> None:
-        """Record a failure; warn on the first one and then at most every ``warn_interval``."""
-        with self._lock:
-            now = self._clock()
-            first = not self._down
-            self._down = True
-            self.failures += 1
-            self._retry_at = now + self.retry_interval
-            warn = first or now - self._last_warning >= self.warn_interval
-            if warn:
-                self._last_warning = now
-        if warn:
-            self.log.warning(
-                "%s %s: %s: %s; %s (next attempt in %gs)",
-                self.what,
-                "is unavailable" if first else "is still unavailable",
-                type(error).__name__,
-                error,
-                consequence,
-                self.retry_interval,
-            )
-
-    def succeeded(self) -> bool:
-        """Record a success; True when it ends an outage (logged once)."""
-        if not self._down:
-            return False
-        with self._lock:
-            if not self._down:
-                return False
-            self._down = False
-            self._last_warning = -math.inf
-        self.log.warning("%s answers again", self.what)
-        return True
-
-    def warn(self, message: str, *args: Any) -> None:
-        """A warning about a consequence of the outage, at most every ``warn_interval``."""
-        with self._lock:
-            now = self._clock()
-            if now - self._last_warning < self.warn_interval:
-                return
-            self._last_warning = now
-        self.log.warning(message, *args)
 
 
 class RedisCache:
@@ -215,7 +95,7 @@ class RedisCache:
             wait=socket_timeout,
             max_waiters=max_waiters,
             max_backoff=retry_interval,
-            is_outage=_redis_outage,
+            is_outage=is_outage,
             probe=lambda: self._redis.ping(),
             required=required,
             consequence="using the in-process cache meanwhile",
@@ -260,7 +140,7 @@ class RedisCache:
         try:
             with self.guard.call():
                 batch: list[bytes] = []
-                pattern = _glob_escape(self.prefix) + "*"
+                pattern = glob_escape(self.prefix) + "*"
                 for name in self._redis.scan_iter(match=pattern, count=500):
                     batch.append(name)
                     if len(batch) >= 500:
@@ -274,30 +154,6 @@ class RedisCache:
     def close(self) -> None:
         """Close the pooled connections (the cache still works: they reopen on demand)."""
         self._pool.disconnect()
-
-
-def _redis_outage(exc: BaseException) -> bool:
-    """Every redis-py error is an outage of the store (refused, timed out, out of memory,
-    read-only replica, loading)."""
-    return redis is not None and isinstance(exc, (redis.RedisError, OSError))
-
-
-def _glob_escape(text: str) -> str:
-    """``text`` as a literal in a Redis MATCH pattern."""
-    return "".join("\\" + c if c in "*?[]\\^" else c for c in text)
-
-
-def read_url(reader: SectionReader) -> str:
-    """The ``url`` setting of a Redis backend's table, checked."""
-    return reader.url("url", DEFAULT_URL, schemes=("redis", "rediss", "unix")) or DEFAULT_URL
-
-
-def read_prefix(reader: SectionReader, default: str) -> str:
-    """The ``prefix`` setting of a Redis backend's table: never empty (every key would match)."""
-    prefix = reader.str("prefix", default)
-    if not prefix:
-        raise reader.error("prefix", "expected a non-empty string")
-    return prefix
 
 
 def _factory(config: ProxyConfig, section: Mapping[str, Any]) -> RedisCache:

@@ -45,9 +45,9 @@ from typing import Any
 from itsdangerous import BadSignature, TimestampSigner
 from werkzeug.wrappers import Request, Response
 
-from plugit_backends.cache_redis import (
-    _redis_outage,
+from plugit_backends.redis import (
     connection_pool,
+    is_outage,
     read_prefix,
     read_url,
     redact_url,
@@ -122,7 +122,7 @@ class RedisSessionBackend:
             "wait": socket_timeout,
             "max_waiters": max_waiters,
             "max_backoff": retry_interval,
-            "is_outage": _redis_outage,
+            "is_outage": is_outage,
             "required": required,
             "logger": log,
         }

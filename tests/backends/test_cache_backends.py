@@ -6,14 +6,13 @@ from __future__ import annotations
 import logging
 import secrets
 import socket
-import threading
 import time
 from collections.abc import Iterator
 
 import pytest
 
 from plugit_backends.cache_memory import MemoryCache
-from plugit_backends.cache_redis import RedisCache, RedisHealth, plugit_register_backends
+from plugit_backends.cache_redis import RedisCache, plugit_register_backends
 from plugit_core.backends import Backends
 from plugit_core.config import ConfigError, ProxyConfig
 from plugit_core.kinds.cache.testing import CacheBackendConformance
@@ -189,49 +188,6 @@ def test_redis_stopping_and_coming_back(make_cache, caplog):
         finally:
             client.close()
             client.connection_pool.disconnect()
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def test_health_warns_once_per_interval_and_lets_one_thread_retry(caplog):
-    clock = FakeClock()
-    health = RedisHealth(
-        "the cache", logging.getLogger(LOGGER), retry_interval=5, warn_interval=60, clock=clock
-    )
-    caplog.set_level(logging.WARNING, logger=LOGGER)
-    assert health.should_try()
-    health.failed(ConnectionError("refused"), "using memory")
-    assert not health.should_try()
-    clock.now += 5
-    results: list[bool] = []
-    threads = [
-        threading.Thread(target=lambda: results.append(health.should_try())) for _ in range(8)
-    ]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert sorted(results) == [False] * 7 + [True]  # one probe per retry interval
-    health.failed(ConnectionError("refused"), "using memory")
-    assert len(caplog.records) == 1
-    clock.now += 60
-    assert health.should_try()
-    health.failed(ConnectionError("refused"), "using memory")
-    assert len(caplog.records) == 2
-    assert "still unavailable" in caplog.records[1].getMessage()
-    assert health.succeeded()
-    assert not health.succeeded()
-    assert health.should_try()
-    assert "answers again" in caplog.records[2].getMessage()
-
-
-# -- configuration -----------------------------------------------------------------------------
 
 
 def build(table: dict | None = None, **top) -> RedisCache:
