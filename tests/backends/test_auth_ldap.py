@@ -31,6 +31,7 @@ from plugit_backends.users_sqlite import SQLiteUserStore
 from plugit_core.config import ConfigError, ProxyConfig, load_config
 from plugit_core.hookspecs import hookimpl
 from plugit_core.identity import AuthError
+from plugit_core.kinds.auth.testing import AuthBackendConformance, LogIn
 from plugit_core.proxy.app import ProxyApp
 from plugit_core.service import (
     PlugItService,
@@ -758,3 +759,35 @@ def test_the_documented_configurations_are_valid(
         config = load_config(path)
         settings = auth_ldap.settings_from_config(config, config.section("auth_ldap"))
         assert settings.tls and settings.validate and settings.groups and settings.bind_password
+
+
+# -- the auth kind's shared suite -----------------------------------------------------------------
+
+
+class TestLDAPAuthConformance(AuthBackendConformance):
+    name = "ldap"
+    source = "ldap"
+
+    @pytest.fixture
+    def auth_backend(self, slapd: Slapd) -> auth_ldap.LDAPAuth:
+        return backend(slapd)
+
+    @pytest.fixture
+    def directory(self, request_for: Any) -> Any:
+        return request_for.proxy.users
+
+    @pytest.fixture
+    def account(self) -> tuple[str, str]:
+        return "alice", PASSWORDS["alice"]
+
+    @pytest.fixture
+    def log_in(self, auth_backend: auth_ldap.LDAPAuth, request_for: Any) -> LogIn:
+        return lambda username, password: auth_backend.authenticate(username, password, request_for)
+
+    @pytest.fixture
+    def log_in_while_down(self, slapd: Slapd, request_for: Any) -> LogIn:
+        with socket.socket() as sock:  # a port nothing listens on
+            sock.bind(("127.0.0.1", 0))
+            closed = f"ldap://127.0.0.1:{sock.getsockname()[1]}"
+        down = backend(slapd, server=closed)
+        return lambda username, password: down.authenticate(username, password, request_for)

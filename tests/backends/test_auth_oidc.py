@@ -41,6 +41,7 @@ from plugit_backends.auth_oidc import CALLBACK_PATH, START_PATH, OIDCAuth
 from plugit_core.config import ConfigError, ProxyConfig
 from plugit_core.hookspecs import hookimpl
 from plugit_core.identity import AuthError
+from plugit_core.kinds.auth.testing import AuthBackendConformance, LogIn
 from plugit_core.proxy.app import ProxyApp
 from plugit_core.service import (
     PlugItService,
@@ -1103,3 +1104,37 @@ except ConfigError as exc:
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("auth_oidc "), result.stdout
     assert "pip install 'plugit-wsgi[oidc]'" in result.stdout
+
+
+# -- the auth kind's shared suite -----------------------------------------------------------------
+
+
+class TestOIDCAuthConformance(AuthBackendConformance):
+    name = "oidc"
+    source = "oidc"
+    threads = 3
+
+    @pytest.fixture
+    def auth_backend(self, site: Site) -> OIDCAuth:
+        return site.backend
+
+    @pytest.fixture
+    def directory(self, site: Site) -> Any:
+        return site.proxy.users
+
+    @pytest.fixture
+    def account(self) -> tuple[str, str]:
+        return "alice", PASSWORDS["alice"]
+
+    @pytest.fixture
+    def log_in(self, site: Site) -> LogIn:
+        """The browser's round trip: the proxy's start URL, the provider's login form (where
+        the password is typed), the callback; then the user the session holds."""
+
+        def log_in(username: str, password: str) -> PlugItUser:
+            assert password == PASSWORDS[username]  # what the provider's form is given
+            browser = login(site, username)
+            assert browser.get("/svc/whoami").json()["username"] == username
+            return site.user(username)
+
+        return log_in

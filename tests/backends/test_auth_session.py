@@ -20,6 +20,7 @@ from plugit_backends.auth_session import SessionAuth, _factory
 from plugit_core.config import ConfigError, ProxyConfig
 from plugit_core.hookspecs import hookimpl
 from plugit_core.identity import AuthError
+from plugit_core.kinds.auth.testing import AuthBackendConformance, LogIn
 from plugit_core.proxy.app import ProxyApp
 from plugit_core.service import (
     PlugItService,
@@ -679,3 +680,34 @@ def test_the_login_page_text_is_escaped(site: Site) -> None:
     response = site.browser().login("<b>x</b>", "wrong")
     assert response.status_code == 401
     assert "<b>x</b>" not in response.text and "&lt;b&gt;x&lt;/b&gt;" in response.text
+
+
+# -- the auth kind's shared suite ------------------------------------------------------------------
+
+
+class TestSessionAuthConformance(AuthBackendConformance):
+    name = "session"
+    source = "local"
+
+    @pytest.fixture
+    def auth_backend(self) -> SessionAuth:
+        return SessionAuth(FAST_HASH)
+
+    @pytest.fixture
+    def directory(self, store: Any) -> Any:
+        return store
+
+    @pytest.fixture
+    def account(self, auth_backend: SessionAuth, store: Any) -> tuple[str, str]:
+        store.create_user("alice", password_hash=auth_backend.hash_password(PASSWORD))
+        return "alice", PASSWORD
+
+    @pytest.fixture
+    def log_in(self, auth_backend: SessionAuth, store: Any) -> LogIn:
+        request = _Request(store)
+        return lambda username, password: auth_backend.authenticate(username, password, request)
+
+    @pytest.fixture
+    def log_in_while_down(self, auth_backend: SessionAuth) -> LogIn:
+        request = _Request(None)  # no directory to read the accounts from
+        return lambda username, password: auth_backend.authenticate(username, password, request)

@@ -7,7 +7,8 @@ may be active at once: the login page offers every one of them.  A failed login 
 registers.
 
 Implementations: ``plugit_backends.auth_session`` (the directory's local accounts),
-``plugit_backends.auth_ldap`` and ``plugit_backends.auth_oidc``.
+``plugit_backends.auth_ldap`` and ``plugit_backends.auth_oidc``; each passes
+:class:`plugit_core.kinds.auth.testing.AuthBackendConformance` against its real server.
 """
 
 from __future__ import annotations
