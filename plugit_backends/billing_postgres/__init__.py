@@ -11,68 +11,37 @@ Configuration (``postgres`` extra: psycopg 3 and psycopg_pool)::
     pool_timeout = 10
     connect_timeout = 10
 
-The semantics are those of ``plugit_backends.billing.sqlite`` (the reference implementation),
-checked by the same :class:`plugit_core.kinds.billing.testing.BillingStoreConformance`:
-
-* a grant is one statement (the plan looked up, the subscription and its ``grant`` event
-  inserted), so it is one transaction;
-* a cancellation is one transaction that locks the subscription's row (``FOR UPDATE``) before
-  deciding, so two processes cancelling at once apply one after the other;
-* times are ``timestamptz`` (microseconds, like the SQLite store's integers) and come back as
-  aware UTC datetimes; "now" is the store's ``clock``, not the server's;
-* holder pks are kept as text: an integer (or its text form) comes back as an integer, any other
-  text as the stripped text, as in the SQLite store.
-
-Every grant and cancellation is also written to ``billing_events`` in the same transaction.
+The store is the one of ``billing_sqlite``, :class:`plugit_backends.sql.billing.SQLBillingStore`
+(its semantics are said there), on a :class:`plugit_backends.sql.postgres.PostgresDatabase`;
+both pass the same billing conformance suite.  Times are ``timestamptz`` (microseconds, like the
+SQLite store's integers), holder pks text.  Every grant and cancellation is also written to
+``billing_events`` in the same transaction.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from typing import Any
 
-from plugit_backends.billing.store import (
-    MAX_DESCRIPTION,
-    MAX_LABEL,
-    ConflictError,
-    NotFoundError,
-    Plan,
-    Subscription,
-    check_code,
-    check_datetime,
-    check_holder,
-    check_period,
-    check_service,
-    check_text,
-    derive_state,
-    group_labels,
-    utc,
-)
+from plugit_backends.sql.billing import POSTGRES_COLUMNS, SQLBillingStore
 from plugit_backends.sql.postgres import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_POOL_SIZE,
     DEFAULT_POOL_TIMEOUT,
     DEFAULT_SCHEMA,
     PG_MISSING,
-    StorePool,
+    PostgresDatabase,
     build_store,
-    check_schema_name,
-    connect,
-    migrate,
 )
 from plugit_core.backends import RegisterBackend
 from plugit_core.config import ProxyConfig
 from plugit_core.hookspecs import hookimpl
 from plugit_core.stores import DEFAULT_MAX_WAITERS
 
-if PG_MISSING is None:
-    from psycopg import sql
-
 __all__ = ["COMPONENT", "SCHEMA_VERSION", "STEPS", "PostgresBillingStore"]
 
 COMPONENT = "billing"
-_BIGINT = 2**63
 
 STEPS = (
     """
@@ -115,71 +84,19 @@ CREATE INDEX IF NOT EXISTS billing_events_subscription
 """,
 )
 SCHEMA_VERSION = len(STEPS)
-
-# Constant fragments only: ``{s}`` becomes the quoted schema name, values are parameters.
-_SELECT = (
-    "SELECT s.id, s.user_pk, s.orga_pk, s.start_at, s.end_at, s.cancelled_at, s.created_at, "
-    "p.service, p.code, p.label FROM {s}.billing_subscriptions s "
-    "JOIN {s}.billing_plans p ON p.id = s.plan_id "
-)
-# Active at now.  A cancellation brings end_at forward, so the period alone decides.
-_ACTIVE = "s.start_at <= %(now)s AND (s.end_at IS NULL OR s.end_at > %(now)s)"
-_LABELS = (
-    "SELECT DISTINCT p.service, p.label FROM {s}.billing_subscriptions s "
-    "JOIN {s}.billing_plans p ON p.id = s.plan_id "
-    "WHERE s.start_at <= %(now)s AND (s.end_at IS NULL OR s.end_at > %(now)s) "
-    "AND (s.user_pk = %(user)s OR s.orga_pk = ANY(%(orgas)s)) "
-)
-_GRANT = (
-    "WITH p AS (SELECT id, service, code, label FROM {s}.billing_plans "
-    "WHERE service = %(service)s AND code = %(code)s), "
-    "s AS (INSERT INTO {s}.billing_subscriptions (plan_id, user_pk, orga_pk, start_at, end_at, "
-    "created_at) SELECT p.id, %(user)s::text, %(orga)s::text, %(start)s::timestamptz, "
-    "%(end)s::timestamptz, %(now)s::timestamptz FROM p RETURNING *), "
-    "e AS (INSERT INTO {s}.billing_events (subscription_id, action, at) "
-    "SELECT s.id, 'grant', %(now)s::timestamptz FROM s) "
-    "SELECT s.id, s.user_pk, s.orga_pk, s.start_at, s.end_at, s.cancelled_at, s.created_at, "
-    "p.service, p.code, p.label FROM s JOIN p ON p.id = s.plan_id"
-)
+TABLES = {
+    "plans": "billing_plans",
+    "subscriptions": "billing_subscriptions",
+    "events": "billing_events",
+}
 
 
 def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def _pk(value: Any) -> Any:
-    """A holder pk as the SQLite store keeps it: integers (and their text form) as integers,
-    other text stripped."""
-    if value is None or isinstance(value, int):
-        return int(value) if isinstance(value, bool) else value
-    text = str(value).strip()
-    digits = text[1:] if text[:1] == "-" else text
-    return int(text) if digits.isdigit() and digits.isascii() else text
-
-
-def _stored(value: Any) -> str | None:
-    """A holder pk as this store writes it: the text of :func:`_pk`."""
-    pk = _pk(value)
-    return None if pk is None else str(pk).replace("\x00", "")
-
-
-def _loaded(text: str | None) -> Any:
-    """A stored holder pk back as :func:`_pk` gave it."""
-    return None if text is None else _pk(text)
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    return None if value is None else utc(value)
-
-
-def _subscription_id(value: Any) -> int | None:
-    if isinstance(value, bool) or not isinstance(value, int) or not -_BIGINT <= value < _BIGINT:
-        return None
-    return value
-
-
-class PostgresBillingStore:
-    """A :class:`~plugit_backends.billing.store.BillingStore` in PostgreSQL.
+class PostgresBillingStore(SQLBillingStore):
+    """A :class:`~plugit_core.kinds.billing.BillingStore` in PostgreSQL.
 
     ``clock`` gives the current time as an aware datetime (tests move it).
     """
@@ -201,258 +118,25 @@ class PostgresBillingStore:
                 "billing_postgres needs psycopg 3: pip install 'plugit-wsgi[postgres]' "
                 f"({PG_MISSING})"
             )
-        self.schema = check_schema_name(schema)
-        self.clock = clock
-        self._sql_cache: dict[str, Any] = {}
-        with connect(dsn, connect_timeout=connect_timeout) as conn:
-            migrate(conn, schema, COMPONENT, STEPS)
-        self._pool = StorePool(
+        database = PostgresDatabase(
             dsn,
-            max_size=pool_size,
-            timeout=pool_timeout,
-            connect_timeout=connect_timeout,
-            name=f"plugit-billing-{schema}",
+            STEPS,
+            component=COMPONENT,
             store="billing_postgres",
             label="billing",
+            schema=schema,
+            tables=TABLES,
+            pool_size=pool_size,
+            pool_timeout=pool_timeout,
+            connect_timeout=connect_timeout,
             max_waiters=max_waiters,
             required=required,
         )
-        self.store_guards = (self._pool.guard,)
+        self.schema = database.schema
+        super().__init__(database, POSTGRES_COLUMNS, clock=clock)
 
     def __repr__(self) -> str:
         return f"<PostgresBillingStore schema={self.schema!r}>"
-
-    def _q(self, template: str) -> Any:
-        """``template`` with ``{s}`` the quoted schema name."""
-        query = self._sql_cache.get(template)
-        if query is None:
-            query = sql.SQL(template).format(s=sql.Identifier(self.schema))
-            self._sql_cache[template] = query
-        return query
-
-    def close(self) -> None:
-        """Close the pool's connections; the next call opens a new pool."""
-        self._pool.close()
-
-    def _now(self) -> datetime:
-        return utc(self.clock())
-
-    # -- plans ------------------------------------------------------------------------------------
-
-    @staticmethod
-    def _plan(row: Mapping[str, Any]) -> Plan:
-        return Plan(
-            service=row["service"],
-            code=row["code"],
-            label=row["label"],
-            description=row["description"],
-            created=_aware(row["created_at"]),
-        )
-
-    def create_plan(self, service: str, code: str, label: str, description: str = "") -> Plan:
-        service = check_service(service)
-        code = check_code(code)
-        label = check_text(label, "label", MAX_LABEL, required=True)
-        description = check_text(description, "description", MAX_DESCRIPTION, required=False)
-        with self._pool.connection() as conn:
-            row = conn.execute(
-                self._q(
-                    "INSERT INTO {s}.billing_plans (service, code, label, description, "
-                    "created_at) VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING "
-                    "RETURNING service, code, label, description, created_at"
-                ),
-                (service, code, label, description, self._now()),
-            ).fetchone()
-        if row is None:
-            raise ConflictError(f"{service} already has a plan {code!r}")
-        return self._plan(row)
-
-    def list_plans(self, service: str) -> list[Plan]:
-        with self._pool.connection() as conn:
-            rows = conn.execute(
-                self._q(
-                    "SELECT service, code, label, description, created_at "
-                    'FROM {s}.billing_plans WHERE service = %s ORDER BY code COLLATE "C"'
-                ),
-                (str(service).replace("\x00", ""),),
-            ).fetchall()
-        return [self._plan(row) for row in rows]
-
-    # -- subscriptions ----------------------------------------------------------------------------
-
-    @staticmethod
-    def _subscription(row: Mapping[str, Any], now: datetime) -> Subscription:
-        start = utc(row["start_at"])
-        end = _aware(row["end_at"])
-        cancelled = _aware(row["cancelled_at"])
-        state, active = derive_state(now, start, end, cancelled)
-        return Subscription(
-            id=row["id"],
-            service=row["service"],
-            plan=row["code"],
-            label=row["label"],
-            user_pk=_loaded(row["user_pk"]),
-            orga_pk=_loaded(row["orga_pk"]),
-            start=start,
-            end=end,
-            state=state,
-            created=utc(row["created_at"]),
-            cancelled=cancelled,
-            active=active,
-        )
-
-    def grant(
-        self,
-        service: str,
-        plan_code: str,
-        *,
-        user_pk: Any = None,
-        orga_pk: Any = None,
-        start: datetime | None = None,
-        end: datetime | None = None,
-    ) -> Subscription:
-        service = check_service(service)
-        plan_code = check_code(plan_code)
-        check_holder(user_pk, orga_pk)
-        start = check_datetime(start, "start")
-        end = check_datetime(end, "end")
-        now = self._now()
-        start_at = now if start is None else start
-        check_period(start_at, end)
-        with self._pool.connection() as conn:
-            # One statement, so one transaction: the plan, the subscription and its event.
-            row = conn.execute(
-                self._q(_GRANT),
-                {
-                    "service": service,
-                    "code": plan_code,
-                    "user": _stored(user_pk),
-                    "orga": _stored(orga_pk),
-                    "start": start_at,
-                    "end": end,
-                    "now": now,
-                },
-            ).fetchone()
-        if row is None:
-            raise NotFoundError(f"{service} has no plan {plan_code!r}")
-        return self._subscription(row, now)
-
-    def cancel(self, subscription_id: int, *, at: datetime | None = None) -> Subscription:
-        at = check_datetime(at, "at")
-        number = _subscription_id(subscription_id)
-        with self._pool.transaction() as conn:
-            row = None
-            if number is not None:
-                row = conn.execute(
-                    self._q(_SELECT + "WHERE s.id = %s FOR UPDATE OF s"), (number,)
-                ).fetchone()
-            if row is None:
-                raise NotFoundError(f"no subscription {subscription_id!r}")
-            # The time is read once the row is locked: a cancellation that waited for another
-            # one sees it as done, not as one scheduled a moment later.
-            now = self._now()
-            wanted = now if at is None else at
-            cancelled = _aware(row["cancelled_at"])
-            end = _aware(row["end_at"])
-            if cancelled is not None and cancelled <= now:
-                return self._subscription(row, now)  # cancelled already: nothing to do
-            if cancelled is None and end is not None and end <= now:
-                raise ConflictError(f"subscription {subscription_id} has already expired")
-            effective = wanted if cancelled is None else min(cancelled, wanted)
-            new_end = max(utc(row["start_at"]), effective)  # cancelled before it began
-            if end is not None:
-                new_end = min(end, new_end)
-            conn.execute(
-                self._q(
-                    "UPDATE {s}.billing_subscriptions SET end_at = %s, cancelled_at = %s "
-                    "WHERE id = %s"
-                ),
-                (new_end, effective, number),
-            )
-            conn.execute(
-                self._q(
-                    "INSERT INTO {s}.billing_events (subscription_id, action, at, effective) "
-                    "VALUES (%s, 'cancel', %s, %s)"
-                ),
-                (number, now, effective),
-            )
-            row = conn.execute(self._q(_SELECT + "WHERE s.id = %s"), (number,)).fetchone()
-        assert row is not None
-        return self._subscription(row, now)
-
-    def get(self, subscription_id: int) -> Subscription | None:
-        number = _subscription_id(subscription_id)
-        if number is None:
-            return None
-        now = self._now()
-        with self._pool.connection() as conn:
-            row = conn.execute(self._q(_SELECT + "WHERE s.id = %s"), (number,)).fetchone()
-        return None if row is None else self._subscription(row, now)
-
-    def subscriptions(
-        self,
-        service: str,
-        *,
-        user_pk: Any = None,
-        orga_pk: Any = None,
-        include_inactive: bool = False,
-    ) -> list[Subscription]:
-        if user_pk is not None and orga_pk is not None:
-            check_holder(user_pk, orga_pk)  # raises: one or the other
-        now = self._now()
-        where = ["p.service = %(service)s"]
-        if user_pk is not None:
-            where.append("s.user_pk = %(user)s")
-        if orga_pk is not None:
-            where.append("s.orga_pk = %(orga)s")
-        if not include_inactive:
-            where.append(_ACTIVE)
-        params = {
-            "service": str(service).replace("\x00", ""),
-            "user": _stored(user_pk),
-            "orga": _stored(orga_pk),
-            "now": now,
-        }
-        query = self._q(_SELECT + "WHERE " + " AND ".join(where) + " ORDER BY s.id")
-        with self._pool.connection() as conn:
-            rows = conn.execute(query, params).fetchall()
-        return [self._subscription(row, now) for row in rows]
-
-    # -- labels -----------------------------------------------------------------------------------
-
-    def _holder(self, user_pk: Any, orga_pks: Iterable[Any]) -> dict[str, Any]:
-        orgas = [_stored(pk) for pk in orga_pks if pk is not None and not isinstance(pk, bool)]
-        return {"user": _stored(user_pk), "orgas": orgas, "now": self._now()}
-
-    def labels(self, service: str, user_pk: Any, orga_pks: Iterable[Any] = ()) -> list[str]:
-        params = {**self._holder(user_pk, orga_pks), "service": str(service).replace("\x00", "")}
-        with self._pool.connection() as conn:
-            rows = conn.execute(self._q(_LABELS + "AND p.service = %(service)s"), params)
-            return sorted(row["label"] for row in rows)
-
-    def labels_by_service(self, user_pk: Any, orga_pks: Iterable[Any] = ()) -> dict[str, list[str]]:
-        """The labels of every service at once (one query), for each request's user."""
-        with self._pool.connection() as conn:
-            rows = conn.execute(self._q(_LABELS), self._holder(user_pk, orga_pks))
-            return group_labels((row["service"], row["label"]) for row in rows)
-
-    def events(self, subscription_id: int) -> list[dict[str, Any]]:
-        """The audit trail of one subscription: ``{"action", "at", "effective"}``, oldest first."""
-        number = _subscription_id(subscription_id)
-        if number is None:
-            return []
-        with self._pool.connection() as conn:
-            rows = conn.execute(
-                self._q(
-                    "SELECT action, at, effective FROM {s}.billing_events "
-                    "WHERE subscription_id = %s ORDER BY id"
-                ),
-                (number,),
-            ).fetchall()
-        return [
-            {"action": row["action"], "at": utc(row["at"]), "effective": _aware(row["effective"])}
-            for row in rows
-        ]
 
 
 def factory(config: ProxyConfig, section: Mapping[str, Any]) -> PostgresBillingStore:

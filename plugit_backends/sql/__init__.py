@@ -64,6 +64,12 @@ class Dialect:
                 self._cache[text] = done
         return done
 
+    def with_tables(self, tables: Mapping[str, str]) -> Dialect:
+        """This dialect with a word per table of a store: ``{name}`` is the table ``tables[name]``
+        in the schema (the same store may name its tables differently in two databases)."""
+        words = {**self.words, **{name: f"{self.words['s']}.{t}" for name, t in tables.items()}}
+        return Dialect(words, pyformat=self.pyformat, drop_nul=self.drop_nul)
+
     def params(self, params: Sequence[Any]) -> Sequence[Any]:
         if not self.drop_nul:
             return params

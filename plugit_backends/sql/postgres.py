@@ -384,7 +384,9 @@ class PostgresDatabase:
     """The tables of ``component`` in ``schema``, migrated to version ``len(steps)`` (see
     :func:`migrate`), reached through a :class:`StorePool`.
 
-    ``store`` and ``label`` name it in the guard; the other arguments are the pool's."""
+    ``store`` and ``label`` name it in the guard; ``tables`` names the store's tables for its
+    statements (see :meth:`~plugit_backends.sql.Dialect.with_tables`); the other arguments are
+    the pool's."""
 
     def __init__(
         self,
@@ -395,6 +397,7 @@ class PostgresDatabase:
         store: str,
         label: str,
         schema: str = DEFAULT_SCHEMA,
+        tables: Mapping[str, str] | None = None,
         pool_size: int = DEFAULT_POOL_SIZE,
         pool_timeout: float = DEFAULT_POOL_TIMEOUT,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
@@ -403,7 +406,7 @@ class PostgresDatabase:
     ) -> None:
         require_psycopg()
         self.schema = check_schema_name(schema)
-        self.dialect = dialect(schema)
+        self.dialect = dialect(schema).with_tables(tables or {})
         with connect(dsn, connect_timeout=connect_timeout) as conn:
             migrate(conn, schema, component, steps)
         self.pool = StorePool(

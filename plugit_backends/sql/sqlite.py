@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -62,7 +62,8 @@ class SQLiteDatabase:
     IMMEDIATE`` transaction that checks the version again (another process may be migrating
     the file too).  A file of a newer version is refused (``sqlite3.DatabaseError``).
     ``store`` and ``label`` name it in the guard; ``probe`` is the readiness check's query;
-    ``synchronous`` is ``NORMAL`` or ``FULL`` (a committed write survives a power cut).
+    ``synchronous`` is ``NORMAL`` or ``FULL`` (a committed write survives a power cut);
+    ``tables`` names the store's tables for its statements (see :meth:`Dialect.with_tables`).
     """
 
     def __init__(
@@ -74,6 +75,7 @@ class SQLiteDatabase:
         label: str,
         probe: str,
         synchronous: str = "NORMAL",
+        tables: Mapping[str, str] | None = None,
         pool_size: int = 8,
         wait: float = DEFAULT_WAIT,
         max_waiters: int = DEFAULT_MAX_WAITERS,
@@ -89,6 +91,7 @@ class SQLiteDatabase:
             probe=self._probe,
             required=required,
         )
+        self.dialect = DIALECT.with_tables(tables or {})
         self._probe_query = probe
         self._synchronous = synchronous
         self._pool_size = pool_size
@@ -175,7 +178,7 @@ class SQLiteDatabase:
         with self.guard.call():
             db, generation = self._acquire()
             try:
-                yield Connection(db, DIALECT)
+                yield Connection(db, self.dialect)
             finally:
                 self._release(db, generation)
 
