@@ -5,21 +5,20 @@ Secrets may be given inline or, better, read from the environment with an inline
 ``secret_key = { env = "PLUGIT_SECRET_KEY" }``.
 
 Backends read their own table, named after them (``[cache_memory]``, ``[session_cookie]``);
-:meth:`ProxyConfig.section` hands it over and :meth:`ProxyConfig.reader` reads it.
+:meth:`ProxyConfig.section` hands it over and :meth:`ProxyConfig.read` reads it into the
+backend's settings dataclass (:mod:`plugit_core.settings`, the one reader of every table, this
+file's own sections included).
 """
 
 from __future__ import annotations
 
-import builtins
-import math
 import os
 import re
 import sys
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, TypeVar, overload
-from urllib.parse import urlsplit
+from typing import Any, TypeVar
 
 from .networks import parse_networks
 from .settings import ConfigError, Section, SettingError, read_section, setting
@@ -36,7 +35,6 @@ __all__ = [
     "ConfigError",
     "FragmentSpec",
     "ProxyConfig",
-    "SectionReader",
     "ServiceMount",
     "SitePage",
     "httptools_available",
@@ -66,194 +64,6 @@ MAKE_A_KEY = "python -c 'import secrets; print(secrets.token_urlsafe(48))'"
 _NAME = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 _RESERVED_MOUNTS = ("/_plugit/",)
 T = TypeVar("T")
-
-
-class SectionReader:
-    """Typed access to one table, recording which keys were read so leftovers can be refused.
-
-    Every error names the key (``prefix`` + key, e.g. ``auth_ldap.timeout``) and the file, and
-    a value may be an inline table ``{ env = "NAME" }``, read from the environment.  Backends
-    get theirs from :meth:`ProxyConfig.reader`.  With ``blank_is_missing`` an empty string
-    counts as not set (the default, or "is required").
-    """
-
-    # The annotations say builtins.str and builtins.bool: in this class, str and bool are the
-    # methods below.
-
-    def __init__(
-        self,
-        data: Mapping[builtins.str, Any],
-        prefix: builtins.str,
-        source: builtins.str | None,
-        *,
-        blank_is_missing: builtins.bool = False,
-    ) -> None:
-        if not isinstance(data, Mapping):
-            raise ConfigError(prefix.rstrip(".") or "config", "expected a table", source)
-        self.data = data
-        self.prefix = prefix
-        self.source = source
-        self.blank_is_missing = blank_is_missing
-        self.seen: set[str] = set()
-
-    def error(self, key: builtins.str, message: builtins.str) -> ConfigError:
-        return ConfigError(self.prefix + key, message, self.source)
-
-    def raw(self, key: builtins.str, default: Any = None) -> Any:
-        self.seen.add(key)
-        value = self.data.get(key, default)
-        if isinstance(value, Mapping) and set(value) == {"env"}:
-            name = value["env"]
-            if not isinstance(name, str) or name not in os.environ:
-                raise self.error(key, f"environment variable {name!r} is not set")
-            return os.environ[name]
-        return value
-
-    @overload
-    def str(
-        self, key: builtins.str, default: builtins.str, *, required: builtins.bool = False
-    ) -> builtins.str: ...
-    @overload
-    def str(
-        self, key: builtins.str, default: None = None, *, required: builtins.bool = False
-    ) -> builtins.str | None: ...
-    def str(
-        self,
-        key: builtins.str,
-        default: builtins.str | None = None,
-        *,
-        required: builtins.bool = False,
-    ) -> builtins.str | None:
-        """A string; with a string ``default``, never None."""
-        value = self.raw(key, default)
-        if value is None or (value == "" and self.blank_is_missing):
-            if required:
-                raise self.error(key, "is required")
-            return default if value == "" else None
-        if not isinstance(value, str):
-            raise self.error(key, f"expected a string, got {type(value).__name__}")
-        return value
-
-    def bool(self, key: builtins.str, default: builtins.bool) -> builtins.bool:
-        value = self.raw(key, default)
-        if not isinstance(value, bool):
-            raise self.error(key, f"expected true or false, got {value!r}")
-        return value
-
-    def number(
-        self,
-        key: builtins.str,
-        default: float,
-        *,
-        minimum: float = 0,
-        maximum: float | None = None,
-        above: float | None = None,
-        integer: builtins.bool = False,
-        text: builtins.bool = False,
-    ) -> Any:
-        """A number from ``minimum`` (or more than ``above``) to ``maximum``.  With ``text``, a
-        number written as a string (as the environment gives them) is read too."""
-        value = self.raw(key, default)
-        if text and isinstance(value, str) and value.strip():
-            try:
-                value = int(value) if integer else float(value)
-            except ValueError:
-                raise self.error(key, f"expected a number, got {value!r}") from None
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, (int, float))
-            or not math.isfinite(value)
-        ):
-            raise self.error(key, f"expected a number, got {value!r}")
-        if integer and not isinstance(value, int):
-            raise self.error(key, f"expected a whole number, got {value!r}")
-        if value < minimum:
-            raise self.error(key, f"must be at least {minimum}, got {value!r}")
-        if above is not None and value <= above:
-            raise self.error(key, f"must be more than {above}, got {value!r}")
-        if maximum is not None and value > maximum:
-            raise self.error(key, f"must be at most {maximum}, got {value!r}")
-        return value
-
-    def str_list(
-        self,
-        key: builtins.str,
-        default: tuple[builtins.str, ...] | list[builtins.str],
-        *,
-        split: builtins.bool = False,
-        allow_empty: builtins.bool = True,
-    ) -> tuple[builtins.str, ...]:
-        """A list of strings; a single string is a list of one (of its words with ``split``)."""
-        value = self.raw(key, default)
-        if isinstance(value, str):
-            value = value.split() if split else [value]
-        if not isinstance(value, (list, tuple)) or not all(
-            isinstance(v, str) and (v or allow_empty) for v in value
-        ):
-            what = "strings" if allow_empty else "non-empty strings"
-            raise self.error(key, f"expected a list of {what}")
-        return tuple(value)
-
-    def choice(
-        self, key: builtins.str, default: builtins.str, choices: tuple[builtins.str, ...]
-    ) -> builtins.str:
-        value = self.str(key, default)
-        if value not in choices:
-            raise self.error(key, f"must be one of {', '.join(choices)}, got {value!r}")
-        return value
-
-    def url(
-        self,
-        key: builtins.str,
-        default: builtins.str | None = None,
-        *,
-        schemes: tuple[builtins.str, ...] = ("http", "https"),
-        required: builtins.bool = False,
-    ) -> builtins.str | None:
-        """A string whose URL scheme is one of ``schemes`` (the rest is the caller's to check)."""
-        value = self.str(key, default, required=required)
-        if value is not None and urlsplit(value).scheme not in schemes:
-            names = [f"{scheme}://" for scheme in schemes]
-            wanted = " or ".join(filter(None, [", ".join(names[:-1]), names[-1]]))
-            raise self.error(key, f"expected a {wanted} URL, got {value!r}")
-        return value
-
-    @overload
-    def path(
-        self, key: builtins.str, default: builtins.str, *, required: builtins.bool = False
-    ) -> builtins.str: ...
-    @overload
-    def path(
-        self, key: builtins.str, default: None = None, *, required: builtins.bool = False
-    ) -> builtins.str | None: ...
-    def path(
-        self,
-        key: builtins.str,
-        default: builtins.str | None = None,
-        *,
-        required: builtins.bool = False,
-    ) -> builtins.str | None:
-        """The path of a file: a non-empty string (SQLite's ``:memory:`` is no file)."""
-        value = self.raw(key, default)
-        if value is None:
-            if required:
-                raise self.error(key, "is required")
-            return None
-        if not isinstance(value, str) or not value or value == ":memory:":
-            raise self.error(key, f"expected the path of a file, got {value!r}")
-        return value
-
-    def known(self, keys: Iterable[builtins.str]) -> None:
-        """Refuse a key outside ``keys`` at once, before any is read (a typo is the first error)."""
-        self._refuse(set(self.data) - set(keys))
-
-    def finish(self, allowed_extra: Iterable[builtins.str] = frozenset()) -> None:
-        """Refuse a key that was not read (nor is in ``allowed_extra``)."""
-        self._refuse(set(self.data) - self.seen - set(allowed_extra))
-
-    def _refuse(self, unknown: set[builtins.str]) -> None:
-        if unknown:
-            raise self.error(sorted(unknown)[0], "unknown setting (check its spelling)")
 
 
 def _name(value: str) -> str:
@@ -525,14 +335,6 @@ class ProxyConfig:
     def error(self, key: str, message: str) -> ConfigError:
         """The error of the setting ``key`` (a dotted path) in this file."""
         return ConfigError(key, message, self.source)
-
-    def reader(
-        self, name: str, section: Mapping[str, Any] | None = None, **options: Any
-    ) -> SectionReader:
-        """A :class:`SectionReader` of the table ``[name]`` (or of ``section``, the table a
-        backend's factory is handed), its errors naming ``name.key`` and this file."""
-        data = self.section(name) if section is None else section
-        return SectionReader(data, f"{name}.", self.source, **options)
 
     def service(self, name: str) -> ServiceMount:
         for mount in self.services:

@@ -52,7 +52,6 @@ __all__ = [
     "StoreUnavailable",
     "WaitingGuardSettings",
     "guards_of",
-    "read_guard_settings",
     "sqlite_is_outage",
 ]
 
@@ -513,20 +512,3 @@ class WaitingGuardSettings(GuardSettings):
 
     def options(self, *, required: bool = True) -> dict[str, Any]:
         return {**super().options(required=required), "wait": self.wait}
-
-
-def read_guard_settings(reader: Any, *, wait: bool = True, required: bool = True) -> dict[str, Any]:
-    """The guard keys of a backend's table: ``wait`` (when the backend has no timeout of its
-    own), ``max_waiters`` and ``required`` (is the proxy ready without this store?)."""
-    settings: dict[str, Any] = {
-        "max_waiters": reader.number(
-            "max_waiters", DEFAULT_MAX_WAITERS, minimum=1, integer=True, text=True
-        ),
-        "required": reader.bool("required", required),
-    }
-    if wait:
-        settings["wait"] = float(reader.number("wait", DEFAULT_WAIT, minimum=0.05, text=True))
-    return settings
-
-
-GUARD_KEYS = ("wait", "max_waiters", "required")

@@ -31,6 +31,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from plugit_backends.cache_memory import MemoryCache
@@ -39,19 +40,20 @@ from plugit_backends.redis import (
     connection_pool,
     glob_escape,
     is_outage,
-    read_prefix,
-    read_url,
+    prefix_setting,
     redact_url,
     redis,
+    url_setting,
 )
 from plugit_core.backends import RegisterBackend
 from plugit_core.config import ConfigError, ProxyConfig
 from plugit_core.hookspecs import hookimpl
+from plugit_core.settings import setting
 from plugit_core.stores import (
     DEFAULT_MAX_WAITERS,
+    GuardSettings,
     StoreGuard,
     StoreUnavailable,
-    read_guard_settings,
 )
 
 __all__ = ["RedisCache"]
@@ -156,41 +158,41 @@ class RedisCache:
         self._pool.disconnect()
 
 
-def _factory(config: ProxyConfig, section: Mapping[str, Any]) -> RedisCache:
-    reader = config.reader("cache_redis", section)
-    reader.known(
-        {
-            "url",
-            "prefix",
-            "socket_timeout",
-            "retry_interval",
-            "fallback_max_bytes",
-            "max_connections",
-            "max_waiters",
-            "required",
-        }
+@dataclass(frozen=True)
+class RedisCacheSettings:
+    """The ``[cache_redis]`` table."""
+
+    url: str = url_setting()
+    prefix: str = prefix_setting("plugit:cache:")
+    socket_timeout: float = setting(0.25, minimum=0.001, help="seconds of a Redis call")
+    retry_interval: float = setting(1.0, help="seconds between tries while Redis is down")
+    fallback_max_bytes: int = setting(
+        16 * 1024 * 1024, minimum=1024, help="bytes of the in-process cache used meanwhile"
     )
+    max_connections: int = setting(0, help="pooled connections (0: no limit)")
+    guard: GuardSettings = setting(default_factory=GuardSettings, flatten=True)
+
+
+def _factory(config: ProxyConfig, section: Mapping[str, Any]) -> RedisCache:
+    settings = config.read(RedisCacheSettings, "cache_redis", section)
     if redis is None:
         raise ConfigError(
             "cache",
             "the redis cache needs the redis package: pip install 'plugit-wsgi[redis]'",
             config.source,
         )
-    url = read_url(reader)
-    options = {
-        "prefix": read_prefix(reader, "plugit:cache:"),
-        "socket_timeout": reader.number("socket_timeout", 0.25, minimum=0.001),
-        "retry_interval": reader.number("retry_interval", 1, minimum=0),
-        "fallback_max_bytes": reader.number(
-            "fallback_max_bytes", 16 * 1024 * 1024, minimum=1024, integer=True
-        ),
-        "max_connections": reader.number("max_connections", 0, minimum=0, integer=True) or None,
-        **read_guard_settings(reader, wait=False, required=False),
-    }
     try:
-        return RedisCache(url, **options)
+        return RedisCache(
+            settings.url,
+            prefix=settings.prefix,
+            socket_timeout=settings.socket_timeout,
+            retry_interval=settings.retry_interval,
+            fallback_max_bytes=settings.fallback_max_bytes,
+            max_connections=settings.max_connections or None,
+            **settings.guard.options(required=False),
+        )
     except ValueError as exc:  # redis-py could not parse the URL
-        raise reader.error("url", str(exc)) from None
+        raise config.error("cache_redis.url", str(exc)) from None
 
 
 @hookimpl(trylast=True)

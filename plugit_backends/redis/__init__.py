@@ -1,7 +1,7 @@
 """Redis helpers shared by the Redis backends (``cache_redis``, ``session_redis``): the
 redis-py module when the ``redis`` extra is installed (else None), connection pools that fail
 fast, what counts as an outage, URLs without their password for logs, and the ``url`` and
-``prefix`` settings every Redis backend reads the same way.
+``prefix`` fields of every Redis backend's settings.
 
 (The Redis tests use ``plugit_core.testing.redis``: a Redis to test against, or a private
 ``redis-server``.)
@@ -19,17 +19,17 @@ try:
 except ImportError:  # the optional ``redis`` extra is not installed
     redis = None  # type: ignore[assignment]
 
-from plugit_core.config import SectionReader
+from plugit_core.settings import setting, url_with
 
 __all__ = [
     "DEFAULT_URL",
     "connection_pool",
     "glob_escape",
     "is_outage",
-    "read_prefix",
-    "read_url",
+    "prefix_setting",
     "redact_url",
     "redis",
+    "url_setting",
 ]
 
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
@@ -78,14 +78,15 @@ def glob_escape(text: str) -> str:
     return "".join("\\" + c if c in "*?[]\\^" else c for c in text)
 
 
-def read_url(reader: SectionReader) -> str:
-    """The ``url`` setting of a Redis backend's table, checked."""
-    return reader.url("url", DEFAULT_URL, schemes=("redis", "rediss", "unix")) or DEFAULT_URL
+def url_setting() -> Any:
+    """The ``url`` field of a Redis backend's settings (``plugit_core.settings``)."""
+    return setting(
+        DEFAULT_URL,
+        check=url_with("redis", "rediss", "unix"),
+        help="the Redis server: redis://, rediss:// (TLS) or unix:// (a socket)",
+    )
 
 
-def read_prefix(reader: SectionReader, default: str) -> str:
-    """The ``prefix`` setting of a Redis backend's table: never empty (every key would match)."""
-    prefix = reader.str("prefix", default)
-    if not prefix:
-        raise reader.error("prefix", "expected a non-empty string")
-    return prefix
+def prefix_setting(default: str) -> Any:
+    """The ``prefix`` field of a Redis backend's settings: never empty (every key would match)."""
+    return setting(default, non_empty=True, help="the start of every key the backend writes")

@@ -40,6 +40,7 @@ import logging
 import re
 import secrets
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from itsdangerous import BadSignature, TimestampSigner
@@ -48,19 +49,21 @@ from werkzeug.wrappers import Request, Response
 from plugit_backends.redis import (
     connection_pool,
     is_outage,
-    read_prefix,
-    read_url,
+    prefix_setting,
     redact_url,
     redis,
+    url_setting,
 )
+from plugit_backends.session_cookie import CookieSettings
 from plugit_core.backends import RegisterBackend, Session
 from plugit_core.config import ConfigError, ProxyConfig
 from plugit_core.hookspecs import hookimpl
+from plugit_core.settings import setting
 from plugit_core.stores import (
     DEFAULT_MAX_WAITERS,
+    GuardSettings,
     StoreGuard,
     StoreUnavailable,
-    read_guard_settings,
 )
 
 __all__ = ["RedisSession", "RedisSessionBackend"]
@@ -239,59 +242,39 @@ class RedisSessionBackend:
         self._pool.disconnect()
 
 
+@dataclass(frozen=True)
+class RedisSessionSettings:
+    """The ``[session_redis]`` table: Redis's keys and the cookie's (as ``[session_cookie]``)."""
+
+    url: str = url_setting()
+    prefix: str = prefix_setting("plugit:session:")
+    socket_timeout: float = setting(1.0, above=0, help="seconds of a Redis call")
+    retry_interval: float = setting(1.0, help="seconds between tries while Redis is down")
+    cookie: CookieSettings = setting(default_factory=CookieSettings, flatten=True)
+    guard: GuardSettings = setting(default_factory=GuardSettings, flatten=True)
+
+
 def _factory(config: ProxyConfig, section: Mapping[str, Any]) -> RedisSessionBackend:
-    reader = config.reader("session_redis", section)
-    reader.known(
-        {
-            "url",
-            "prefix",
-            "socket_timeout",
-            "retry_interval",
-            "cookie_name",
-            "max_age",
-            "secure",
-            "samesite",
-            "domain",
-            "max_waiters",
-            "required",
-        }
-    )
+    settings = config.read(RedisSessionSettings, "session_redis", section)
     if redis is None:
         raise ConfigError(
             "session",
             "the redis session store needs the redis package: pip install 'plugit-wsgi[redis]'",
             config.source,
         )
-    url = read_url(reader)
-    max_age = reader.number("max_age", 14 * 24 * 3600, minimum=1, integer=True)
-    timeouts = {
-        "socket_timeout": reader.number("socket_timeout", 1.0, above=0),
-        "retry_interval": reader.number("retry_interval", 1.0, minimum=0),
-        **read_guard_settings(reader, wait=False),
-    }
-    samesite = reader.choice("samesite", "Lax", ("Lax", "Strict", "None"))
-    secure = reader.bool("secure", not config.dev_mode)
-    if samesite == "None" and not secure:
-        raise reader.error("samesite", "SameSite=None requires secure = true")
-    cookie_name = reader.str("cookie_name", "plugit_session") or ""
-    if not re.fullmatch(r"[A-Za-z0-9_.-]+", cookie_name):
-        raise reader.error("cookie_name", f"expected a cookie name, got {cookie_name!r}")
-    domain = reader.str("domain") or None
-    prefix = read_prefix(reader, "plugit:session:")
+    cookie = settings.cookie.options(config, "session_redis")
     try:
         return RedisSessionBackend(
             config.secret_key,
-            url=url,
-            prefix=prefix,
-            cookie_name=cookie_name,
-            max_age=max_age,
-            secure=secure,
-            samesite=samesite,
-            domain=domain,
-            **timeouts,
+            url=settings.url,
+            prefix=settings.prefix,
+            socket_timeout=settings.socket_timeout,
+            retry_interval=settings.retry_interval,
+            **cookie,
+            **settings.guard.options(required=True),
         )
     except ValueError as exc:  # redis-py could not parse the URL
-        raise reader.error("url", str(exc)) from None
+        raise config.error("session_redis.url", str(exc)) from None
 
 
 @hookimpl(trylast=True)
