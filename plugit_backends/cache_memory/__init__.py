@@ -31,7 +31,7 @@ def _expiry(_key: str, value: tuple[bytes, float], _now: float) -> float:
 
 
 class MemoryCache:
-    """A :class:`plugit_core.backends.CacheBackend` held in this process."""
+    """A :class:`plugit_core.kinds.cache.CacheBackend` held in this process."""
 
     def __init__(self, max_bytes: int = 64 * 1024 * 1024) -> None:
         self._data: TLRUCache[str, tuple[bytes, float]] = TLRUCache(

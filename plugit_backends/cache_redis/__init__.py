@@ -64,7 +64,7 @@ WARN_INTERVAL = 60.0  # seconds between two "still down" warnings
 
 
 class RedisCache:
-    """A :class:`plugit_core.backends.CacheBackend` in Redis, shared by every proxy process.
+    """A :class:`plugit_core.kinds.cache.CacheBackend` in Redis, shared by every proxy process.
 
     Keys are ``prefix + key``; values are stored as they are (bytes) with a millisecond expiry.
     Never raises a Redis error: while Redis is unavailable ``fallback`` (a :class:`MemoryCache`)

@@ -38,7 +38,8 @@ MAX_COOKIE_BYTES = 4000  # browsers drop cookies over 4096 bytes
 
 
 class CookieSessionBackend:
-    """A :class:`plugit_core.backends.SessionBackend` keeping the session in a signed cookie."""
+    """A :class:`plugit_core.kinds.session.SessionBackend` keeping the session in a signed
+    cookie."""
 
     def __init__(
         self,

@@ -93,7 +93,7 @@ class RedisSession(Session):
 
 
 class RedisSessionBackend:
-    """A :class:`plugit_core.backends.SessionBackend` keeping sessions in Redis."""
+    """A :class:`plugit_core.kinds.session.SessionBackend` keeping sessions in Redis."""
 
     def __init__(
         self,
