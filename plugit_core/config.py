@@ -174,7 +174,7 @@ class SitePage:
     of any services, in the site's layout, in ``columns`` columns on wide screens."""
 
     path: str = setting(check=_site_path, help="its path on the site")
-    title: str = setting(help="its title")
+    title: str = setting(help="its title (empty: its path)")
     fragments: tuple[FragmentSpec, ...] = setting(
         (), expected="a list of fragment tables", help="the fragments it shows, in order"
     )
@@ -197,7 +197,7 @@ class ServiceMount:
         check=_mount,
         help="its path on the site (default: /<name>/)",
     )
-    title: str = setting(default_from=_title, blank_is_missing=True, help="its title in menus")
+    title: str = setting(default_from=_title, help="its title in menus (empty: its name)")
     timeout: float = setting(5.0, minimum=0.001, help="seconds an action may take")
     connect_timeout: float = setting(2.0, minimum=0.001, help="seconds to connect")
     template_dialect: str = setting(
@@ -360,7 +360,10 @@ class ProxyConfig:
         if config.http_client == "httptools":
             _check_httptools(top, config.services)
         _check_pages(config, top)
-        return replace(config, source=source, sections=sections)
+        # An empty title stands for the service's name, the page's path.
+        services = tuple(replace(m, title=m.title or m.name) for m in config.services)
+        pages = tuple(replace(p, title=p.title or p.path) for p in config.pages)
+        return replace(config, services=services, pages=pages, source=source, sections=sections)
 
 
 def _check_not_known(secret: str, top: Section, key: str) -> None:

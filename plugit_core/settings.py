@@ -314,7 +314,7 @@ def read_section(
     """Read the table ``data`` (found at the dotted path ``where`` of the file ``source``) into
     the settings dataclass ``cls``.
 
-    Raise :class:`~plugit_core.config.ConfigError` naming the first faulty key: an unknown key
+    Raise :class:`ConfigError` naming the first faulty key: an unknown key
     (outside the fields and ``extra_keys``, which the caller reads), a missing one, a value of
     the wrong type or out of range.  Fields made without :func:`setting` are not read (they keep
     their default).  ``blank_is_missing`` is the default of the string fields' own flag.
@@ -363,7 +363,9 @@ def read_section(
         if check is not None:
             check()
     except SettingError as exc:
-        raise section.error(exc.key or "", exc.message) from None
+        if exc.key is None:  # the table as a whole
+            raise ConfigError(where or "config", exc.message, source) from None
+        raise section.error(exc.key, exc.message) from None
     return result
 
 

@@ -335,3 +335,15 @@ def test_errors_without_a_file_name_the_key_only():
         ProxyConfig.from_mapping({"secret_key": STRONG, "services": [service(timeout=-1)]})
     assert str(info.value) == "services[0].timeout: must be at least 0.001, got -1"
     assert (info.value.line, info.value.service) == (None, None)
+
+
+def test_blank_titles_stand_for_the_name_and_the_path():
+    config = ProxyConfig.from_mapping(
+        {
+            "dev_mode": True,
+            "services": [service(name="my_app", title=""), service(name="b-c", mount="/bc/")],
+            "pages": [{"path": "/p", "title": ""}],
+        }
+    )
+    assert [mount.title for mount in config.services] == ["my_app", "B C"]
+    assert config.pages[0].title == "/p"

@@ -220,3 +220,16 @@ def test_describe_lists_every_key() -> None:
         "secret": False,
         "help": "a port",
     }
+
+
+def test_a_check_of_the_whole_table_names_the_table() -> None:
+    @dataclass(frozen=True)
+    class Empty:
+        name: str = setting("", help="a name")
+
+        def settings_check(self) -> None:
+            if not self.name:
+                raise SettingError("needs a name")
+
+    with pytest.raises(ConfigError, match=r"^empty: needs a name$"):
+        read_section(Empty, {}, "empty", None)
