@@ -10,18 +10,12 @@ Configuration (``postgres`` extra: psycopg 3 and psycopg_pool), in the mail back
     queue_dsn = { env = "PLUGIT_DATABASE_URL" }
     queue_schema = "plugit"                     # may be the directory's schema: tables mail_*
 
-The semantics are those of :class:`~plugit_backends.mail_smtp.store.MailStore` (the SQLite
-reference), checked by the same
-:class:`plugit_core.kinds.mailqueue.testing.MailQueueConformance`:
-
-* every write is one transaction: one statement (``UPDATE ... RETURNING``, ``INSERT ... ON
-  CONFLICT``), or ``BEGIN ... COMMIT`` around the quota check and the insert of
-  :meth:`PostgresMailQueue.enqueue`, which first takes a transaction-level advisory lock for the
-  service, so two processes never both pass the check with the last free recipients;
-* :meth:`PostgresMailQueue.claim` is one ``UPDATE`` of the rows a ``SELECT ... FOR UPDATE SKIP
-  LOCKED`` picked: two processes claiming at once get different mails, neither waits;
-* times are clock values (``double precision`` seconds since the epoch), read from the queue's
-  ``clock`` and never from the server's, exactly as in the SQLite file.
+The queue is the one of the SQLite file, :class:`plugit_backends.sql.mail.SQLMailQueue` (how it
+stays correct between processes is said there: the quota checked under an advisory lock of the
+service, claims that skip the rows another process locked), on a
+:class:`plugit_backends.sql.postgres.PostgresDatabase`; both pass
+:class:`plugit_core.kinds.mailqueue.testing.MailQueueConformance`.  Times are ``double
+precision`` clock values, exactly as in the SQLite file.
 
 The tables (``mail_outbox``, ``mail_incoming``, ``mail_locks``) are created by
 :func:`plugit_backends.sql.postgres.migrate`, component ``mail``.
@@ -30,33 +24,22 @@ The tables (``mail_outbox``, ``mail_incoming``, ``mail_locks``) are created by
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Callable
-from typing import Any
 
+from plugit_backends.sql.mail import SQLMailQueue
 from plugit_backends.sql.postgres import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_POOL_TIMEOUT,
     DEFAULT_SCHEMA,
     PG_MISSING,
-    StorePool,
-    advisory_key,
-    check_schema_name,
-    connect,
-    migrate,
+    PostgresDatabase,
 )
-from plugit_core.kinds.mailqueue import LEASE_LOST, Outgoing, RateLimitedError
 from plugit_core.stores import DEFAULT_MAX_WAITERS
-
-if PG_MISSING is None:
-    from psycopg import sql
-    from psycopg.types.json import Jsonb
 
 __all__ = ["COMPONENT", "DEFAULT_POOL_SIZE", "SCHEMA_VERSION", "STEPS", "PostgresMailQueue"]
 
 COMPONENT = "mail"
 DEFAULT_POOL_SIZE = 4  # the API thread(s), the sender and the reply poller of one process
-MAX_ERROR = 1000
 
 STEPS = (
     """
@@ -109,83 +92,10 @@ CREATE TABLE IF NOT EXISTS {schema}.mail_locks (
     "ALTER TABLE {schema}.mail_outbox ADD COLUMN IF NOT EXISTS stale_since double precision;",
 )
 SCHEMA_VERSION = len(STEPS)
-
-_OUTBOX = (
-    "SELECT id, service, sender, recipients, n_recipients, subject, body, html::int AS html, "
-    "reply_to, message_id, state, attempts, next_try, owner, lease_until, last_try, last_error, "
-    "created, done, stale_since FROM {s}.mail_outbox "
-    "WHERE (%(state)s::text IS NULL OR state = %(state)s) ORDER BY id"
-)
-_INCOMING = (
-    "SELECT key, message_id, service, response_id, state, attempts, next_try, last_error, "
-    "first_seen, updated, raw FROM {s}.mail_incoming "
-    "WHERE (%(state)s::text IS NULL OR state = %(state)s) ORDER BY first_seen, seq"
-)
-# With %(grace)s > 0 an expired lease not noticed yet is only noticed (its holder gets the
-# grace); otherwise it counts as an attempt when %(max)s > 0 (lost), and may end the mail (gone).
-_CLAIM = (
-    "WITH due AS (SELECT id, "
-    "(state = 'sending' AND %(grace)s > 0 AND stale_since IS NULL) AS notice, "
-    "(state = 'sending' AND %(max)s > 0 "
-    "AND NOT (%(grace)s > 0 AND stale_since IS NULL)) AS lost, "
-    "(state = 'sending' AND %(max)s > 0 "
-    "AND NOT (%(grace)s > 0 AND stale_since IS NULL) AND attempts + 1 >= %(max)s) AS gone "
-    "FROM {s}.mail_outbox "
-    "WHERE ((state = 'queued' AND (next_try <= %(now)s OR %(retry_now)s)) "
-    "OR (state = 'sending' AND lease_until <= %(now)s)) "
-    "AND (last_try IS NULL OR last_try < %(started)s) "
-    "ORDER BY next_try, id LIMIT %(limit)s FOR UPDATE SKIP LOCKED) "
-    "UPDATE {s}.mail_outbox o SET "
-    "state = CASE WHEN due.notice THEN o.state WHEN due.gone THEN 'failed' ELSE 'sending' END, "
-    "owner = CASE WHEN due.notice THEN o.owner WHEN due.gone THEN NULL ELSE %(owner)s END, "
-    "lease_until = CASE WHEN due.notice THEN %(now)s + %(grace)s "
-    "WHEN due.gone THEN NULL ELSE %(until)s END, "
-    "done = CASE WHEN due.gone THEN %(now)s ELSE o.done END, "
-    "attempts = o.attempts + CASE WHEN due.lost THEN 1 ELSE 0 END, "
-    "last_error = CASE WHEN due.lost THEN %(lost)s ELSE o.last_error END, "
-    "last_try = CASE WHEN due.gone OR due.notice THEN o.last_try ELSE %(now)s END, "
-    "stale_since = CASE WHEN due.notice THEN %(now)s END "
-    "FROM due WHERE o.id = due.id "
-    "RETURNING o.id, o.service, o.sender, o.recipients, o.subject, o.body, o.html, o.reply_to, "
-    "o.message_id, o.attempts, o.created, o.next_try, o.state, due.notice AS noticed"
-)
-_RETRY = (
-    "UPDATE {s}.mail_outbox SET attempts = attempts + 1, "
-    "state = CASE WHEN %(max)s > 0 AND attempts + 1 >= %(max)s THEN 'failed' ELSE 'queued' END, "
-    "done = CASE WHEN %(max)s > 0 AND attempts + 1 >= %(max)s THEN %(now)s END, "
-    "next_try = %(next)s, last_error = %(error)s, owner = NULL, lease_until = NULL, "
-    "stale_since = NULL "
-    "WHERE id = %(id)s AND state = 'sending' AND owner = %(owner)s RETURNING state"
-)
-_RECORD = (
-    "INSERT INTO {s}.mail_incoming AS i (key, message_id, service, response_id, state, "
-    "attempts, last_error, first_seen, updated, raw) "
-    "VALUES (%(key)s, %(message_id)s, %(service)s, %(response_id)s, %(state)s, %(attempts)s, "
-    "%(error)s, %(now)s, %(now)s, %(raw)s) "
-    "ON CONFLICT (key) DO UPDATE SET state = excluded.state, "
-    "attempts = i.attempts + excluded.attempts, "
-    "last_error = COALESCE(excluded.last_error, i.last_error), "
-    "service = COALESCE(excluded.service, i.service), "
-    "response_id = COALESCE(excluded.response_id, i.response_id), "
-    "updated = excluded.updated, raw = COALESCE(excluded.raw, i.raw) "
-    "RETURNING i.attempts"
-)
-_LOCK = (
-    "INSERT INTO {s}.mail_locks AS l (name, owner, until) VALUES (%(name)s, %(owner)s, %(until)s) "
-    "ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, until = excluded.until "
-    "WHERE l.owner = excluded.owner OR l.until <= %(now)s RETURNING l.name"
-)
+TABLES = {"outbox": "mail_outbox", "incoming": "mail_incoming", "locks": "mail_locks"}
 
 
-def _text(value: str | None, limit: int | None = None) -> str | None:
-    """``value`` as PostgreSQL text can hold it (no NUL), cut at ``limit`` characters."""
-    if value is None:
-        return None
-    value = value[:limit] if limit is not None else value
-    return value.replace("\x00", "")
-
-
-class PostgresMailQueue:
+class PostgresMailQueue(SQLMailQueue):
     """A :class:`~plugit_core.kinds.mailqueue.MailQueue` in the schema ``schema`` of the
     database at ``dsn`` (its tables created or brought up to date at once)."""
 
@@ -205,296 +115,22 @@ class PostgresMailQueue:
             raise RuntimeError(
                 f"mail_postgres needs psycopg 3: pip install 'plugit-wsgi[postgres]' ({PG_MISSING})"
             )
-        self.schema = check_schema_name(schema)
-        self.clock = clock
-        self.owner = uuid.uuid4().hex  # this object's name in leases and locks
-        self._sql_cache: dict[str, Any] = {}
-        with connect(dsn, connect_timeout=connect_timeout) as conn:
-            migrate(conn, schema, COMPONENT, STEPS)
-        self._pool = StorePool(
+        database = PostgresDatabase(
             dsn,
-            max_size=pool_size,
-            timeout=pool_timeout,
-            connect_timeout=connect_timeout,
-            name=f"plugit-mail-{schema}",
+            STEPS,
+            component=COMPONENT,
             store="mail_postgres",
             label="the mail queue",
+            schema=schema,
+            tables=TABLES,
+            pool_size=pool_size,
+            pool_timeout=pool_timeout,
+            connect_timeout=connect_timeout,
             max_waiters=max_waiters,
             required=required,
         )
-        self.store_guards = (self._pool.guard,)
+        self.schema = database.schema
+        super().__init__(database, incoming_order="seq", clock=clock)
 
     def __repr__(self) -> str:
         return f"<PostgresMailQueue schema={self.schema!r}>"
-
-    def _q(self, template: str) -> Any:
-        """``template`` with ``{s}`` the quoted schema name."""
-        query = self._sql_cache.get(template)
-        if query is None:
-            query = sql.SQL(template).format(s=sql.Identifier(self.schema))
-            self._sql_cache[template] = query
-        return query
-
-    def _run(self, template: str, params: Any = None) -> Any:
-        """One statement on a pooled autocommit connection (so one transaction): its cursor's
-        rows and row count, as ``(rows, rowcount)``."""
-        with self._pool.connection() as conn:
-            cursor = conn.execute(self._q(template), params)
-            rows = cursor.fetchall() if cursor.description is not None else []
-            return rows, cursor.rowcount
-
-    def close(self) -> None:
-        """Close the pool's connections; the next call opens a new pool."""
-        self._pool.close()
-
-    # -- outbox -----------------------------------------------------------------------------------
-
-    def enqueue(
-        self,
-        *,
-        service: str,
-        sender: str,
-        recipients: list[str],
-        subject: str,
-        body: str,
-        html: bool,
-        reply_to: str | None,
-        message_id: str,
-        max_per_hour: int,
-    ) -> int:
-        now = self.clock()
-        service = _text(service) or ""
-        with self._pool.transaction() as conn:
-            if max_per_hour > 0:
-                # Serialise the check-then-insert of one service across processes.
-                key = advisory_key(f"plugit:{self.schema}:mail-quota:{service}")
-                conn.execute("SELECT pg_advisory_xact_lock(%s)", (key,))
-                row = conn.execute(
-                    self._q(
-                        "SELECT COALESCE(SUM(n_recipients), 0) AS used, MIN(created) AS oldest "
-                        "FROM {s}.mail_outbox WHERE service = %s AND created > %s"
-                    ),
-                    (service, now - 3600),
-                ).fetchone()
-                assert row is not None  # an aggregate without GROUP BY gives one row
-                used, oldest = int(row["used"]), row["oldest"]
-                if used + len(recipients) > max_per_hour:
-                    retry_after = (oldest + 3600 - now) if oldest is not None else 3600.0
-                    raise RateLimitedError(used, max_per_hour, max(1.0, retry_after))
-            row = conn.execute(
-                self._q(
-                    "INSERT INTO {s}.mail_outbox (service, sender, recipients, n_recipients, "
-                    "subject, body, html, reply_to, message_id, next_try, created) "
-                    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id"
-                ),
-                (
-                    service,
-                    _text(sender),
-                    Jsonb([_text(r) for r in recipients]),
-                    len(recipients),
-                    _text(subject),
-                    _text(body),
-                    bool(html),
-                    _text(reply_to),
-                    _text(message_id),
-                    now,
-                    now,
-                ),
-            ).fetchone()
-        assert row is not None  # INSERT ... RETURNING gives the row it wrote
-        return int(row["id"])
-
-    def claim(
-        self,
-        limit: int,
-        lease: float,
-        *,
-        started: float,
-        retry_now: bool = False,
-        max_attempts: int = 0,
-        grace: float = 0.0,
-    ) -> list[Outgoing]:
-        now = self.clock()
-        rows, _ = self._run(
-            _CLAIM,
-            {
-                "now": now,
-                "retry_now": bool(retry_now),
-                "started": started,
-                "limit": limit,
-                "owner": self.owner,
-                "until": now + lease,
-                "max": max_attempts,
-                "lost": LEASE_LOST,
-                "grace": float(grace),
-            },
-        )
-        # not those just failed, nor those only noticed
-        rows = [row for row in rows if row["state"] == "sending" and not row["noticed"]]
-        rows.sort(key=lambda row: (row["next_try"], row["id"]))  # RETURNING has no order
-        return [
-            Outgoing(
-                id=row["id"],
-                service=row["service"],
-                sender=row["sender"],
-                recipients=tuple(row["recipients"]),
-                subject=row["subject"],
-                body=row["body"],
-                html=bool(row["html"]),
-                reply_to=row["reply_to"],
-                message_id=row["message_id"],
-                attempts=row["attempts"],
-                created=row["created"],
-            )
-            for row in rows
-        ]
-
-    def renew(self, lease: float) -> list[int]:
-        rows, _ = self._run(
-            "UPDATE {s}.mail_outbox SET lease_until = %s, stale_since = NULL "
-            "WHERE state = 'sending' AND owner = %s RETURNING id",
-            (self.clock() + lease, self.owner),
-        )
-        return sorted(int(row["id"]) for row in rows)
-
-    def mark_sent(self, mail_id: int, note: str | None = None) -> bool:
-        _, count = self._run(
-            "UPDATE {s}.mail_outbox SET state = 'sent', attempts = attempts + 1, done = %s, "
-            "last_error = %s, owner = NULL, lease_until = NULL, stale_since = NULL "
-            "WHERE id = %s AND state = 'sending' AND owner = %s",
-            (self.clock(), _text(note), mail_id, self.owner),
-        )
-        return bool(count == 1)
-
-    def mark_retry(self, mail_id: int, error: str, delay: float, max_attempts: int) -> str:
-        now = self.clock()
-        rows, _ = self._run(
-            _RETRY,
-            {
-                "max": max_attempts,
-                "now": now,
-                "next": now + delay,
-                "error": _text(error, MAX_ERROR),
-                "id": mail_id,
-                "owner": self.owner,
-            },
-        )
-        return str(rows[0]["state"]) if rows else "lost"
-
-    def mark_failed(self, mail_id: int, error: str) -> None:
-        self._run(
-            "UPDATE {s}.mail_outbox SET state = 'failed', attempts = attempts + 1, "
-            "last_error = %s, done = %s, owner = NULL, lease_until = NULL, stale_since = NULL "
-            "WHERE id = %s AND state = 'sending' AND owner = %s",
-            (_text(error, MAX_ERROR), self.clock(), mail_id, self.owner),
-        )
-
-    def release(self, mail_id: int) -> None:
-        self._run(
-            "UPDATE {s}.mail_outbox SET state = 'queued', owner = NULL, lease_until = NULL, "
-            "stale_since = NULL WHERE id = %s AND state = 'sending' AND owner = %s",
-            (mail_id, self.owner),
-        )
-
-    def next_due(self) -> float | None:
-        rows, _ = self._run(
-            "SELECT MIN(CASE WHEN state = 'queued' THEN next_try ELSE lease_until END) AS due "
-            "FROM {s}.mail_outbox WHERE state IN ('queued', 'sending')"
-        )
-        due = rows[0]["due"]
-        return None if due is None else float(due)
-
-    def purge(self, older_than: float) -> int:
-        _, count = self._run(
-            "DELETE FROM {s}.mail_outbox WHERE state = 'sent' AND done < %s",
-            (self.clock() - older_than,),
-        )
-        return int(count)
-
-    def outbox(self, state: str | None = None) -> list[dict[str, Any]]:
-        rows, _ = self._run(_OUTBOX, {"state": state})
-        return [dict(row) for row in rows]
-
-    def counts(self) -> dict[str, dict[str, int]]:
-        rows, _ = self._run(
-            "SELECT 'outbox' AS kind, state, COUNT(*) AS n FROM {s}.mail_outbox GROUP BY state "
-            "UNION ALL "
-            "SELECT 'incoming', state, COUNT(*) FROM {s}.mail_incoming GROUP BY state"
-        )
-        result: dict[str, dict[str, int]] = {"outbox": {}, "incoming": {}}
-        for row in rows:
-            result[row["kind"]][row["state"]] = int(row["n"])
-        return result
-
-    # -- incoming ---------------------------------------------------------------------------------
-
-    def incoming_state(self, key: str) -> tuple[str, int, float | None] | None:
-        rows, _ = self._run(
-            "SELECT state, attempts, next_try FROM {s}.mail_incoming WHERE key = %s",
-            (_text(key),),
-        )
-        if not rows:
-            return None
-        row = rows[0]
-        return row["state"], row["attempts"], row["next_try"]
-
-    def defer_incoming(self, key: str, delay: float) -> None:
-        self._run(
-            "UPDATE {s}.mail_incoming SET next_try = %s WHERE key = %s",
-            (self.clock() + delay, _text(key)),
-        )
-
-    def record_incoming(
-        self,
-        key: str,
-        state: str,
-        *,
-        message_id: str | None = None,
-        service: str | None = None,
-        response_id: str | None = None,
-        error: str | None = None,
-        count_attempt: bool = False,
-        raw: bytes | None = None,
-    ) -> int:
-        rows, _ = self._run(
-            _RECORD,
-            {
-                "key": _text(key),
-                "message_id": _text(message_id),
-                "service": _text(service),
-                "response_id": _text(response_id),
-                "state": state,
-                "attempts": int(count_attempt),
-                "error": _text(error, MAX_ERROR),
-                "now": self.clock(),
-                "raw": None if raw is None else bytes(raw),
-            },
-        )
-        return int(rows[0]["attempts"])
-
-    def incoming(self, state: str | None = None) -> list[dict[str, Any]]:
-        rows, _ = self._run(_INCOMING, {"state": state})
-        return [dict(row) for row in rows]
-
-    def purge_incoming(self, older_than: float) -> int:
-        _, count = self._run(
-            "DELETE FROM {s}.mail_incoming WHERE state IN ('delivered', 'dropped', 'rejected') "
-            "AND updated < %s",
-            (self.clock() - older_than,),
-        )
-        return int(count)
-
-    # -- locks ------------------------------------------------------------------------------------
-
-    def acquire_lock(self, name: str, lease: float) -> bool:
-        now = self.clock()
-        rows, _ = self._run(
-            _LOCK, {"name": _text(name), "owner": self.owner, "until": now + lease, "now": now}
-        )
-        return bool(rows)
-
-    def release_lock(self, name: str) -> None:
-        self._run(
-            "DELETE FROM {s}.mail_locks WHERE name = %s AND owner = %s",
-            (_text(name), self.owner),
-        )

@@ -11,8 +11,9 @@ database's :class:`Dialect` turns them into what the driver wants:
   in an ``ORDER BY`` sorts the folded text byte by byte (``COLLATE "C"`` in PostgreSQL);
 * ``{now}`` is the current time in the dialect's own type, ``{lock}`` locks the rows a
   ``SELECT`` of a transaction read (``FOR NO KEY UPDATE``; nothing in SQLite, whose write
-  transactions hold the whole file), ``{json_list}`` and ``{json_array}`` build JSON (see
-  :func:`json_value`).
+  transactions hold the whole file), ``{skip_locked}`` locks them and leaves out the rows
+  another transaction locked (``FOR UPDATE SKIP LOCKED``), ``{json_list}`` and ``{json_array}``
+  build JSON (see :func:`json_value`).
 
 Both databases hand out a :class:`Connection`: :meth:`Database.connection` runs each statement
 as its own transaction, :meth:`Database.transaction` runs the block as one (committed at its
@@ -23,6 +24,7 @@ end, rolled back when it raises).  Every call goes through the database's
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -67,8 +69,18 @@ class Dialect:
     def with_tables(self, tables: Mapping[str, str]) -> Dialect:
         """This dialect with a word per table of a store: ``{name}`` is the table ``tables[name]``
         in the schema (the same store may name its tables differently in two databases)."""
-        words = {**self.words, **{name: f"{self.words['s']}.{t}" for name, t in tables.items()}}
-        return Dialect(words, pyformat=self.pyformat, drop_nul=self.drop_nul)
+        clone = copy.copy(self)
+        clone.words = {
+            **self.words,
+            **{name: f"{self.words['s']}.{t}" for name, t in tables.items()},
+        }
+        clone._cache = {}
+        return clone
+
+    def named_lock(self, name: str) -> tuple[str, tuple[Any, ...]] | None:
+        """The statement that takes the lock ``name`` until the end of the transaction, or None
+        where a write transaction holds the whole database already (SQLite)."""
+        return None
 
     def params(self, params: Sequence[Any]) -> Sequence[Any]:
         if not self.drop_nul:
@@ -99,6 +111,12 @@ class Connection:
     def run(self, query: str, params: Sequence[Any] = ()) -> int:
         """Run a statement that returns no rows; the number of rows it changed."""
         return int(self._execute(query, params).rowcount)
+
+    def lock(self, name: str) -> None:
+        """Serialise the write transactions that take the lock ``name`` (until their end)."""
+        statement = self.dialect.named_lock(name)
+        if statement is not None:
+            self.run(*statement)
 
     def run_many(self, query: str, rows: Iterable[Sequence[Any]]) -> None:
         """Run a statement once per parameter row."""

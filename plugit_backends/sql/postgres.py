@@ -57,6 +57,7 @@ __all__ = [
     "PG_MISSING",
     "PgSettings",
     "PostgresDatabase",
+    "PostgresDialect",
     "SchemaError",
     "StorePool",
     "build_store",
@@ -363,21 +364,29 @@ def migrate(conn: Connection[Any], schema: str, component: str, steps: Sequence[
     return wanted
 
 
-def dialect(schema: str) -> Dialect:
-    """The words of PostgreSQL for the statements of the stores (see ``plugit_backends.sql``)."""
-    return Dialect(
-        {
-            "s": f'"{check_schema_name(schema)}"',
-            "fold": "lower",
-            "c": ' COLLATE "C"',
-            "now": "now()",
-            "lock": " FOR NO KEY UPDATE",
-            "json_list": "json_agg",
-            "json_array": "json_build_array",
-        },
-        pyformat=True,
-        drop_nul=True,
-    )
+class PostgresDialect(Dialect):
+    """PostgreSQL's words for the stores' statements (see ``plugit_backends.sql``), in
+    ``schema``; a named lock is a transaction-level advisory lock."""
+
+    def __init__(self, schema: str) -> None:
+        self.schema = check_schema_name(schema)
+        super().__init__(
+            {
+                "s": f'"{self.schema}"',
+                "fold": "lower",
+                "c": ' COLLATE "C"',
+                "now": "now()",
+                "lock": " FOR NO KEY UPDATE",
+                "skip_locked": " FOR UPDATE SKIP LOCKED",
+                "json_list": "json_agg",
+                "json_array": "json_build_array",
+            },
+            pyformat=True,
+            drop_nul=True,
+        )
+
+    def named_lock(self, name: str) -> tuple[str, tuple[Any, ...]]:
+        return "SELECT pg_advisory_xact_lock(?)", (advisory_key(f"plugit:{self.schema}:{name}"),)
 
 
 class PostgresDatabase:
@@ -406,7 +415,7 @@ class PostgresDatabase:
     ) -> None:
         require_psycopg()
         self.schema = check_schema_name(schema)
-        self.dialect = dialect(schema).with_tables(tables or {})
+        self.dialect = PostgresDialect(schema).with_tables(tables or {})
         with connect(dsn, connect_timeout=connect_timeout) as conn:
             migrate(conn, schema, component, steps)
         self.pool = StorePool(

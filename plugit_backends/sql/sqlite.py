@@ -29,6 +29,7 @@ DIALECT = Dialect(
         "c": "",
         "now": "((julianday('now') - 2440587.5) * 86400.0)",
         "lock": "",
+        "skip_locked": "",
         "json_list": "json_group_array",
         "json_array": "json_array",
     }

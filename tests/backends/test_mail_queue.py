@@ -312,7 +312,7 @@ def test_a_queue_file_of_version_1_is_upgraded_in_place(tmp_path: Path) -> None:
 
     path = tmp_path / "old.sqlite3"
     with sqlite3.connect(path, isolation_level=None) as db:  # as the previous release left it
-        db.executescript(SCHEMA)
+        db.executescript(SCHEMA + "PRAGMA user_version = 1;")  # the version 1 tables
         db.execute(
             "INSERT INTO outbox (service, sender, recipients, n_recipients, subject, body, html, "
             "message_id, state, owner, lease_until, next_try, created) "
