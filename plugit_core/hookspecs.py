@@ -14,9 +14,17 @@ Order of one page request through the hooks (the pipeline in ``plugit_core.proxy
     plugit_response               change the final response (every plugin, in order)
     plugit_handle_error           a fallback when the service failed (first answer wins)
 
-At start-up: ``plugit_register_backends`` (historic: late plugins are called too), then
-``plugit_register_api_endpoints``, then ``plugit_extra_routes``, then ``plugit_startup``; at the
-end, ``plugit_shutdown``.
+At start-up, in this order (:mod:`plugit_core.proxy.hooks`)::
+
+    plugit_register_backends       every plugin offers its backends (historic)
+    plugit_session_backend         wrap the session backend (first answer wins)
+    plugit_site_links              where "Log in" and "Log out" lead (first answer wins)
+    plugit_register_api_endpoints  endpoints of the callback API
+    plugit_extra_routes            URLs of the site
+    plugit_startup                 the proxy is about to serve
+
+and ``plugit_shutdown`` when it closes.  Hooks about the whole site receive the proxy as a
+:class:`~plugit_core.proxy.context.PluginContext` (``proxy``): what plugins may use of it.
 
 Plugins registered later are called first (pluggy's LIFO order); built-in defaults are marked
 ``trylast`` so any installed plugin runs before them.
@@ -32,12 +40,13 @@ import pluggy
 if TYPE_CHECKING:
     from werkzeug.wrappers import Response
 
-    from .backends import RegisterBackend
+    from .backends import RegisterBackend, SessionBackend
     from .config import FragmentSpec
-    from .proxy.app import ProxyApp, ProxyRequest
+    from .proxy.app import ProxyRequest
+    from .proxy.context import PluginContext
     from .proxy.fragments import FragmentResult
     from .proxy.pipeline import PageRequest, ServiceError, ServiceReply, UpstreamRequest
-    from .proxy.routes import Route
+    from .proxy.routes import Route, SiteLinks
     from .users import PlugItUser
 
 __all__ = ["hookimpl", "hookspec"]
@@ -65,8 +74,30 @@ def plugit_register_backends(register: RegisterBackend) -> None:
     """
 
 
+@hookspec(firstresult=True)
+def plugit_session_backend(sessions: SessionBackend, proxy: PluginContext) -> SessionBackend | None:
+    """Wrap the session backend the configuration chose.
+
+    Called once at start-up, after the backends were built.  Return a backend to use instead
+    (typically one that wraps ``sessions``: a login ending copied sessions at logout), or None.
+    The first non-None answer wins.
+    """
+
+
+@hookspec(firstresult=True)
+def plugit_site_links(proxy: PluginContext) -> SiteLinks | None:
+    """Where the layout's "Log in" and "Log out" controls lead.
+
+    Called once at start-up, after ``plugit_session_backend``.  A plugin that serves a login
+    returns a :class:`~plugit_core.proxy.routes.SiteLinks` (paths of the proxy, or absolute URLs);
+    None otherwise.  The first non-None answer wins; without one the layout shows neither
+    control.  :class:`~plugit_core.proxy.app.PlugItMiddleware`'s ``login_url`` and
+    ``logout_url`` take precedence over it.
+    """
+
+
 @hookspec
-def plugit_extra_routes(proxy: ProxyApp) -> list[Route] | None:
+def plugit_extra_routes(proxy: PluginContext) -> list[Route] | None:
     """Add URLs to the proxy (login pages, an API, health checks).
 
     Called once at start-up, after the backends were built.  Return a list of
@@ -77,7 +108,7 @@ def plugit_extra_routes(proxy: ProxyApp) -> list[Route] | None:
 
 
 @hookspec
-def plugit_register_api_endpoints(register: Callable[..., None], proxy: ProxyApp) -> None:
+def plugit_register_api_endpoints(register: Callable[..., None], proxy: PluginContext) -> None:
     """Add endpoints to the callback API that services call (``<mount>ebuio_api/...``).
 
     Called once at start-up, after the built-in endpoints were registered.  Call
@@ -102,7 +133,7 @@ def plugit_add_commands(commands: Any) -> None:
 
 
 @hookspec
-def plugit_startup(proxy: ProxyApp) -> None:
+def plugit_startup(proxy: PluginContext) -> None:
     """The proxy is built and about to serve.
 
     Called once, after backends and routes.  Use it to check connections or start background
@@ -111,7 +142,7 @@ def plugit_startup(proxy: ProxyApp) -> None:
 
 
 @hookspec
-def plugit_shutdown(proxy: ProxyApp) -> None:
+def plugit_shutdown(proxy: PluginContext) -> None:
     """The proxy is closing (:meth:`ProxyApp.close <plugit_core.proxy.app.ProxyApp.close>`).
 
     Called once, in reverse registration order (the plugins passed in code first, the built-in
@@ -127,7 +158,7 @@ def plugit_shutdown(proxy: ProxyApp) -> None:
 
 
 @hookspec(firstresult=True)
-def plugit_identify_user(request: Any, proxy: ProxyApp) -> PlugItUser | None:
+def plugit_identify_user(request: Any, proxy: PluginContext) -> PlugItUser | None:
     """Who is making this request.
 
     Called once per request that needs a user, before the access decision.  ``request`` is the
@@ -138,7 +169,7 @@ def plugit_identify_user(request: Any, proxy: ProxyApp) -> PlugItUser | None:
 
 
 @hookspec
-def plugit_user_loaded(user: PlugItUser, proxy: ProxyApp) -> Mapping[str, Any] | None:
+def plugit_user_loaded(user: PlugItUser, proxy: PluginContext) -> Mapping[str, Any] | None:
     """Complete a user the proxy has just loaded (subscriptions, groups from elsewhere).
 
     Called for every authenticated user the proxy identifies for a request, and for users looked

@@ -54,7 +54,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode, urlsplit
 
 import requests
@@ -76,6 +76,9 @@ from plugit_core.proxy.redirects import is_local_path
 from plugit_core.proxy.routes import Route
 from plugit_core.settings import Section, setting
 from plugit_core.users import PlugItUser
+
+if TYPE_CHECKING:
+    from plugit_core.proxy.context import PluginContext
 
 # joserfc is the `oidc` extra (and a dependency of Authlib 1.6 and later, which imports it for its
 # OAuth clients): without it this plugin still loads (so it can be a built-in), and only a
@@ -371,7 +374,7 @@ class OIDCAuth:
 
     # -- RedirectBackend --------------------------------------------------------------------------
 
-    def routes(self, proxy: Any) -> list[Route]:
+    def routes(self, proxy: PluginContext) -> list[Route]:
         return [
             Route(START_PATH, self.start_view, methods=("GET",)),
             Route(CALLBACK_PATH, self.callback_view, methods=("GET",)),
@@ -843,7 +846,7 @@ def plugit_register_backends(register: RegisterBackend) -> None:
 
 
 @hookimpl
-def plugit_startup(proxy: Any) -> None:
+def plugit_startup(proxy: PluginContext) -> None:
     if proxy.users is None and any(isinstance(b, OIDCAuth) for b in proxy.auth):
         raise ConfigError(
             "users",

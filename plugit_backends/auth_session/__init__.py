@@ -25,7 +25,7 @@ import logging
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from werkzeug.security import check_password_hash, generate_password_hash
 
@@ -35,6 +35,9 @@ from plugit_core.hookspecs import hookimpl
 from plugit_core.identity import AuthError
 from plugit_core.settings import Section, setting
 from plugit_core.users import PlugItUser
+
+if TYPE_CHECKING:
+    from plugit_core.proxy.context import PluginContext
 
 __all__ = ["DEFAULT_METHOD", "SessionAuth"]
 
@@ -147,7 +150,7 @@ def plugit_register_backends(register: RegisterBackend) -> None:
 
 
 @hookimpl
-def plugit_startup(proxy: Any) -> None:
+def plugit_startup(proxy: PluginContext) -> None:
     if proxy.users is None and any(isinstance(b, SessionAuth) for b in proxy.auth):
         raise ConfigError(
             "users",

@@ -41,6 +41,7 @@ from .store import (
 )
 
 if TYPE_CHECKING:
+    from plugit_core.proxy.context import PluginContext
     from plugit_core.users import PlugItUser
 
 __all__ = [
@@ -60,7 +61,7 @@ __all__ = [
 log = logging.getLogger("plugit.billing")
 
 
-def with_subscriptions(proxy: Any, user: PlugItUser) -> PlugItUser:
+def with_subscriptions(proxy: PluginContext, user: PlugItUser) -> PlugItUser:
     """``user`` with ``subscriptions`` filled for every mounted service (one query).
 
     Each mounted service gets the sorted labels of the user's active subscriptions, theirs or
@@ -105,13 +106,13 @@ def plugit_add_commands(commands: Any) -> None:
 
 
 @hookimpl
-def plugit_user_loaded(user: PlugItUser, proxy: Any) -> dict[str, Any] | None:
+def plugit_user_loaded(user: PlugItUser, proxy: PluginContext) -> dict[str, Any] | None:
     completed = with_subscriptions(proxy, user)
     return None if completed is user else {"subscriptions": completed.subscriptions}
 
 
 @hookimpl
-def plugit_register_api_endpoints(register: Any, proxy: Any) -> None:
+def plugit_register_api_endpoints(register: Any, proxy: PluginContext) -> None:
     from .api import ENDPOINTS  # here: the proxy imports this package, so no import of it above
 
     for rule, view, methods in ENDPOINTS:

@@ -5,14 +5,17 @@ switched at ``<mount>ebuio_setUser?mode=...``.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from plugit_core.hookspecs import hookimpl
 from plugit_core.users import SIMULATED_MODES, PlugItUser, simulated_user
 
+if TYPE_CHECKING:
+    from plugit_core.proxy.context import PluginContext
+
 
 @hookimpl(trylast=True)
-def plugit_identify_user(request: Any, proxy: Any) -> PlugItUser | None:
+def plugit_identify_user(request: Any, proxy: PluginContext) -> PlugItUser | None:
     if not proxy.config.dev_mode:
         return None
     mode = request.session.get("dev_user_mode", "ano")

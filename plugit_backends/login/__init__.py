@@ -41,7 +41,7 @@ import hmac
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
@@ -53,10 +53,13 @@ from plugit_core.hookspecs import hookimpl
 from plugit_core.identity import SESSION_BACKEND_KEY, SESSION_USER_KEY, AuthError, log_in, log_out
 from plugit_core.proxy.bodies import read_body
 from plugit_core.proxy.redirects import is_local_path
-from plugit_core.proxy.routes import Route
+from plugit_core.proxy.routes import Route, SiteLinks
 from plugit_core.settings import setting
 from plugit_core.stores import StoreUnavailable
 from plugit_core.users import PlugItUser
+
+if TYPE_CHECKING:
+    from plugit_core.proxy.context import PluginContext
 
 __all__ = [
     "LOGIN_PATH",
@@ -136,13 +139,13 @@ def _safe_next(value: str | None, base: str = "") -> str:
     return value
 
 
-def _backends(proxy: Any) -> tuple[list[Any], list[Any]]:
+def _backends(proxy: PluginContext) -> tuple[list[Any], list[Any]]:
     password = [b for b in proxy.auth if hasattr(b, "authenticate")]
     redirect = [b for b in proxy.auth if hasattr(b, "start_url")]
     return password, redirect
 
 
-def password_fingerprint(proxy: Any, password_hash: str | None) -> str:
+def password_fingerprint(proxy: PluginContext, password_hash: str | None) -> str:
     """What the session keeps of the user's password hash ("" for users without one)."""
     if not password_hash:
         return ""
@@ -216,7 +219,7 @@ def _form_problem(form: MultiDict[str, str]) -> tuple[int, str] | None:
     return None
 
 
-def login_view(request: Any) -> Response:
+def login_view(request: Any, settings: LoginSettings) -> Response:
     proxy = request.proxy
     base = proxy.base_path(request)
     if request.method in ("GET", "HEAD"):
@@ -251,7 +254,6 @@ def login_view(request: Any) -> Response:
         if code != "missing":
             username = ""  # not shown back in the form
         return refuse(status, code)
-    settings: LoginSettings = proxy.login_settings
     address = proxy.client_address(request)
     account_key = f"login:user:{username.lower()[:MAX_USERNAME]}"
     address_key = f"login:addr:{address}"
@@ -356,13 +358,14 @@ def plugit_register_backends(register: RegisterBackend) -> None:
 
 
 @hookimpl
-def plugit_extra_routes(proxy: Any) -> list[Route] | None:
+def plugit_extra_routes(proxy: PluginContext) -> list[Route] | None:
     if not proxy.auth:
         return None
-    proxy.login_settings = proxy.backends.build("login", "default", proxy.config)
+    settings: LoginSettings = proxy.backends.build("login", "default", proxy.config)
+    login = functools.partial(login_view, settings=settings)
     routes = [
         # The views check the CSRF token themselves, once the body is known to be small.
-        Route(LOGIN_PATH, login_view, methods=("GET", "POST"), csrf=False),
+        Route(LOGIN_PATH, login, methods=("GET", "POST"), csrf=False),
         Route(LOGOUT_PATH, logout_view, methods=("POST",), csrf=False),
     ]
     for backend in proxy.auth:
@@ -416,23 +419,26 @@ class EndableSessions:
 
 
 @hookimpl
-def plugit_startup(proxy: Any) -> None:
-    if proxy.auth:
-        proxy.login_url = LOGIN_PATH
-        proxy.logout_url = LOGOUT_PATH
-    if proxy.auth and proxy.users is not None and not isinstance(proxy.sessions, EndableSessions):
-        if callable(getattr(proxy.users, "session_generation", None)):
-            proxy.sessions = EndableSessions(proxy.sessions, proxy.users)
-        else:
-            log.warning(
-                "the directory %r cannot end sessions (no session_generation): a logout "
-                "deletes the browser's session cookie, but copies of it stay valid",
-                type(proxy.users).__name__,
-            )
+def plugit_site_links(proxy: PluginContext) -> SiteLinks | None:
+    return SiteLinks(login_url=LOGIN_PATH, logout_url=LOGOUT_PATH) if proxy.auth else None
 
 
 @hookimpl
-def plugit_identify_user(request: Any, proxy: Any) -> PlugItUser | None:
+def plugit_session_backend(sessions: SessionBackend, proxy: PluginContext) -> SessionBackend | None:
+    if not proxy.auth or proxy.users is None or isinstance(sessions, EndableSessions):
+        return None
+    if not callable(getattr(proxy.users, "session_generation", None)):
+        log.warning(
+            "the directory %r cannot end sessions (no session_generation): a logout "
+            "deletes the browser's session cookie, but copies of it stay valid",
+            type(proxy.users).__name__,
+        )
+        return None
+    return EndableSessions(sessions, proxy.users)
+
+
+@hookimpl
+def plugit_identify_user(request: Any, proxy: PluginContext) -> PlugItUser | None:
     if proxy.users is None or not proxy.auth:
         return None
     session = request.session

@@ -57,7 +57,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 from werkzeug.wrappers import Response
@@ -87,6 +87,9 @@ from .message import (
 )
 from .monitor import SmtpMonitor
 from .store import MailQueue, MailStore, Outgoing, RateLimitedError
+
+if TYPE_CHECKING:
+    from plugit_core.proxy.context import PluginContext
 
 __all__ = [
     "QUEUES",
@@ -393,7 +396,7 @@ class MailBackend:
         self.tokens = ReplyTokens(secret_key, settings.token_max_age)
         # The mail queue (``store`` for history): given, or the one the settings name.
         self.store: MailQueue = open_queue(settings, clock=clock) if queue is None else queue
-        self.proxy: Any = None
+        self.proxy: PluginContext | None = None
         self.clients: Mapping[str, ServiceClient] = {}
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -438,7 +441,7 @@ class MailBackend:
 
     # -- life cycle -------------------------------------------------------------------------------
 
-    def attach(self, proxy: Any, *, start: bool = True) -> None:
+    def attach(self, proxy: PluginContext, *, start: bool = True) -> None:
         """Use ``proxy``'s service clients and users; start the background threads."""
         self.proxy = proxy
         self.clients = proxy.clients
@@ -1242,7 +1245,7 @@ def plugit_register_backends(register: RegisterBackend) -> None:
 
 
 @hookimpl
-def plugit_startup(proxy: Any) -> None:
+def plugit_startup(proxy: PluginContext) -> None:
     backend = getattr(proxy, "mail", None)
     if isinstance(backend, MailBackend):
         backend.attach(proxy)

@@ -49,6 +49,7 @@ from .bodies import form_problem, read_body
 
 if TYPE_CHECKING:
     from .app import ProxyApp, ProxyRequest
+    from .context import PluginContext
 
 __all__ = ["API_PREFIX", "ApiCall", "ApiError", "CallbackAPI", "parse_id"]
 
@@ -99,7 +100,8 @@ class ApiCall:
     """One API request, from one service."""
 
     request: ProxyRequest
-    proxy: ProxyApp
+    #: What endpoints may use of the proxy (the directory, the backends, the configuration).
+    proxy: PluginContext
     mount: ServiceMount
 
     @property
@@ -202,9 +204,13 @@ class CallbackAPI:
         self.proxy = proxy
         self._map = Map(strict_slashes=False)
         self._views: dict[str, ApiView] = {}
+        self.register("/", self._home)
         for rule, view, methods in _BUILTIN:
             self.register(rule, view, methods)
-        proxy.pm.hook.plugit_register_api_endpoints(register=self.register, proxy=proxy)
+        proxy.hooks.register_api_endpoints(self.register)
+
+    def _home(self, call: ApiCall) -> Response:
+        return api_home(call, sorted({rule.rule for rule in self._map.iter_rules()}))
 
     def register(self, rule: str, view: ApiView, methods: tuple[str, ...] = ("GET",)) -> None:
         """Serve ``view(call, **values)`` at ``<mount>ebuio_api/<rule>`` (werkzeug rule syntax).
@@ -252,7 +258,7 @@ class CallbackAPI:
             return _error(413, "too_large", "the form has too many parts or too large a field")
         if problem is not None:
             return _error(400, "bad_request", problem)
-        call = ApiCall(request, self.proxy, mount)
+        call = ApiCall(request, self.proxy.context, mount)
         try:
             endpoint, values = self._map.bind("api").match("/" + path, method=request.method)
             result = self._views[endpoint](call, **values)
@@ -284,8 +290,7 @@ class CallbackAPI:
 # -- the built-in endpoints (6.2) ------------------------------------------------------------------
 
 
-def api_home(call: ApiCall) -> Response:
-    rules = sorted({rule.rule for rule in call.proxy.api._map.iter_rules()})
+def api_home(call: ApiCall, rules: list[str]) -> Response:
     lines = "".join(
         f"<li><code>{call.mount.mount}{API_PREFIX}{r.lstrip('/')}</code></li>"
         for r in rules
@@ -358,7 +363,6 @@ def api_forum(call: ApiCall, tag: str | None = None) -> dict[str, Any]:
 
 
 _BUILTIN: tuple[tuple[str, ApiView, tuple[str, ...]], ...] = (
-    ("/", api_home, ("GET",)),
     ("user/<pk>", api_user, ("GET",)),
     ("user/<pk>/techgroups/", api_user_techgroups, ("GET",)),
     ("subscriptions/<pk>", api_subscriptions, ("GET",)),

@@ -120,7 +120,7 @@ class Fragments:
     def __init__(self, proxy: ProxyApp) -> None:
         self.proxy = proxy
         self.config = proxy.config
-        self.hook = proxy.pm.hook
+        self.hooks = proxy.hooks
         self._mounts: dict[str, ServiceMount] = {m.name: m for m in self.config.services}
         self._key = hashlib.sha256(
             b"plugit-fragment\x00" + self.config.secret_key.encode()
@@ -130,7 +130,7 @@ class Fragments:
         )
         self._last_good = _ExpiringLRU(maxsize=4096)
         self.pages: dict[str, SitePage] = {page.path: page for page in self.config.pages}
-        for env in proxy._theme_envs.values():
+        for env in proxy.site.theme_envs.values():
             env.globals["plugit_fragment"] = self.layout_function()
 
     # -- markers ----------------------------------------------------------------------------------
@@ -321,8 +321,7 @@ class Fragments:
             except Exception as exc:  # a bug: the page still goes out
                 log.exception("fragment %s/%s failed", spec.service, spec.path)
                 result = self._fallback(request, spec, f"{type(exc).__name__}: {exc}")
-            for _ in self.hook.plugit_fragment_rendered(request=request, result=result):
-                pass
+            self.hooks.fragment_rendered(request, result)
             results.append(result)
         return results
 
@@ -339,7 +338,7 @@ class Fragments:
             sub, self.proxy, mount, client, path, user, variant=variant, fragment=True
         )
         try:
-            self.proxy.check_compatible(client)
+            self.proxy.clients.check_compatible(client)
             self.proxy.pipeline.resolve_orga(page)
             response = self.proxy.pipeline.page(page)
         except _RefusedError as refused:
@@ -421,7 +420,7 @@ class Fragments:
             }
         )
         sub = type(request)(environ)
-        sub.proxy = self.proxy
+        sub.proxy = self.proxy.context
         sub.__dict__["session"] = request.session
         sub.__dict__["user"] = user if user is not None else self.proxy.identify(request)
         sub.__dict__["csp_nonce"] = request.csp_nonce
@@ -467,7 +466,7 @@ class Fragments:
     def site_page(self, request: ProxyRequest, page: SitePage) -> Response:
         """A ``[[pages]]`` page: its fragments in the site's layout."""
         fragments = list(page.fragments)
-        self.hook.plugit_fragments(request=request, where=page.path, fragments=fragments)
+        self.hooks.fragments(request, page.path, fragments)
         sections = []
         for spec in fragments:
             if not isinstance(spec, FragmentSpec) or spec.service not in self._mounts:
@@ -487,10 +486,10 @@ class Fragments:
             f'<div class="row row-cols-1 row-cols-md-{page.columns} g-4 plugit-fragments">'
             f"{''.join(sections)}</div>"
         )
-        values = self.proxy._site_context(request, None)
+        values = self.proxy.site.context(request, None)
         values.update(page_title=page.title, plugit_content=content, plugit_menu=Markup(""))
-        html = self.proxy.site_env.get_template("plugit/layout.html").render(values)
-        return self.proxy._site_response(request, html, 200)
+        html = self.proxy.site.env.get_template("plugit/layout.html").render(values)
+        return self.proxy.site.response(request, html, 200)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

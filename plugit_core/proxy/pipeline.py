@@ -44,7 +44,9 @@ from ..users import SIMULATED_MODES, SIMULATED_ORGAS, Orga, PlugItUser, ServiceU
 from .api import API_PREFIX, ApiCall, ApiError
 from .bodies import form_problem, unreadable_framing
 from .containment import RAW_POLICY, page_policy, sanitize_html
+from .csrf import CSRF_FIELD_NAME, UNSAFE_METHODS
 from .sandbox import OverBudget, TemplateFunction, template_data
+from .site import STATIC_PREFIX
 from .templating import CSRF_FIELD, CSRF_PLACEHOLDER
 from .upstream import ServiceClient, ServiceError, ServiceReply, SingleFlight, UpstreamRequest
 
@@ -55,9 +57,7 @@ __all__ = ["PageRequest", "Pipeline", "ServiceError", "ServiceReply", "UpstreamR
 
 log = logging.getLogger("plugit.proxy")
 
-UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 MENU_PREFIX = "ebuio_menu/"
-CSRF_FIELD_NAME = "csrfmiddlewaretoken"
 CSRF_COOKIE = "csrftoken"  # readable by the mount's scripts, holds the mount's token
 MAX_SESSION_KEYS = 32
 MAX_SESSION_VALUE = 1024
@@ -121,7 +121,7 @@ class Pipeline:
     def __init__(self, proxy: ProxyApp) -> None:
         self.proxy = proxy
         self.config = proxy.config
-        self.hook = proxy.pm.hook
+        self.hooks = proxy.hooks
         self._wrapped = _ExpiringLRU(maxsize=2048)
         self._template_flight: SingleFlight[jinja2.Template | None] = SingleFlight()
 
@@ -144,7 +144,7 @@ class Pipeline:
             if path in ("ebuio_setUser", "ebuio_setOrga"):
                 return self._finish(page, self.switch(page, path))
             self.check_csrf(request, mount.name)
-            self.proxy.check_compatible(client)
+            self.proxy.clients.check_compatible(client)
             self.resolve_orga(page)
             response = self.proxy_mode_page(page) if mount.proxy_mode else self.page(page)
         except _RefusedError as refused:
@@ -164,10 +164,7 @@ class Pipeline:
 
     def _finish(self, page: PageRequest, response: Response) -> Response:
         self._csrf_cookie(page, response)
-        replacements = [
-            r for r in self.hook.plugit_response(page=page, response=response) if r is not None
-        ]
-        return replacements[0] if replacements else response
+        return self.hooks.response(page, response)
 
     def _csrf_cookie(self, page: PageRequest, response: Response) -> None:
         """The mount's CSRF token as a JavaScript-readable ``csrftoken`` cookie (Django's
@@ -196,7 +193,7 @@ class Pipeline:
         log.warning(
             "service %s failed on %s: %s (%s)", error.service, page.path, error.message, error.kind
         )
-        fallback: Response | None = self.hook.plugit_handle_error(page=page, error=error)
+        fallback = self.hooks.handle_error(page, error)
         if fallback is not None:
             return fallback
         if page.mount.fallback_html and not page.menu_only:
@@ -243,7 +240,7 @@ class Pipeline:
                 )
             page.orga = orga
             page.orgas = (orga,)
-            page.user = self.proxy.dev_user(page.dev_user_mode or "ano", orga)
+            page.user = self.proxy.directory.dev_user(page.dev_user_mode or "ano", orga)
             return
         page.orgas = page.user.orgas
         if not page.orgas:
@@ -323,8 +320,7 @@ class Pipeline:
                 meta, service_user, self.proxy.client_address(request)
             )
             if reason is None:
-                vetoes = [r for r in self.hook.plugit_access_decision(page=page) if r]
-                reason = vetoes[0] if vetoes else None
+                reason = self.hooks.access_refusal(page)
             if reason is not None:
                 status = 403
                 raise _RefusedError(
@@ -387,7 +383,7 @@ class Pipeline:
                     f"the template of {page.path!r} is missing ({tried})",
                 )
         upstream = self.build_upstream(page, f"action/{page.path}")
-        self.proxy.shadow(page.mount, upstream)
+        self.proxy.clients.shadow(page.mount, upstream)
         reply = self.call(page, upstream)
         special = self.special_reply(page, reply)
         if special is not None:
@@ -513,14 +509,14 @@ class Pipeline:
             "csrf_token": CSRF_PLACEHOLDER,
             "csrf_field": CSRF_FIELD,
             "MEDIA_URL": self.proxy.site_url(page.request, mount.media_url),
-            "STATIC_URL": self.proxy.site_url(page.request, self.proxy.static_prefix),
+            "STATIC_URL": self.proxy.site_url(page.request, STATIC_PREFIX),
         }
         own = template_data(own, where="context")
         context.update(own)
         context["plugit_include"] = TemplateFunction(_Include(self, page, context))
         context["plugit_get_user"] = TemplateFunction(_GetUser(self, page))
         context["plugit_fragment"] = TemplateFunction(self.proxy.fragments.placer(page))
-        for extra in self.hook.plugit_template_context(page=page, context=context):
+        for extra in self.hooks.template_context(page, context):
             for key, value in (extra or {}).items():
                 if key in own:
                     continue
@@ -575,7 +571,7 @@ class Pipeline:
         return response
 
     def _render_layout(self, page: PageRequest, content: dict[str, Any]) -> str:
-        return self.proxy.render_layout(
+        return self.proxy.site.render_layout(
             page.request,
             mount=page.mount,
             content=Markup(content["html"]),  # noqa: S704 (sandbox output)
@@ -669,7 +665,7 @@ class Pipeline:
         tracestate = request.headers.get("tracestate")
         if tracestate and len(tracestate) <= 512 and "traceparent" in request.headers:
             upstream.headers["tracestate"] = tracestate
-        self.hook.plugit_upstream_request(page=page, upstream=upstream)
+        self.hooks.upstream_request(page, upstream)
         return upstream
 
     def plugit_headers(self, page: PageRequest) -> dict[str, str]:
@@ -716,7 +712,7 @@ class Pipeline:
     # -- the call and its reply -------------------------------------------------------------------
 
     def call(self, page: PageRequest, upstream: UpstreamRequest) -> ServiceReply:
-        reply: ServiceReply = self.hook.plugit_call_service(page=page, upstream=upstream)
+        reply = self.hooks.call_service(page, upstream)
         return reply
 
     def special_reply(self, page: PageRequest, reply: ServiceReply) -> Response | None:
@@ -1017,7 +1013,7 @@ class _GetUser:
     def __call__(self, pk: Any) -> dict[str, Any] | None:
         page = self._page
         try:
-            user = ApiCall(page.request, self._pipeline.proxy, page.mount).user(pk)
+            user = ApiCall(page.request, self._pipeline.proxy.context, page.mount).user(pk)
         except ApiError:
             return None
         return user.for_service(page.mount.name, None).properties(self._pipeline.config.user_data)

@@ -76,6 +76,14 @@ def test_the_documented_start_up_order_is_the_proxys():
             calls.append("plugit_register_backends")
 
         @hookimpl
+        def plugit_session_backend(self, sessions, proxy):
+            calls.append("plugit_session_backend")
+
+        @hookimpl
+        def plugit_site_links(self, proxy):
+            calls.append("plugit_site_links")
+
+        @hookimpl
         def plugit_register_api_endpoints(self, register, proxy):
             calls.append("plugit_register_api_endpoints")
 
@@ -95,9 +103,9 @@ def test_the_documented_start_up_order_is_the_proxys():
         {"dev_mode": True, "services": []}, plugins=[Recorder()], load_entry_points=False
     )
     proxy.close()
-    sentence = re.search(r"^At start-up \(.*?(?=\n\n)", HOOKS_DOC, re.MULTILINE | re.DOTALL)
-    assert sentence, "docs/hooks.md does not say the start-up order"
-    documented = [name for name in re.findall(r"`(plugit_\w+)`", sentence[0]) if name in calls]
+    order = re.search(r"^At start-up \(.*?^At the end .*?(?=\n\n)", HOOKS_DOC, re.M | re.S)
+    assert order, "docs/hooks.md does not say the start-up order"
+    documented = [name for name in re.findall(r"\b(plugit_\w+)", order[0]) if name in calls]
     assert documented == calls
 
 

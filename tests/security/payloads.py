@@ -184,12 +184,13 @@ JINJA_CLASSICS = [
     "{% if plugit_include.pipeline.proxy.config.secret_key.startswith('cnry') %}LEAKBIT{% endif %}",
     "{% raw %}{{ 7*7 }}{% endraw %}{{ 7*7 }}",
     "{{ plugit_include.page.request.args }}{{ plugit_include.page.request.remote_addr }}",
-    "{{ plugit_include.pipeline.hook.plugit_response }}",
+    "{{ plugit_include.pipeline.hooks.pm.hook.plugit_response }}",
+    "{{ plugit_include.pipeline.proxy.context.config.secret_key }}",
     "{{ plugit_include.pipeline.proxy.pm.list_name_plugin() }}",
-    "{{ plugit_include.pipeline.proxy.site_env.globals }}",
+    "{{ plugit_include.pipeline.proxy.site.env.globals }}",
     "{{ plugit_include.pipeline.proxy.templates.hostile.env.globals }}",
     "{{ plugit_include.pipeline.proxy.templates['healthy']._compiled }}",
-    "{{ plugit_include.pipeline.proxy._marks }}",
+    "{{ plugit_include.pipeline.proxy.csrf.marks.site_token }}",
     "{{ plugit_include.pipeline.proxy.cache.get('x') }}",
 ]
 

@@ -22,7 +22,8 @@ if TYPE_CHECKING:
     from werkzeug.wrappers import Response
 
     from ...config import ProxyConfig
-    from ...proxy.app import ProxyApp, ProxyRequest
+    from ...proxy.app import ProxyRequest
+    from ...proxy.context import PluginContext
     from ...proxy.routes import Route
 
 __all__ = ["AuthBackend", "AuthError", "AuthFactory", "PasswordBackend", "RedirectBackend"]
@@ -61,7 +62,7 @@ class RedirectBackend(Protocol):
     def start_url(self) -> str:
         """Where the login page's button for this backend points (a route of the backend)."""
 
-    def routes(self, proxy: ProxyApp) -> Iterable[Route]:
+    def routes(self, proxy: PluginContext) -> Iterable[Route]:
         """The backend's own URLs (start, callback)."""
 
     def logout_redirect(self, request: ProxyRequest) -> Response | None:

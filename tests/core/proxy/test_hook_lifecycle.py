@@ -13,10 +13,12 @@ from typing import Any
 import pytest
 import requests
 from proxy_helpers import proxy_config
+from werkzeug.test import Client
 from werkzeug.wrappers import Response
 
 from plugit_core.hookspecs import hookimpl
 from plugit_core.proxy.app import ProxyApp
+from plugit_core.proxy.context import PluginContext
 from plugit_core.proxy.routes import Route
 from plugit_core.testing import serve
 from plugit_core.users import PlugItUser
@@ -54,7 +56,7 @@ class Recorder:
         self.check = check
 
     @hookimpl
-    def plugit_shutdown(self, proxy: ProxyApp) -> None:
+    def plugit_shutdown(self, proxy: PluginContext) -> None:
         if self.check is not None:
             self.check(proxy)
         self.events.append(self.name)
@@ -69,24 +71,47 @@ def probe_backend(events: list[str]) -> Any:
     return Probe()
 
 
-def test_startup_runs_once_with_routes_and_backends_ready(service_url: str) -> None:
+def test_startup_runs_once_last_after_the_backends_and_routes(service_url: str) -> None:
+    """The documented start-up order: backends, session wrapper, site links, API endpoints,
+    routes, then ``plugit_startup`` once, with the plugins' context (not the proxy)."""
     seen: list[Any] = []
 
     class Plugin:
         @hookimpl
-        def plugit_extra_routes(self, proxy: ProxyApp) -> list[Route]:
+        def plugit_session_backend(self, sessions: Any, proxy: PluginContext) -> None:
+            seen.append("session_backend")
+
+        @hookimpl
+        def plugit_site_links(self, proxy: PluginContext) -> None:
+            seen.append("site_links")
+
+        @hookimpl
+        def plugit_register_api_endpoints(self, register: Any, proxy: PluginContext) -> None:
+            seen.append("api_endpoints")
+
+        @hookimpl
+        def plugit_extra_routes(self, proxy: PluginContext) -> list[Route]:
+            seen.append("extra_routes")
             return [Route("/_plugit/ping", lambda request: Response("pong"))]
 
         @hookimpl
-        def plugit_startup(self, proxy: ProxyApp) -> None:
-            adapter = proxy.url_map.bind("localhost")
-            seen.append((adapter.match("/_plugit/ping")[0], proxy.cache is not None))
+        def plugit_startup(self, proxy: PluginContext) -> None:
+            seen.append(("startup", type(proxy).__name__, proxy.sessions is not None))
 
     proxy = ProxyApp(proxy_config(service_url), plugins=[Plugin()], load_entry_points=False)
-    proxy.close()
-    assert len(seen) == 1
-    endpoint, has_cache = seen[0]
-    assert endpoint and has_cache
+    try:
+        assert seen == [
+            "session_backend",
+            "site_links",
+            "api_endpoints",
+            "extra_routes",
+            ("startup", "SiteContext", True),
+        ]
+        ping = Client(proxy).get("/_plugit/ping", environ_base={"REMOTE_ADDR": "127.0.0.1"})
+        assert ping.text == "pong"
+    finally:
+        proxy.close()
+    assert len([s for s in seen if isinstance(s, tuple)]) == 1
 
 
 def test_an_exception_in_startup_stops_the_start_up_with_the_plugins_error(
@@ -94,7 +119,7 @@ def test_an_exception_in_startup_stops_the_start_up_with_the_plugins_error(
 ) -> None:
     class Broken:
         @hookimpl
-        def plugit_startup(self, proxy: ProxyApp) -> None:
+        def plugit_startup(self, proxy: PluginContext) -> None:
             raise RuntimeError("the licence server does not answer")
 
     with pytest.raises(RuntimeError, match="licence server"):
@@ -106,7 +131,7 @@ def test_shutdown_runs_once_last_registered_first_then_the_backends_close(
 ) -> None:
     events: list[str] = []
 
-    def still_serving(proxy: ProxyApp) -> None:
+    def still_serving(proxy: PluginContext) -> None:
         assert "cache closed" not in events  # the backends close after every plugin
         assert proxy.clients["svc"].get("version").status == 200  # the clients still work
 
@@ -130,7 +155,7 @@ def test_a_failing_shutdown_is_logged_and_the_backends_still_close(
 
     class Broken:
         @hookimpl
-        def plugit_shutdown(self, proxy: ProxyApp) -> None:
+        def plugit_shutdown(self, proxy: PluginContext) -> None:
             raise RuntimeError("cannot flush the audit log")
 
     proxy = ProxyApp(
@@ -153,13 +178,13 @@ def test_user_loaded_completes_users_and_the_last_registered_plugin_wins(
 
     class Site:
         @hookimpl
-        def plugit_identify_user(self, request: Any, proxy: ProxyApp) -> PlugItUser | None:
+        def plugit_identify_user(self, request: Any, proxy: PluginContext) -> PlugItUser | None:
             if request.headers.get("Authorization") == "Bearer alice":
                 return PlugItUser(pk=7, username="alice", is_authenticated=True)
             return None
 
         @hookimpl
-        def plugit_extra_routes(self, proxy: ProxyApp) -> list[Route]:
+        def plugit_extra_routes(self, proxy: PluginContext) -> list[Route]:
             def me(request: Any) -> Response:
                 user = request.user
                 return Response(f"{user.username}|{user.first_name}|{user.extra.get('team')}")
@@ -168,19 +193,19 @@ def test_user_loaded_completes_users_and_the_last_registered_plugin_wins(
 
     class Directory:
         @hookimpl
-        def plugit_user_loaded(self, user: PlugItUser, proxy: ProxyApp) -> dict[str, Any]:
+        def plugit_user_loaded(self, user: PlugItUser, proxy: PluginContext) -> dict[str, Any]:
             asked.append(f"directory:{user.username}")
             return {"first_name": "Alice (directory)", "extra": {"team": "polls"}}
 
     class Override:
         @hookimpl
-        def plugit_user_loaded(self, user: PlugItUser, proxy: ProxyApp) -> dict[str, Any]:
+        def plugit_user_loaded(self, user: PlugItUser, proxy: PluginContext) -> dict[str, Any]:
             asked.append(f"override:{user.username}")
             return {"first_name": "Alice"}
 
     class Silent:
         @hookimpl
-        def plugit_user_loaded(self, user: PlugItUser, proxy: ProxyApp) -> None:
+        def plugit_user_loaded(self, user: PlugItUser, proxy: PluginContext) -> None:
             asked.append(f"silent:{user.username}")
 
     proxy = ProxyApp(

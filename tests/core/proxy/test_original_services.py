@@ -49,7 +49,7 @@ def test_a_refused_service_is_checked_again_later(original) -> None:
     assert "incompatible" in refused.text
     service.version = {"result": "Ok", "version": "1", "protocol": "EBUio-PlugIt"}  # redeployed
     assert browser.get("/polls/").status_code == 502  # not before its next check is due
-    proxy.recheck_refused = 0.0
+    proxy.clients.recheck_refused = 0.0
     assert browser.get("/polls/").status_code == 200
     assert proxy.clients["polls"].compatible is True
 

@@ -235,8 +235,8 @@ def test_proxy_mode_services_get_the_prefixed_base_url(proxy: ProxyApp) -> None:
 
 
 def test_login_and_logout_urls_carry_the_prefix(proxy: ProxyApp) -> None:
-    proxy.login_url = "/accounts/login"
-    proxy.logout_url = "https://sso.example/logout"  # absolute: left alone
+    proxy.links.login_url = "/accounts/login"
+    proxy.links.logout_url = "https://sso.example/logout"  # absolute: left alone
     client = Client(proxy)
     html = text(client.get("/svc/", base_url=PORTAL))
     assert 'id="plugit-login" class="btn btn-sm btn-light" href="/portal/accounts/login"' in html
