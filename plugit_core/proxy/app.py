@@ -304,7 +304,17 @@ class ProxyApp:
         return [self.users, self.billing, self.sessions, self.cache, self.mail, *self.auth]
 
     def add_route(self, route: Route) -> None:
-        """Serve ``route`` (what ``plugit_extra_routes`` returns)."""
+        """Serve ``route`` (what ``plugit_extra_routes`` returns).
+
+        Raises ValueError when the proxy already serves the same rule for one of its methods
+        (two plugins claiming one URL is a start-up error, never a silent winner)."""
+        methods = {m.upper() for m in route.methods}
+        for rule in self.url_map.iter_rules():
+            if rule.rule == route.rule and methods & set(rule.methods or ()):
+                raise ValueError(
+                    f"the route {route.rule!r} ({', '.join(sorted(methods))}) is added twice: "
+                    "another plugin or the proxy already serves it"
+                )
         endpoint = f"route:{len(self._routes)}"
         self._routes[endpoint] = route
         self.url_map.add(Rule(route.rule, endpoint=endpoint, methods=list(route.methods)))
