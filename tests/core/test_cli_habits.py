@@ -341,6 +341,12 @@ def test_the_proxy_writes_an_access_log_by_default(
     wait_for_port("127.0.0.1", port, timeout=60)
     assert requests.get(f"http://127.0.0.1:{port}/polls/", timeout=10).status_code == 200
     assert requests.get(f"http://127.0.0.1:{port}/nowhere", timeout=10).status_code == 404
+    # The server writes its access log after the answer went out: wait for the line, then stop.
+    _poll(
+        lambda: '"GET /nowhere HTTP/1.1" 404 ' in process.log.read_text(errors="replace"),
+        "the access log line of GET /nowhere",
+        timeout=30,
+    )
     output = process.stop()
     lines = [line for line in output.splitlines() if '"GET ' in line]
     assert any(
