@@ -31,6 +31,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+from postgres_schema import DSN as PG_DSN
 from postgres_schema import fresh_schema
 
 from plugit_backends.mail_smtp import MIN_GRACE, MailBackend, MailSettings
@@ -50,7 +51,6 @@ from mail_servers import SMTPServer  # noqa: E402
 from test_outages import Relay  # noqa: E402 (the loopback relay the outage tests cut)
 
 ROOT = Path(__file__).resolve().parents[2]
-PG_DSN = os.environ.get("PLUGIT_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 KEY = "k3y-for-mail-outage-tests-9f8e7d6c5b4a39281706f5e4"
 SENDER = "PlugIt <no-reply@example.org>"
 LEASE = 1.0  # sender_lease in these tests

@@ -9,13 +9,12 @@ afterwards.  Without psycopg or a reachable server they are skipped, or fail whe
 
 from __future__ import annotations
 
-import os
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from postgres_schema import DSN, fresh_schema
 
 from plugit_backends.mail_smtp import (
     MailBackend,
@@ -30,44 +29,16 @@ from plugit_core.config import ConfigError, ProxyConfig
 from plugit_core.kinds.mailqueue.testing import MailQueueConformance
 from plugit_core.testing import FakeClock
 
-REQUIRED = os.environ.get("PLUGIT_REQUIRE_SERVERS") == "1"
-DSN = os.environ.get("PLUGIT_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 STRONG_KEY = "k3y-for-mail-queue-tests-9f8e7d6c5b4a39281706f5e4"
 SENDER = "PlugIt <no-reply@example.org>"
-
-
-def _server_problem() -> str | None:
-    if pg.PG_MISSING is not None:
-        return f"psycopg is not installed: pip install 'plugit-wsgi[postgres]' ({pg.PG_MISSING})"
-    import psycopg
-
-    try:
-        with psycopg.connect(DSN, connect_timeout=3) as conn:
-            conn.execute("SELECT 1")
-    except psycopg.Error as exc:
-        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return f"PostgreSQL at {pg.redact_dsn(DSN)} is not reachable ({text})"
-    return None
-
-
-_PROBLEM = _server_problem()
 
 
 @pytest.fixture
 def schema() -> Iterator[str]:
     """A fresh schema name on the test server (the PostgreSQL tests skip without one); the
     schema is dropped afterwards."""
-    if _PROBLEM is not None:
-        if REQUIRED:
-            pytest.fail(_PROBLEM)
-        pytest.skip(f"{_PROBLEM}; set PLUGIT_TEST_POSTGRES_DSN")
-    import psycopg
-    from psycopg import sql
-
-    name = f"plugit_test_{secrets.token_hex(6)}"
-    yield name
-    with psycopg.connect(DSN, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(name)))
+    with fresh_schema() as name:
+        yield name
 
 
 @pytest.fixture

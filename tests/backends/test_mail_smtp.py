@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 import requests
 from itsdangerous import BadSignature, SignatureExpired, TimestampSigner, URLSafeTimedSerializer
+from postgres_schema import DSN as PG_DSN
 from postgres_schema import fresh_schema
 from werkzeug.wrappers import Response
 
@@ -119,9 +120,6 @@ def mailbox(dovecot: Dovecot) -> Mailbox:
 def smtp() -> Iterator[SMTPServer]:
     with SMTPServer() as server:
         yield server
-
-
-PG_DSN = os.environ.get("PLUGIT_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 
 
 @pytest.fixture

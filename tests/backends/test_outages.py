@@ -10,7 +10,6 @@ test``); each test works in a schema of its own.  Skipped without psycopg or a s
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import select
 import socket
@@ -23,7 +22,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 import requests
-from postgres_schema import fresh_schema
+from postgres_schema import DSN, fresh_schema
 from werkzeug.security import generate_password_hash
 
 from plugit_backends.users_sqlite import SQLiteUserStore
@@ -31,7 +30,6 @@ from plugit_core.proxy.app import ProxyApp
 from plugit_core.stores import StoreGuard, StoreUnavailable
 from plugit_core.testing import serve
 
-DSN = os.environ.get("PLUGIT_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 STRONG_KEY = "k3y-for-outage-tests-9f8e7d6c5b4a39281706f5e4d3c2b1a0"
 WAIT = 1.0  # the stores' wait in these tests
 SLACK = 1.5  # what a loaded machine may add to a wait (scheduling, not the store)

@@ -9,26 +9,18 @@ afterwards.  Without psycopg or a reachable server the tests are skipped, or fai
 from __future__ import annotations
 
 import concurrent.futures
-import os
-import secrets
 import threading
 
 import pytest
+from postgres_schema import DSN, fresh_schema, require_server
 
 from plugit_backends.sql import postgres as pg
 from plugit_core.config import ConfigError, ProxyConfig
 from plugit_core.kinds.users.testing import UserStoreConformance
 
-REQUIRED = os.environ.get("PLUGIT_REQUIRE_SERVERS") == "1"
-DSN = os.environ.get("PLUGIT_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 STRONG_KEY = "k3y-for-pg-tests-9f8e7d6c5b4a39281706f5e4d3c2b1a0"
 
-if pg.PG_MISSING is not None:
-    if REQUIRED:
-        raise pg.PG_MISSING
-    pytest.skip(
-        "psycopg is not installed: pip install 'plugit-wsgi[postgres]'", allow_module_level=True
-    )
+require_server(module=True)
 
 import psycopg  # noqa: E402
 from psycopg import sql  # noqa: E402
@@ -41,37 +33,11 @@ from plugit_backends.users_postgres import (  # noqa: E402
 )
 
 
-def _server_problem() -> str | None:
-    try:
-        with psycopg.connect(DSN, connect_timeout=3) as conn:
-            conn.execute("SELECT 1")
-    except psycopg.Error as exc:
-        return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return None
-
-
-_PROBLEM = _server_problem()
-if _PROBLEM is not None:
-    if REQUIRED:
-        raise RuntimeError(f"PostgreSQL at {pg.redact_dsn(DSN)} is not reachable: {_PROBLEM}")
-    pytest.skip(
-        f"PostgreSQL at {pg.redact_dsn(DSN)} is not reachable ({_PROBLEM}); "
-        "set PLUGIT_TEST_POSTGRES_DSN",
-        allow_module_level=True,
-    )
-
-
-def _drop(schema: str) -> None:
-    with psycopg.connect(DSN, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
-
-
 @pytest.fixture
 def schema():
     """A fresh schema name for this test; the schema is dropped afterwards."""
-    name = f"plugit_test_{secrets.token_hex(6)}"
-    yield name
-    _drop(name)
+    with fresh_schema() as name:
+        yield name
 
 
 @pytest.fixture

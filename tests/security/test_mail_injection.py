@@ -33,9 +33,9 @@ from typing import Any
 
 import pytest
 import requests
+from postgres_schema import DSN, fresh_schema
 
 from plugit_backends.mail_smtp import MailBackend, run_command
-from plugit_backends.sql import postgres as pg
 from plugit_core.proxy.app import ProxyApp
 from plugit_core.service import PlugItService
 from plugit_core.testing import free_port, serve
@@ -49,7 +49,6 @@ except ImportError as exc:  # aiosmtpd is in the test extra
         raise
     pytest.skip(f"aiosmtpd is not installed (pip install aiosmtpd): {exc}", allow_module_level=True)
 
-PG_DSN = os.environ.get("PLUGIT_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 SECRET = "mail-injection-service-secret-0123456789"
 STRONG_KEY = "k3y-for-mail-injection-tests-0f1e2d3c4b5a69788796a5b4"
 KEYS = {"one": "api-key-of-hostile-service-one-01", "two": "api-key-of-honest-service-two-23"}
@@ -146,33 +145,14 @@ def sink() -> Iterator[Sink]:
 # -- the site --------------------------------------------------------------------------------------
 
 
-def _postgres_problem() -> str | None:
-    if pg.PG_MISSING is not None:
-        return f"psycopg is not installed ({pg.PG_MISSING})"
-    try:
-        pg.connect(PG_DSN, connect_timeout=3).close()
-    except pg.psycopg.Error as exc:
-        return f"PostgreSQL at {pg.redact_dsn(PG_DSN)} is not reachable: {exc}".strip()
-    return None
-
-
 @pytest.fixture(params=["sqlite", "postgres"])
 def queue_settings(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, Any]]:
     """The ``[mail_smtp]`` keys of a fresh queue: a SQLite file, or a PostgreSQL schema."""
     if request.param == "sqlite":
         yield {"queue_path": str(tmp_path / "mail.sqlite3")}
         return
-    problem = _postgres_problem()
-    if problem is not None:
-        if REQUIRED:
-            pytest.fail(problem)
-        pytest.skip(problem)
-    schema = f"plugit_test_{os.urandom(6).hex()}"
-    yield {"queue": "postgres", "queue_dsn": PG_DSN, "queue_schema": schema}
-    with pg.connect(PG_DSN) as conn:
-        conn.execute(
-            pg.sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(pg.sql.Identifier(schema))
-        )
+    with fresh_schema() as schema:
+        yield {"queue": "postgres", "queue_dsn": DSN, "queue_schema": schema}
 
 
 @dataclass

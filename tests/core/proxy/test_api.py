@@ -8,15 +8,13 @@ The sites run on SQLite and on PostgreSQL (``PLUGIT_TEST_POSTGRES_DSN``, default
 from __future__ import annotations
 
 import contextlib
-import os
-import secrets
 from datetime import datetime, timedelta, timezone
 
 import pytest
 import requests
+from postgres_schema import DSN, fresh_schema
 from proxy_helpers import SECRET, STRONG_KEY, proxy_config
 
-from plugit_backends.sql import postgres as pg
 from plugit_core.hookspecs import hookimpl
 from plugit_core.proxy.api import MAX_API_BODY, ApiError, parse_id
 from plugit_core.proxy.app import ProxyApp
@@ -25,20 +23,6 @@ from plugit_core.testing import free_port, serve
 
 KEY_ONE = "api-key-of-service-one-0123456789"
 KEY_TWO = "api-key-of-service-two-9876543210"
-PG_DSN = os.environ.get("PLUGIT_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
-
-
-def _postgres_problem() -> str | None:
-    if pg.PG_MISSING is not None:
-        return f"psycopg is not installed ({pg.PG_MISSING})"
-    import psycopg
-
-    try:
-        with psycopg.connect(PG_DSN, connect_timeout=3) as conn:
-            conn.execute("SELECT 1")
-    except psycopg.Error as exc:
-        return f"PostgreSQL at {pg.redact_dsn(PG_DSN)} is not reachable ({exc})"
-    return None
 
 
 @contextlib.contextmanager
@@ -52,26 +36,14 @@ def _store_config(store: str, tmp_path):
             "billing_sqlite": {"path": str(tmp_path / "billing.sqlite3")},
         }
         return
-    problem = _postgres_problem()
-    if problem is not None:
-        if os.environ.get("PLUGIT_REQUIRE_SERVERS") == "1":
-            raise RuntimeError(problem)
-        pytest.skip(problem)
-    import psycopg
-    from psycopg import sql
-
-    schema = f"plugit_test_{secrets.token_hex(6)}"
-    section = {"dsn": PG_DSN, "schema": schema}
-    try:
+    with fresh_schema() as schema:
+        section = {"dsn": DSN, "schema": schema}
         yield {
             "users": "postgres",
             "users_postgres": section,
             "billing": "postgres",
             "billing_postgres": section,
         }
-    finally:
-        with psycopg.connect(PG_DSN, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
 
 
 def test_dev_mode_api_serves_the_simulated_world(make_browser):
