@@ -54,7 +54,8 @@ from werkzeug.wrappers import Response
 
 from ..config import FragmentSpec, ServiceMount, SitePage
 from .containment import sanitize_html
-from .pipeline import PageRequest, _ExpiringLRU, _RefusedError, normal_media_path
+from .page import ExpiringLRU, PageRequest, RefusedError
+from .replies import normal_media_path
 from .routes import Route
 from .upstream import ServiceError
 
@@ -128,7 +129,7 @@ class Fragments:
         self._pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=WORKERS, thread_name_prefix="plugit-fragment"
         )
-        self._last_good = _ExpiringLRU(maxsize=4096)
+        self._last_good = ExpiringLRU(maxsize=4096)
         self.pages: dict[str, SitePage] = {page.path: page for page in self.config.pages}
         for env in proxy.site.theme_envs.values():
             env.globals["plugit_fragment"] = self.layout_function()
@@ -335,13 +336,13 @@ class Fragments:
         path = spec.path.partition("?")[0]
         client, variant = self.proxy.select_client(mount, sub, user)
         page = PageRequest(
-            sub, self.proxy, mount, client, path, user, variant=variant, fragment=True
+            sub, self.proxy.context, mount, client, path, user, variant=variant, fragment=True
         )
         try:
             self.proxy.clients.check_compatible(client)
             self.proxy.pipeline.resolve_orga(page)
             response = self.proxy.pipeline.page(page)
-        except _RefusedError as refused:
+        except RefusedError as refused:
             if refused.status in (401, 403):
                 return FragmentResult(spec, spec.placeholder or "", "refused", refused.reason)
             log.warning(
