@@ -213,7 +213,8 @@ def plugit_call_service(page: PageRequest, upstream: UpstreamRequest) -> Service
     and the call and gives the reply (or raises the call's ServiceError); return a reply or
     raise.  Use it for timing, circuit breaking, retries or metrics.  Wrappers nest in plugin
     order: the last registered is the outermost.  A plain implementation that returns a reply
-    replaces the call (the first non-None answer wins).
+    replaces the call (the first non-None answer wins).  A reply of any status, 5xx included, is a
+    reply (the pipeline maps it afterwards): ``ServiceError`` means no usable reply at all.
     """
 
 

@@ -46,6 +46,7 @@ class World:
         self.api: PlugItAPI | None = None
         self.seen: dict[str, Any] = {}
         self.finished = threading.Event()
+        self.answered = threading.Event()  # the visitor has the proxy's answer
         self.runs = 0
 
 
@@ -79,6 +80,7 @@ def slow(request: Any) -> dict[str, Any]:
             WORLD.seen["refused"] = exc
         else:
             WORLD.seen["refused"] = None
+        WORLD.answered.wait(BOUND)  # answer only once the proxy has given up, however loaded
         return {}
     finally:
         WORLD.finished.set()
@@ -144,6 +146,7 @@ def test_a_callback_call_after_the_proxy_gave_up_is_refused_and_does_nothing(
 ) -> None:
     base, _, proxy = site
     page = requests.get(f"{base}/svc/slow", timeout=10)
+    WORLD.answered.set()
     assert page.status_code == 504  # the visitor is told it failed ...
     assert WORLD.finished.wait(BOUND)
     refused = WORLD.seen["refused"]
