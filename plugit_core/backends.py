@@ -2,10 +2,10 @@
 
 Each kind is a package of :mod:`plugit_core.kinds` holding its interface, the type of its
 factory and, in its ``testing`` module, its shared conformance suite (``kinds.cache``,
-``kinds.session``, ``kinds.theme``, ``kinds.auth``, ``kinds.users``, ``kinds.billing``; the
-mail backend's queue is ``kinds.mailqueue``).  The interfaces the proxy itself uses most are
-re-exported here.  ``login`` and ``mail`` have no interface of their own yet: their factories
-may return anything.
+``kinds.session``, ``kinds.theme``, ``kinds.auth``, ``kinds.users``, ``kinds.billing``,
+``kinds.mail``; the mail backend's queue is ``kinds.mailqueue``).  The interfaces the proxy
+itself uses most are re-exported here.  ``login`` has no interface of its own yet: its
+factories may return anything.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, overload
 from .kinds.auth import AuthFactory
 from .kinds.billing import BillingFactory
 from .kinds.cache import CacheBackend, CacheFactory
+from .kinds.mail import MailFactory
 from .kinds.session import Session, SessionBackend, SessionFactory
 from .kinds.theme import Theme, ThemeFactory
 from .kinds.users import UsersFactory
@@ -59,7 +60,9 @@ class RegisterBackend(Protocol):
     @overload
     def __call__(self, kind: Literal["billing"], name: str, factory: BillingFactory) -> None: ...
     @overload
-    def __call__(self, kind: Literal["login", "mail"], name: str, factory: Factory) -> None: ...
+    def __call__(self, kind: Literal["mail"], name: str, factory: MailFactory) -> None: ...
+    @overload
+    def __call__(self, kind: Literal["login"], name: str, factory: Factory) -> None: ...
     def __call__(self, kind: str, name: str, factory: Factory) -> None: ...
 
 

@@ -9,6 +9,7 @@ suite (Kinto's ``core/cache/`` layout).
 ``auth``       :class:`~plugit_core.kinds.auth.PasswordBackend`, ``RedirectBackend``: logins
 ``users``      :class:`~plugit_core.kinds.users.UserStore`: the directory
 ``billing``    :class:`~plugit_core.kinds.billing.BillingStore`: plans and subscriptions
+``mail``       :class:`~plugit_core.kinds.mail.MailBackend`: sends the services' mail
 ``mailqueue``  :class:`~plugit_core.kinds.mailqueue.MailQueue`: the mail backend's queue
 =============  ===============================================================================
 
