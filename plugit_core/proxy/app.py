@@ -36,9 +36,12 @@ from werkzeug.wrappers import Request, Response
 from ..backends import KINDS, Backends, CacheBackend, Session, SessionBackend, Theme
 from ..config import ConfigError, ProxyConfig, ServiceMount, load_config
 from ..hookspecs import hookimpl
+from ..kinds.auth import AuthBackend
+from ..kinds.billing import BillingStore
+from ..kinds.users import UserStore
 from ..networks import NetworkList
 from ..plugins import make_plugin_manager
-from ..stores import StoreUnavailable
+from ..stores import StoreGuard, StoreUnavailable
 from ..users import Orga, PlugItUser
 from . import redirects
 from .api import CallbackAPI
@@ -51,13 +54,14 @@ from .dev_guard import dev_guard
 from .directory import Directory
 from .fragments import Fragments
 from .hooks import Hooks
+from .page import PageRequest
 from .pipeline import Pipeline
 from .routes import LogoutFields, Route, SiteLinks
 from .sandbox import RenderBudget
 from .site import STATIC_PREFIX, THEMES_PREFIX, SiteRenderer, script_root, site_url
 from .status import HealthRoutes
 from .templating import ServiceTemplates
-from .upstream import ServiceClient, UpstreamRequest
+from .upstream import ServiceClient, ServiceReply, UpstreamRequest
 
 __all__ = ["LogoutFields", "PlugItMiddleware", "ProxyApp", "ProxyRequest", "script_root"]
 
@@ -115,7 +119,7 @@ class _CoreCall:
         self.backends: Callable[[], Iterable[Any]] = tuple
 
     @hookimpl(trylast=True)
-    def plugit_call_service(self, page: Any, upstream: UpstreamRequest) -> Any:
+    def plugit_call_service(self, page: PageRequest, upstream: UpstreamRequest) -> ServiceReply:
         return page.client.send(upstream)
 
     @hookimpl(wrapper=True)
@@ -174,11 +178,13 @@ class ProxyApp:
         self.cache: CacheBackend = self.backends.build("cache", config.cache, config)
         self.sessions: SessionBackend = self.backends.build("session", config.session, config)
         self.theme: Theme = self.backends.build("theme", config.theme, config)
-        self.auth = [self.backends.build("auth", name, config) for name in config.auth]
-        self.users: Any = (
+        self.auth: list[AuthBackend] = [
+            self.backends.build("auth", name, config) for name in config.auth
+        ]
+        self.users: UserStore | None = (
             self.backends.build("users", config.users, config) if config.users else None
         )
-        self.billing: Any = (
+        self.billing: BillingStore | None = (
             self.backends.build("billing", config.billing, config) if config.billing else None
         )
         self.mail: Any = self.backends.build("mail", config.mail, config) if config.mail else None
@@ -300,7 +306,7 @@ class ProxyApp:
                     self.config.source,
                 )
 
-    def _stores(self) -> list[Any]:
+    def _stores(self) -> list[object]:
         return [self.users, self.billing, self.sessions, self.cache, self.mail, *self.auth]
 
     def add_route(self, route: Route) -> None:
@@ -517,7 +523,7 @@ class ProxyApp:
             request, status, reason=reason, message=message, detail=detail, mount=mount
         )
 
-    def store_guards(self) -> list[Any]:
+    def store_guards(self) -> list[StoreGuard]:
         """The guards of every store the proxy uses (plugit_core/stores.py)."""
         return self.status.store_guards()
 

@@ -19,6 +19,9 @@ if TYPE_CHECKING:
 
     from ..backends import Backends, SessionBackend
     from ..config import ProxyConfig, ServiceMount
+    from ..kinds.auth import AuthBackend
+    from ..kinds.billing import BillingStore
+    from ..kinds.users import UserStore
     from ..users import Orga, PlugItUser
     from .app import ProxyRequest
     from .upstream import ServiceClient
@@ -39,15 +42,15 @@ class PluginContext(Protocol):
         """The backends registered by every plugin; ``build(kind, name, config)`` makes one."""
 
     @property
-    def auth(self) -> Sequence[Any]:
+    def auth(self) -> Sequence[AuthBackend]:
         """The configured authentication backends, in the configuration's order."""
 
     @property
-    def users(self) -> Any:
+    def users(self) -> UserStore | None:
         """The directory of users and organisations (None without one)."""
 
     @property
-    def billing(self) -> Any:
+    def billing(self) -> BillingStore | None:
         """The billing store (None without billing)."""
 
     @property
@@ -129,9 +132,9 @@ class SiteContext:
         *,
         config: ProxyConfig,
         backends: Backends,
-        auth: Sequence[Any],
-        users: Any,
-        billing: Any,
+        auth: Sequence[AuthBackend],
+        users: UserStore | None,
+        billing: BillingStore | None,
         mail: Any,
         sessions: SessionBackend,
         clients: Mapping[str, ServiceClient],

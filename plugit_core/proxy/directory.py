@@ -20,6 +20,7 @@ from ..users import (
 )
 
 if TYPE_CHECKING:
+    from ..kinds.users import UserStore
     from .app import ProxyRequest
     from .hooks import Hooks
 
@@ -29,7 +30,7 @@ __all__ = ["Directory"]
 class Directory:
     """Users and organisations: ``users`` is the directory backend (None without one)."""
 
-    def __init__(self, *, users: Any, dev_mode: bool, hooks: Hooks) -> None:
+    def __init__(self, *, users: UserStore | None, dev_mode: bool, hooks: Hooks) -> None:
         self.users = users
         self.dev_mode = dev_mode
         self.hooks = hooks
@@ -66,12 +67,10 @@ class Directory:
         """An organisation by pk (the simulated ones in dev mode)."""
         if self.dev_mode:
             return next((o for o in SIMULATED_ORGAS if str(o.pk) == str(pk)), None)
-        found: Orga | None = self.users.get_orga(pk) if self.users is not None else None
-        return found
+        return self.users.get_orga(pk) if self.users is not None else None
 
     def list_orgas(self) -> list[Orga]:
         """Every organisation, by name."""
         if self.dev_mode:
             return sorted(SIMULATED_ORGAS, key=lambda o: o.name)
-        orgas: list[Orga] = self.users.list_orgas() if self.users is not None else []
-        return orgas
+        return self.users.list_orgas() if self.users is not None else []

@@ -37,7 +37,7 @@ class HealthRoutes:
         config: ProxyConfig,
         *,
         clients: Mapping[str, ServiceClient],
-        stores: Callable[[], list[Any]],
+        stores: Callable[[], list[object]],
         mail: Any,
     ) -> None:
         self.config = config
