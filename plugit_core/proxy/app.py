@@ -38,6 +38,7 @@ from ..config import ConfigError, ProxyConfig, ServiceMount, load_config
 from ..hookspecs import hookimpl
 from ..kinds.auth import AuthBackend
 from ..kinds.billing import BillingStore
+from ..kinds.mail import MailBackend
 from ..kinds.users import UserStore
 from ..networks import NetworkList
 from ..plugins import make_plugin_manager
@@ -187,7 +188,9 @@ class ProxyApp:
         self.billing: BillingStore | None = (
             self.backends.build("billing", config.billing, config) if config.billing else None
         )
-        self.mail: Any = self.backends.build("mail", config.mail, config) if config.mail else None
+        self.mail: MailBackend | None = (
+            self.backends.build("mail", config.mail, config) if config.mail else None
+        )
         # The mail queue is closed first: its threads use the service clients.
         core.backends = lambda: (
             self.mail,

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from ..config import ProxyConfig, ServiceMount
     from ..kinds.auth import AuthBackend
     from ..kinds.billing import BillingStore
+    from ..kinds.mail import MailBackend
     from ..kinds.users import UserStore
     from ..users import Orga, PlugItUser
     from .app import ProxyRequest
@@ -54,7 +55,7 @@ class PluginContext(Protocol):
         """The billing store (None without billing)."""
 
     @property
-    def mail(self) -> Any:
+    def mail(self) -> MailBackend | None:
         """The mail backend (None without mail)."""
 
     @property
@@ -135,7 +136,7 @@ class SiteContext:
         auth: Sequence[AuthBackend],
         users: UserStore | None,
         billing: BillingStore | None,
-        mail: Any,
+        mail: MailBackend | None,
         sessions: SessionBackend,
         clients: Mapping[str, ServiceClient],
         identify: Callable[[ProxyRequest], PlugItUser],

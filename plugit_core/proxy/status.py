@@ -9,6 +9,7 @@ from typing import Any
 from werkzeug.wrappers import Request, Response
 
 from ..config import ProxyConfig
+from ..kinds.mail import MailBackend
 from ..metrics import MetricsBoard
 from ..stores import StoreGuard, StoreUnavailable, guards_of
 from .health import bind_metrics, render_services, render_stores
@@ -38,7 +39,7 @@ class HealthRoutes:
         *,
         clients: Mapping[str, ServiceClient],
         stores: Callable[[], list[object]],
-        mail: Any,
+        mail: MailBackend | None,
     ) -> None:
         self.config = config
         self.clients = clients
