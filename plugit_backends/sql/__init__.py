@@ -83,6 +83,7 @@ class Dialect:
         return None
 
     def params(self, params: Sequence[Any]) -> Sequence[Any]:
+        """``params`` as the database can hold them."""
         if not self.drop_nul:
             return params
         return tuple(p.replace("\x00", "") if isinstance(p, str) else p for p in params)
