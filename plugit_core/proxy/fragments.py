@@ -54,10 +54,10 @@ from werkzeug.wrappers import Response
 
 from ..config import FragmentSpec, ServiceMount, SitePage
 from .containment import sanitize_html
-from .page import ExpiringLRU, PageRequest, RefusedError
+from .page import PageRequest, RefusedError
 from .replies import normal_media_path
 from .routes import Route
-from .upstream import ServiceError
+from .upstream import ExpiringLRU, ServiceError
 
 if TYPE_CHECKING:
     from ..protocol import ActionMeta

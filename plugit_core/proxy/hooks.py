@@ -45,7 +45,13 @@ __all__ = ["Hooks"]
 
 
 class Hooks:
-    """Typed calls of the hooks of ``pm``, with ``context`` as the plugins' ``proxy``."""
+    """Typed calls of the hooks of ``pm``, with ``context`` as the plugins' ``proxy``.
+
+    A per-request hook that no plugin implements is not called at all: its answer is known
+    (nothing to merge, no refusal, no replacement), and a page-cache hit then costs no pluggy
+    call for it.  Whether a hook has implementations is asked at each call, so a plugin
+    registered late is called like the others.
+    """
 
     def __init__(self, pm: pluggy.PluginManager) -> None:
         self.pm = pm
@@ -105,6 +111,8 @@ class Hooks:
     def user_loaded(self, user: PlugItUser) -> PlugItUser:
         """``user`` with every plugin's changes; on a field two plugins change, the one
         registered last (called first) wins."""
+        if not self._hook.plugit_user_loaded.get_hookimpls():
+            return user
         changes: dict[str, Any] = {}
         for answer in reversed(self._hook.plugit_user_loaded(user=user, proxy=self.context)):
             if answer:
@@ -113,11 +121,14 @@ class Hooks:
 
     def access_refusal(self, page: PageRequest) -> str | None:
         """The first refusal of any plugin, or None when every plugin allows."""
+        if not self._hook.plugit_access_decision.get_hookimpls():
+            return None
         refusals = [r for r in self._hook.plugit_access_decision(page=page) if r]
         return refusals[0] if refusals else None
 
     def upstream_request(self, page: PageRequest, upstream: UpstreamRequest) -> None:
-        self._hook.plugit_upstream_request(page=page, upstream=upstream)
+        if self._hook.plugit_upstream_request.get_hookimpls():
+            self._hook.plugit_upstream_request(page=page, upstream=upstream)
 
     def call_service(self, page: PageRequest, upstream: UpstreamRequest) -> ServiceReply:
         reply: ServiceReply = self._hook.plugit_call_service(page=page, upstream=upstream)
@@ -125,21 +136,29 @@ class Hooks:
 
     def template_context(self, page: PageRequest, context: dict[str, Any]) -> list[Any]:
         """Every plugin's answer, in call order (later answers overwrite earlier ones)."""
+        if not self._hook.plugit_template_context.get_hookimpls():
+            return []
         answers: list[Any] = self._hook.plugit_template_context(page=page, context=context)
         return answers
 
     def response(self, page: PageRequest, response: Response) -> Response:
         """``response`` as the plugins changed it, or the first replacement in call order."""
+        if not self._hook.plugit_response.get_hookimpls():
+            return response
         answers = self._hook.plugit_response(page=page, response=response)
         replacements = [r for r in answers if r is not None]
         return replacements[0] if replacements else response
 
     def handle_error(self, page: PageRequest, error: ServiceError) -> Response | None:
+        if not self._hook.plugit_handle_error.get_hookimpls():
+            return None
         fallback: Response | None = self._hook.plugit_handle_error(page=page, error=error)
         return fallback
 
     def fragments(self, request: ProxyRequest, where: str, fragments: list[FragmentSpec]) -> None:
-        self._hook.plugit_fragments(request=request, where=where, fragments=fragments)
+        if self._hook.plugit_fragments.get_hookimpls():
+            self._hook.plugit_fragments(request=request, where=where, fragments=fragments)
 
     def fragment_rendered(self, request: ProxyRequest, result: FragmentResult) -> None:
-        self._hook.plugit_fragment_rendered(request=request, result=result)
+        if self._hook.plugit_fragment_rendered.get_hookimpls():
+            self._hook.plugit_fragment_rendered(request=request, result=result)

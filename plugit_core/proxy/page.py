@@ -3,12 +3,9 @@ and the small pieces its stages share."""
 
 from __future__ import annotations
 
-import threading
-import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from cachetools import TLRUCache
 from markupsafe import escape
 
 from ..users import SIMULATED_MODES, Orga, PlugItUser, ServiceUser
@@ -20,7 +17,7 @@ if TYPE_CHECKING:
     from .context import PluginContext
     from .upstream import ServiceClient
 
-__all__ = ["ExpiringLRU", "PageRequest", "RefusedError", "notice"]
+__all__ = ["PageRequest", "RefusedError", "notice"]
 
 
 @dataclass
@@ -76,22 +73,3 @@ def notice(mount: ServiceMount, *, stale: bool) -> str:
     what = "This page may be out of date: " if stale else ""
     text = escape(f"{what}{mount.title} is not answering right now.")
     return f'<div id="plugit-notice" class="alert alert-warning" role="status">{text}</div>'
-
-
-class ExpiringLRU:
-    """A small thread-safe LRU whose entries expire at a given wall-clock time."""
-
-    def __init__(self, maxsize: int) -> None:
-        self._data: TLRUCache[Any, tuple[Any, float]] = TLRUCache(
-            maxsize=maxsize, ttu=lambda _k, value, _now: value[1], timer=lambda: time.time()
-        )
-        self._lock = threading.Lock()
-
-    def get(self, key: Any) -> Any:
-        with self._lock:
-            item = self._data.get(key)
-        return None if item is None else item[0]
-
-    def put(self, key: Any, value: Any, expires: float) -> None:
-        with self._lock:
-            self._data[key] = (value, expires)

@@ -38,10 +38,10 @@ from .api import API_PREFIX
 from .containment import RAW_POLICY, page_policy, sanitize_html
 from .csrf import UNSAFE_METHODS
 from .outgoing import UpstreamBuilder
-from .page import ExpiringLRU, PageRequest, RefusedError, notice
+from .page import PageRequest, RefusedError, notice
 from .rendering import ServiceRendering
 from .replies import ServiceReplies, redirect_response
-from .upstream import ServiceError, ServiceReply, UpstreamRequest
+from .upstream import ExpiringLRU, ServiceError, ServiceReply, UpstreamRequest
 
 if TYPE_CHECKING:
     from .app import ProxyApp, ProxyRequest

@@ -7,6 +7,7 @@ slow service only ever ties up its own share of the proxy's threads.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import logging
@@ -18,7 +19,7 @@ from typing import Any, Generic, TypeVar
 from urllib.parse import quote, unquote, urlencode, urlsplit
 
 import urllib3
-from cachetools import LRUCache, TLRUCache
+from cachetools import LRUCache
 
 from .. import protocol
 from ..config import ServiceMount
@@ -65,6 +66,41 @@ class ServiceReply:
             raise ValueError(f"the reply is not JSON ({exc})") from None
         except RecursionError:
             raise ValueError("the reply's JSON is nested too deeply") from None
+
+
+class ExpiringLRU:
+    """A small thread-safe LRU whose entries expire at a given time of ``clock`` (wall-clock
+    time by default).
+
+    A look-up costs one dict access under a lock (the page cache's hits go through it); an
+    expired entry is dropped when it is looked up, or pushed out by newer ones.
+    """
+
+    def __init__(self, maxsize: int, clock: Callable[[], float] = time.time) -> None:
+        self._data: collections.OrderedDict[Any, tuple[Any, float]] = collections.OrderedDict()
+        self._maxsize = maxsize
+        self._clock = clock
+        self._lock = threading.Lock()
+
+    def get(self, key: Any) -> Any:
+        """The value under ``key``, or None when absent or expired."""
+        with self._lock:
+            item = self._data.get(key)
+            if item is None:
+                return None
+            if item[1] <= self._clock():
+                del self._data[key]
+                return None
+            self._data.move_to_end(key)
+            return item[0]
+
+    def put(self, key: Any, value: Any, expires: float) -> None:
+        """Keep ``value`` until ``expires`` (a time of the clock)."""
+        with self._lock:
+            self._data[key] = (value, expires)
+            self._data.move_to_end(key)
+            while len(self._data) > self._maxsize:
+                self._data.popitem(last=False)
 
 
 class SingleFlight(Generic[T]):
@@ -139,9 +175,7 @@ class ServiceClient:
         self._slots = threading.BoundedSemaphore(mount.max_concurrency)
         self._base_path = urlsplit(mount.url).path.rstrip("/")
         # Meta: parsed, per action path, for the lifetime the service asked (at most an hour).
-        self._meta: TLRUCache[str, tuple[protocol.ActionMeta | None, float]] = TLRUCache(
-            maxsize=4096, ttu=lambda _k, v, _now: v[1], timer=time.monotonic
-        )
+        self._meta = ExpiringLRU(maxsize=4096, clock=time.monotonic)  # values: (meta,)
         self._last_meta: LRUCache[str, protocol.ActionMeta] = LRUCache(maxsize=4096)
         self._meta_lock = threading.Lock()
         self._flight: SingleFlight[Any] = SingleFlight()
@@ -358,8 +392,7 @@ class ServiceClient:
 
         Concurrent cold requests for one path make a single call.
         """
-        with self._meta_lock:
-            cached = self._meta.get(path)
+        cached: tuple[protocol.ActionMeta | None] | None = self._meta.get(path)
         if cached is not None:
             return cached[0]
         try:
@@ -390,7 +423,7 @@ class ServiceClient:
         ttl = _meta_ttl(reply.headers, self.META_DEFAULT_TTL)
         with self._meta_lock:
             if ttl > 0 and self.cache_meta:
-                self._meta[path] = (meta, time.monotonic() + ttl)
+                self._meta.put(path, (meta,), time.monotonic() + ttl)
             if meta is not None:
                 self._last_meta[path] = meta
         return meta
