@@ -68,6 +68,10 @@ class ServiceReply:
             raise ValueError("the reply's JSON is nested too deeply") from None
 
 
+def _wall_clock() -> float:
+    return time.time()  # looked up at each call: a test may move the clock
+
+
 class ExpiringLRU:
     """A small thread-safe LRU whose entries expire at a given time of ``clock`` (wall-clock
     time by default).
@@ -76,10 +80,10 @@ class ExpiringLRU:
     expired entry is dropped when it is looked up, or pushed out by newer ones.
     """
 
-    def __init__(self, maxsize: int, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, maxsize: int, clock: Callable[[], float] | None = None) -> None:
         self._data: collections.OrderedDict[Any, tuple[Any, float]] = collections.OrderedDict()
         self._maxsize = maxsize
-        self._clock = clock
+        self._clock = clock or _wall_clock
         self._lock = threading.Lock()
 
     def get(self, key: Any) -> Any:
