@@ -65,7 +65,13 @@ class Pipeline:
         # The stages, each with one job: the request to the service, its reply, the render.
         self.upstream = UpstreamBuilder(self.config, self.hooks)
         self.replies = ServiceReplies()
-        self.rendering = ServiceRendering(proxy)
+        self.rendering = ServiceRendering(
+            self.config,
+            self.hooks,
+            templates=proxy.templates,
+            context=proxy.context,
+            placer=lambda page: proxy.fragments.placer(page),  # the fragments are built later
+        )
 
     # -- entry ------------------------------------------------------------------------------------
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import jinja2
@@ -13,13 +14,15 @@ from markupsafe import Markup
 from .api import ApiCall, ApiError
 from .hooks import Hooks
 from .sandbox import OverBudget, TemplateFunction, template_data
-from .site import STATIC_PREFIX
+from .site import STATIC_PREFIX, site_url
 from .templating import CSRF_FIELD, CSRF_PLACEHOLDER
 from .upstream import ServiceError, SingleFlight
 
 if TYPE_CHECKING:
-    from .app import ProxyApp
+    from ..config import ProxyConfig
+    from .context import PluginContext
     from .page import PageRequest
+    from .templating import ServiceTemplates
 
 __all__ = ["ServiceRendering"]
 
@@ -27,12 +30,26 @@ log = logging.getLogger("plugit.proxy")
 
 
 class ServiceRendering:
-    """Templates of the proxy's services: fetching, compiling, context and render."""
+    """Templates of the proxy's services: fetching, compiling, context and render.
 
-    def __init__(self, proxy: ProxyApp) -> None:
-        self.proxy = proxy
-        self.config = proxy.config
-        self.hooks: Hooks = proxy.hooks
+    ``templates`` are the mounts' sandboxes by name; ``context`` is what the callback API's
+    lookups (``plugit_get_user``) use; ``placer(page)`` gives a page's ``plugit_fragment``.
+    """
+
+    def __init__(
+        self,
+        config: ProxyConfig,
+        hooks: Hooks,
+        *,
+        templates: Mapping[str, ServiceTemplates],
+        context: PluginContext,
+        placer: Callable[[PageRequest], Callable[..., Markup]],
+    ) -> None:
+        self.config = config
+        self.hooks = hooks
+        self.templates = templates
+        self.context = context
+        self.placer = placer
         self._template_flight: SingleFlight[jinja2.Template | None] = SingleFlight()
 
     def template(self, page: PageRequest, path: str, tag: str) -> jinja2.Template | None:
@@ -41,7 +58,7 @@ class ServiceRendering:
         Fetching and compiling are one flight: a request that comes while another compiles
         waits for it instead of fetching the template again.
         """
-        templates = self.proxy.templates[page.mount.name]
+        templates = self.templates[page.mount.name]
         key = tag if re.fullmatch(r"[0-9a-fA-F]{16,128}", tag) else f"{path}\x00{tag}"
         compiled = templates.get(key)
         if compiled is not None:
@@ -53,7 +70,7 @@ class ServiceRendering:
     def _load_template(
         self, page: PageRequest, key: str, path: str, tag: str
     ) -> jinja2.Template | None:
-        templates = self.proxy.templates[page.mount.name]
+        templates = self.templates[page.mount.name]
         compiled = templates.get(key)  # compiled by the flight that ended just before this one
         if compiled is not None:
             return compiled
@@ -76,7 +93,7 @@ class ServiceRendering:
         context = self.template_context(page, data)
         try:
             with page.client.slot():
-                return self.proxy.templates[page.mount.name].render(template, context)
+                return self.templates[page.mount.name].render(template, context)
         except OverBudget as exc:
             raise ServiceError(
                 page.mount.name,
@@ -114,7 +131,7 @@ class ServiceRendering:
             "ebuio_u": service_user.properties(self.config.user_data)
             if service_user.is_authenticated and not shared
             else {prop: None for prop in self.config.user_data},
-            "ebuio_baseUrl": self.proxy.site_url(page.request, mount.mount),
+            "ebuio_baseUrl": site_url(page.request, mount.mount),
             "ebuio_userMode": page.dev_user_mode,
             "ebuio_realUsers": not self.config.dev_mode,
             "ebuio_orgamode": mount.orga_mode,
@@ -122,14 +139,14 @@ class ServiceRendering:
             "ebuio_orgas": [o.as_dict() for o in page.orgas],
             "csrf_token": CSRF_PLACEHOLDER,
             "csrf_field": CSRF_FIELD,
-            "MEDIA_URL": self.proxy.site_url(page.request, mount.media_url),
-            "STATIC_URL": self.proxy.site_url(page.request, STATIC_PREFIX),
+            "MEDIA_URL": site_url(page.request, mount.media_url),
+            "STATIC_URL": site_url(page.request, STATIC_PREFIX),
         }
         own = template_data(own, where="context")
         context.update(own)
         context["plugit_include"] = TemplateFunction(_Include(self, page, context))
         context["plugit_get_user"] = TemplateFunction(_GetUser(self, page))
-        context["plugit_fragment"] = TemplateFunction(self.proxy.fragments.placer(page))
+        context["plugit_fragment"] = TemplateFunction(self.placer(page))
         for extra in self.hooks.template_context(page, context):
             for key, value in (extra or {}).items():
                 if key in own:
@@ -172,9 +189,7 @@ class _Include:
             return Markup("")
         self._depth += 1
         try:
-            html, _menu = self._rendering.proxy.templates[page.mount.name].render(
-                template, self._context
-            )
+            html, _menu = self._rendering.templates[page.mount.name].render(template, self._context)
         finally:
             self._depth -= 1
         return Markup(html)  # noqa: S704 (rendered by the autoescaping sandbox)
@@ -193,7 +208,7 @@ class _GetUser:
     def __call__(self, pk: Any) -> dict[str, Any] | None:
         page = self._page
         try:
-            user = ApiCall(page.request, self._rendering.proxy.context, page.mount).user(pk)
+            user = ApiCall(page.request, self._rendering.context, page.mount).user(pk)
         except ApiError:
             return None
         return user.for_service(page.mount.name, None).properties(self._rendering.config.user_data)
