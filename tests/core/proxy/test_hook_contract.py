@@ -40,7 +40,7 @@ UNREACHABLE = {"name": "gone", "url": "http://127.0.0.1:9", "mount": "/gone/", "
 MakeClient = Callable[..., Client]
 
 
-def loopback_client(proxy: PluginContext) -> Client:
+def loopback_client(proxy: ProxyApp) -> Client:
     """A test client of ``proxy`` whose requests come from 127.0.0.1 (dev mode answers only
     loopback clients)."""
 
@@ -488,3 +488,71 @@ def test_fragment_hooks_every_plugin_the_last_registered_first(service_url: str)
     assert order == ["last:['news', 'more']", "first:['news']"]
     assert '<div class="first"><div class="last"><p>news</p></div></div>' in html
     assert "<p>more</p>" not in html
+
+
+# -- plugit_session_backend and plugit_site_links: first answer wins -------------------------------
+
+
+class _Tagged:
+    """A session backend wrapping another and marking what it saved (to see who wraps)."""
+
+    def __init__(self, inner: Any, tag: str) -> None:
+        self.inner, self.tag = inner, tag
+
+    def open(self, request: Any) -> Any:
+        return self.inner.open(request)
+
+    def save(self, session: Any, request: Any, response: Response) -> None:
+        response.headers.add("X-Saved-By", self.tag)
+        self.inner.save(session, request, response)
+
+
+def wraps_sessions(tag: str | None, asked: list[str]) -> Any:
+    class Wrapper:
+        @hookimpl
+        def plugit_session_backend(self, sessions: Any, proxy: PluginContext) -> Any:
+            asked.append(str(tag))
+            return None if tag is None else _Tagged(sessions, tag)
+
+    return Wrapper()
+
+
+def test_session_backend_the_last_registered_wraps_and_none_passes(
+    make_client: MakeClient,
+) -> None:
+    asked: list[str] = []
+
+    def writes(request: Any) -> Response:
+        request.session["seen"] = True  # a session to save
+        return Response("ok")
+
+    class Writer:
+        @hookimpl
+        def plugit_extra_routes(self, proxy: PluginContext) -> list[Route]:
+            return [Route("/_plugit/write", writes)]
+
+    client = make_client(
+        Writer(),
+        wraps_sessions("first", asked),
+        wraps_sessions("second", asked),
+        wraps_sessions(None, asked),
+    )
+    saved = client.get("/_plugit/write")
+    assert saved.headers.getlist("X-Saved-By") == ["second"]  # only the first answer is used
+    assert asked == ["None", "second"]  # the None let the next plugin answer; then it stopped
+
+
+def test_site_links_the_first_answer_is_the_layouts(make_client: MakeClient) -> None:
+    from plugit_core.proxy.routes import SiteLinks
+
+    def offers(url: str | None) -> Any:
+        class Links:
+            @hookimpl
+            def plugit_site_links(self, proxy: PluginContext) -> SiteLinks | None:
+                return None if url is None else SiteLinks(login_url=url, logout_url=url + "/out")
+
+        return Links()
+
+    client = make_client(offers("/first"), offers("/second"), offers(None))
+    home = client.get("/").get_data(as_text=True)
+    assert 'href="/second"' in home and "/first" not in home
