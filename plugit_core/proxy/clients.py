@@ -148,9 +148,11 @@ class ServiceClients(Mapping[str, ServiceClient]):
         if client.compatible is not True:
             every = self.recheck_unknown if client.compatible is None else self.recheck_refused
             with self._version_lock:
-                due = time.monotonic() - self._last_version_check.get(client.name, 0) > every
+                now = time.monotonic()
+                last = self._last_version_check.get(client.name)  # None: never asked
+                due = last is None or now - last > every
                 if due:
-                    self._last_version_check[client.name] = time.monotonic()
+                    self._last_version_check[client.name] = now
             if due:
                 ok, message = client.check_version()
                 if ok:
