@@ -17,7 +17,7 @@ Order of one page request through the hooks (the pipeline in ``plugit_core.proxy
 At start-up, in this order (:mod:`plugit_core.proxy.hooks`)::
 
     plugit_register_backends       every plugin offers its backends (historic)
-    plugit_session_backend         wrap the session backend (first answer wins)
+    plugit_session_backend         wrap the session backend (each plugin in turn)
     plugit_site_links              where "Log in" and "Log out" lead (first answer wins)
     plugit_register_api_endpoints  endpoints of the callback API
     plugit_extra_routes            URLs of the site
@@ -74,13 +74,16 @@ def plugit_register_backends(register: RegisterBackend) -> None:
     """
 
 
-@hookspec(firstresult=True)
+@hookspec
 def plugit_session_backend(sessions: SessionBackend, proxy: PluginContext) -> SessionBackend | None:
     """Wrap the session backend the configuration chose.
 
-    Called once at start-up, after the backends were built.  Return a backend to use instead
-    (typically one that wraps ``sessions``: a login ending copied sessions at logout), or None.
-    The first non-None answer wins.
+    Called once at start-up, after the backends were built, for every plugin in turn (the most
+    recently registered first): each gets ``sessions`` as the plugins before it left it, and
+    returns a backend wrapping it, or None to leave it as it is.  So every wrapper applies (a
+    login ending copied sessions at logout, and yours); the plugin called last is outermost.
+    A wrapper must keep the wrapped backend's other attributes reachable (``secure``,
+    ``close``, its store guard): delegate them, e.g. with ``__getattr__``.
     """
 
 

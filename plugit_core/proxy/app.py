@@ -21,19 +21,15 @@ from __future__ import annotations
 
 import json
 import logging
-import secrets
 from collections.abc import Callable, Generator, Iterable, Mapping
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from werkzeug.datastructures import ImmutableMultiDict
 from werkzeug.exceptions import HTTPException
-from werkzeug.http import parse_cookie
 from werkzeug.routing import Map, Rule
 from werkzeug.wrappers import Request, Response
 
-from ..backends import KINDS, Backends, CacheBackend, Session, SessionBackend, Theme
+from ..backends import KINDS, Backends, CacheBackend, SessionBackend, Theme
 from ..config import ConfigError, ProxyConfig, ServiceMount, load_config
 from ..hookspecs import hookimpl
 from ..kinds.auth import AuthBackend
@@ -57,6 +53,7 @@ from .fragments import Fragments
 from .hooks import Hooks
 from .page import PageRequest
 from .pipeline import Pipeline
+from .request import ProxyRequest, strip_plugit_headers
 from .routes import LogoutFields, Route, SiteLinks
 from .sandbox import RenderBudget
 from .site import STATIC_PREFIX, THEMES_PREFIX, SiteRenderer, script_root, site_url
@@ -67,49 +64,6 @@ from .upstream import ServiceClient, ServiceReply, UpstreamRequest
 __all__ = ["LogoutFields", "PlugItMiddleware", "ProxyApp", "ProxyRequest", "script_root"]
 
 log = logging.getLogger("plugit.proxy")
-
-
-def strip_plugit_headers(environ: dict[str, Any]) -> None:
-    """Remove every client-supplied ``X-Plugit*`` header (all spellings fold to these keys)."""
-    for key in [k for k in environ if k.startswith("HTTP_X_PLUGIT")]:
-        del environ[key]
-
-
-class ProxyRequest(Request):
-    """A request to the proxy: werkzeug's, plus the lazily loaded session and user.
-
-    ``proxy`` is the :class:`~plugit_core.proxy.context.PluginContext`, what the views of
-    plugins' routes may use.
-    """
-
-    proxy: PluginContext
-
-    @cached_property
-    def cookies(self) -> ImmutableMultiDict[str, str]:
-        """The request's cookies, as werkzeug parses them.  A WSGI server hands the Cookie
-        header over as the one ``HTTP_COOKIE`` value; werkzeug's own getter walks the whole
-        environ for it, which showed in profiles of every page."""
-        cookie = self.environ.get("HTTP_COOKIE", "")
-        return parse_cookie(cookie, cls=self.dict_storage_class)  # type: ignore[return-value]
-
-    @cached_property
-    def session(self) -> Session:
-        """The browser session (loaded on first use, saved when the response leaves)."""
-        return self.proxy.sessions.open(self)
-
-    @cached_property
-    def user(self) -> PlugItUser:
-        """The site user making the request (anonymous when no plugin knows them)."""
-        return self.proxy.identify(self)
-
-    @cached_property
-    def csp_nonce(self) -> str:
-        """This response's Content-Security-Policy nonce: only scripts carrying it run."""
-        return secrets.token_urlsafe(16)
-
-    @property
-    def session_loaded(self) -> bool:
-        return "session" in self.__dict__
 
 
 class _CoreCall:
@@ -129,9 +83,17 @@ class _CoreCall:
             yield
         finally:
             for backend in self.backends():
-                closer = getattr(backend, "close", None)
-                if callable(closer):
-                    closer()
+                _close_backend(backend)
+
+
+def _close_backend(backend: object) -> None:
+    """``backend.close()`` when it has one; a failure is logged, so the others still close."""
+    closer = getattr(backend, "close", None)
+    if callable(closer):
+        try:
+            closer()
+        except Exception:
+            log.exception("closing the backend %s failed", type(backend).__name__)
 
 
 class _HostIdentity:
@@ -203,6 +165,16 @@ class ProxyApp:
         themes = {self.theme.name: self.theme}
         for name in sorted({m.theme for m in config.services if m.theme} - {config.theme}):
             themes[name] = self.backends.build("theme", name, config)
+        try:
+            self._assemble(config, themes, check_services=check_services)
+        except BaseException:
+            self._abandon()  # a start-up error: no thread, pool or connection left behind
+            raise
+
+    def _assemble(
+        self, config: ProxyConfig, themes: dict[str, Theme], *, check_services: bool
+    ) -> None:
+        """Steps 2 to 5 of the start-up: the parts, the plugins' context, routes, serving."""
         # 2. The parts, each with one job.
         self.links = SiteLinks()
         self.clients = ServiceClients(config)
@@ -252,7 +224,8 @@ class ProxyApp:
             error_page=self.site.error_page,
         )
         self.hooks.bind(self.context)
-        self.sessions = self.context.sessions = self.hooks.session_backend(self.sessions)
+        self.sessions = self.hooks.session_backend(self.sessions)
+        self.context.use_sessions(self.sessions)
         links = self.hooks.site_links()
         if links is not None:
             self.links.login_url, self.links.logout_url = links.login_url, links.logout_url
@@ -280,8 +253,10 @@ class ProxyApp:
             self.add_route(route)
         for route in self.fragments.routes():
             self.add_route(route)
-        if not any(m.mount == "/" for m in self.mounts) and "/" not in self.fragments.pages:
-            self.url_map.add(Rule("/", endpoint="home", methods=["GET"]))
+        home_taken = any(route.rule == "/" for route in self._routes.values())  # a plugin's home
+        if not (home_taken or any(m.mount == "/" for m in self.mounts)):
+            if "/" not in self.fragments.pages:
+                self.url_map.add(Rule("/", endpoint="home", methods=["GET"]))
         self.status = HealthRoutes(
             config, clients=self.clients, stores=self._stores, mail=self.mail
         )
@@ -289,6 +264,18 @@ class ProxyApp:
         self.hooks.startup()
         if check_services:
             self.check_services()
+
+    def _abandon(self) -> None:
+        """Release what a failed start-up built, as far as it got (errors are logged)."""
+        for name in ("fragments", "clients", "status"):
+            part = self.__dict__.get(name)
+            if part is not None:
+                try:
+                    part.close()
+                except Exception:
+                    log.exception("closing %s after a failed start-up", name)
+        for backend in (self.mail, self.users, self.billing, self.cache, self.sessions, *self.auth):
+            _close_backend(backend)
 
     def _check_sections(self) -> None:
         themes = set(self.backends.names("theme"))

@@ -2,9 +2,11 @@
 
 Every hook that concerns the whole site receives it as ``proxy`` (``plugit_extra_routes``,
 ``plugit_startup``, ``plugit_identify_user``...), views of extra routes find it as
-``request.proxy`` and callback API endpoints as ``call.proxy``.  It is a narrow, typed view: the
-configuration, the backends the proxy built, the site's URLs and pages, the directory, the
-client's address and the CSRF check; never the proxy object itself, its caches or its markers.
+``request.proxy``, callback API endpoints as ``call.proxy`` and page hooks as ``page.proxy``.
+It is a narrow, typed, read-only view: the configuration, the backends the proxy built, the
+site's URLs and pages, the directory, the client's address and the CSRF check; not the proxy
+object itself.  Plugins are trusted code in the proxy's process: the context says what they are
+meant to use, it is not a sandbox (the services' templates have one: ``sandbox.py``).
 """
 
 from __future__ import annotations
@@ -124,9 +126,17 @@ class PluginContext(Protocol):
 class SiteContext:
     """The :class:`PluginContext` of one proxy: its parts, and nothing else of it.
 
-    ``sessions`` is the one value that changes after it is made: the proxy sets it once a plugin
-    wrapped the session backend (``plugit_session_backend``).
+    Read-only for plugins: setting an attribute raises ``AttributeError`` (plugins return what
+    they contribute from hooks).  ``sessions`` is the one value that changes after it is made:
+    the proxy sets it through :meth:`use_sessions` once the plugins wrapped the session backend
+    (``plugit_session_backend``).
     """
+
+    _HOOKS_INSTEAD = {
+        "sessions": "plugit_session_backend",
+        "login_url": "plugit_site_links",
+        "logout_url": "plugit_site_links",
+    }
 
     def __init__(
         self,
@@ -168,6 +178,18 @@ class SiteContext:
         self.csrf_valid = csrf_valid
         self.render_site_page = render_site_page
         self.error_page = error_page
+        self._frozen = True
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if self.__dict__.get("_frozen"):
+            hook = self._HOOKS_INSTEAD.get(name)
+            instead = f"; return it from the hook {hook} instead" if hook else ""
+            raise AttributeError(f"the plugins' context is read-only: cannot set {name!r}{instead}")
+        super().__setattr__(name, value)
+
+    def use_sessions(self, sessions: SessionBackend) -> None:
+        """The session backend as the plugins wrapped it (the proxy's own call)."""
+        self.__dict__["sessions"] = sessions
 
     def redirect_allowed(self, request: Request, target: str) -> bool:
         return redirects.redirect_allowed(

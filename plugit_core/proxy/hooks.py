@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import pluggy
 
@@ -50,7 +50,8 @@ class Hooks:
     A per-request hook that no plugin implements is not called at all: its answer is known
     (nothing to merge, no refusal, no replacement), and a page-cache hit then costs no pluggy
     call for it.  Whether a hook has implementations is asked at each call, so a plugin
-    registered late is called like the others.
+    registered late is called like the others (pluggy's call monitoring, if a site adds it,
+    sees no call of a hook without implementations).
     """
 
     def __init__(self, pm: pluggy.PluginManager) -> None:
@@ -74,11 +75,21 @@ class Hooks:
         self._hook.plugit_register_backends.call_historic(kwargs={"register": register})
 
     def session_backend(self, sessions: SessionBackend) -> SessionBackend:
-        """The session backend to use: ``sessions``, or what the first plugin wraps it in."""
-        wrapped: SessionBackend | None = self._hook.plugit_session_backend(
-            sessions=sessions, proxy=self.context
-        )
-        return sessions if wrapped is None else wrapped
+        """The session backend to use: ``sessions`` wrapped by every plugin in turn, in pluggy's
+        call order (the most recently registered first, so the first registered is
+        outermost); a plugin answering None leaves it as it is."""
+        # pluggy calls every implementation with the same arguments; here each must get the
+        # backend as the ones before it wrapped it, so the implementations are called in turn.
+        for impl in reversed(self._hook.plugit_session_backend.get_hookimpls()):
+            if impl.wrapper or impl.hookwrapper:
+                continue  # nothing to wrap around: each implementation is one step
+            arguments = {"sessions": sessions, "proxy": self.context}
+            wrapped = cast(
+                "SessionBackend | None", impl.function(*(arguments[name] for name in impl.argnames))
+            )
+            if wrapped is not None:
+                sessions = wrapped
+        return sessions
 
     def site_links(self) -> SiteLinks | None:
         """The log-in and log-out URLs of the first plugin that offers a login, or None."""

@@ -99,8 +99,12 @@ class ExpiringLRU:
             return item[0]
 
     def put(self, key: Any, value: Any, expires: float) -> None:
-        """Keep ``value`` until ``expires`` (a time of the clock)."""
+        """Keep ``value`` until ``expires`` (a time of the clock); a value already expired is
+        not kept (nor is what the key held before)."""
         with self._lock:
+            if expires <= self._clock():
+                self._data.pop(key, None)
+                return
             self._data[key] = (value, expires)
             self._data.move_to_end(key)
             while len(self._data) > self._maxsize:

@@ -490,7 +490,7 @@ def test_fragment_hooks_every_plugin_the_last_registered_first(service_url: str)
     assert "<p>more</p>" not in html
 
 
-# -- plugit_session_backend and plugit_site_links: first answer wins -------------------------------
+# -- plugit_session_backend: every plugin wraps in turn; plugit_site_links: first answer wins ------
 
 
 class _Tagged:
@@ -517,7 +517,7 @@ def wraps_sessions(tag: str | None, asked: list[str]) -> Any:
     return Wrapper()
 
 
-def test_session_backend_the_last_registered_wraps_and_none_passes(
+def test_session_backend_every_plugin_wraps_in_turn_and_none_leaves_it(
     make_client: MakeClient,
 ) -> None:
     asked: list[str] = []
@@ -538,8 +538,9 @@ def test_session_backend_the_last_registered_wraps_and_none_passes(
         wraps_sessions(None, asked),
     )
     saved = client.get("/_plugit/write")
-    assert saved.headers.getlist("X-Saved-By") == ["second"]  # only the first answer is used
-    assert asked == ["None", "second"]  # the None let the next plugin answer; then it stopped
+    # Called last registered first: "second" wraps the cookie sessions, then "first" wraps that.
+    assert asked == ["None", "second", "first"]
+    assert saved.headers.getlist("X-Saved-By") == ["first", "second"]  # the outer saves first
 
 
 def test_site_links_the_first_answer_is_the_layouts(make_client: MakeClient) -> None:
@@ -556,3 +557,39 @@ def test_site_links_the_first_answer_is_the_layouts(make_client: MakeClient) -> 
     client = make_client(offers("/first"), offers("/second"), offers(None))
     home = client.get("/").get_data(as_text=True)
     assert 'href="/second"' in home and "/first" not in home
+
+
+def test_a_sessions_wrapper_keeps_the_logins_which_ends_copied_sessions(
+    service_url: str, tmp_path: Any
+) -> None:
+    """The login wraps the sessions so that a logout ends every copy of them; another plugin's
+    wrapper must not take its place."""
+    from plugit_backends.login import EndableSessions
+
+    asked: list[str] = []
+    config = proxy_config(
+        service_url,
+        dev_mode=False,
+        secret_key=STRONG_KEY,
+        auth=["session"],
+        users="sqlite",
+        users_sqlite={"path": str(tmp_path / "users.sqlite3")},
+    )
+    proxy = ProxyApp(config, plugins=[wraps_sessions("mine", asked)], load_entry_points=False)
+    try:
+        assert asked == ["mine"]
+        assert isinstance(proxy.sessions, EndableSessions)  # the login's, built in: outermost
+        assert isinstance(proxy.sessions.inner, _Tagged) and proxy.sessions.inner.tag == "mine"
+        assert proxy.context.sessions is proxy.sessions
+    finally:
+        proxy.close()
+
+
+def test_the_plugins_context_is_read_only_and_names_the_hook_to_use(service_url: str) -> None:
+    class OldStyle:
+        @hookimpl
+        def plugit_startup(self, proxy: Any) -> None:
+            proxy.login_url = "/accounts/login"  # what plugins did before the context
+
+    with pytest.raises(AttributeError, match=r"read-only.*'login_url'.*plugit_site_links"):
+        ProxyApp(proxy_config(service_url), plugins=[OldStyle()], load_entry_points=False)

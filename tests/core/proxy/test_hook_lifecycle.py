@@ -122,8 +122,14 @@ def test_an_exception_in_startup_stops_the_start_up_with_the_plugins_error(
         def plugit_startup(self, proxy: PluginContext) -> None:
             raise RuntimeError("the licence server does not answer")
 
+    events: list[str] = []
     with pytest.raises(RuntimeError, match="licence server"):
-        ProxyApp(proxy_config(service_url), plugins=[Broken()], load_entry_points=False)
+        ProxyApp(
+            proxy_config(service_url, cache="probe"),
+            plugins=[probe_backend(events), Broken()],
+            load_entry_points=False,
+        )
+    assert events == ["cache closed"]  # what the failed start-up had built is released
 
 
 def test_shutdown_runs_once_last_registered_first_then_the_backends_close(
