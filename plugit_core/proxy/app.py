@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Callable, Generator, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -84,6 +85,15 @@ class _CoreCall:
         finally:
             for backend in self.backends():
                 _close_backend(backend)
+
+
+_VARIABLE = re.compile(r"<(?:([A-Za-z_]\w*(?:\([^)]*\))?):)?[A-Za-z_]\w*>")
+
+
+def _rule_shape(rule: str) -> str:
+    """``rule`` without the names of its variables: ``/x/<int:a>`` and ``/x/<int:b>`` match the
+    same URLs, so they are the same route."""
+    return _VARIABLE.sub(lambda m: f"<{m.group(1) or 'string'}>", rule)  # werkzeug's default
 
 
 def _close_backend(backend: object) -> None:
@@ -305,8 +315,9 @@ class ProxyApp:
         Raises ValueError when the proxy already serves the same rule for one of its methods
         (two plugins claiming one URL is a start-up error, never a silent winner)."""
         methods = {m.upper() for m in route.methods}
+        shape = _rule_shape(route.rule)
         for rule in self.url_map.iter_rules():
-            if rule.rule == route.rule and methods & set(rule.methods or ()):
+            if _rule_shape(rule.rule) == shape and methods & set(rule.methods or ()):
                 raise ValueError(
                     f"the route {route.rule!r} ({', '.join(sorted(methods))}) is added twice: "
                     "another plugin or the proxy already serves it"

@@ -161,19 +161,29 @@ def test_every_plugins_extra_routes_are_served_and_none_adds_nothing(
     assert client.get("/_plugit/two").text == "two"
 
 
-def test_a_rule_two_plugins_add_is_a_start_up_error(service_url: str) -> None:
-    def routes(text: str) -> Any:
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        ("/_plugit/clash", "/_plugit/clash"),
+        ("/_plugit/clash/<int:a>", "/_plugit/clash/<int:b>"),  # the same URLs, other names
+        ("/_plugit/clash/<a>", "/_plugit/clash/<string:b>"),
+    ],
+)
+def test_a_rule_two_plugins_add_is_a_start_up_error(
+    service_url: str, first: str, second: str
+) -> None:
+    def routes(rule: str) -> Any:
         class Routes:
             @hookimpl
             def plugit_extra_routes(self, proxy: PluginContext) -> list[Route]:
-                return [Route("/_plugit/clash", lambda request: Response(text))]
+                return [Route(rule, lambda request, **values: Response(rule))]
 
         return Routes()
 
     with pytest.raises(ValueError, match=r"/_plugit/clash.*added twice"):
         ProxyApp(
             proxy_config(service_url),
-            plugins=[routes("first"), routes("second")],
+            plugins=[routes(first), routes(second)],
             load_entry_points=False,
         ).close()
 
@@ -593,3 +603,25 @@ def test_the_plugins_context_is_read_only_and_names_the_hook_to_use(service_url:
 
     with pytest.raises(AttributeError, match=r"read-only.*'login_url'.*plugit_site_links"):
         ProxyApp(proxy_config(service_url), plugins=[OldStyle()], load_entry_points=False)
+
+
+def test_routes_that_differ_only_by_method_or_converter_both_serve(
+    make_client: MakeClient,
+) -> None:
+    def routes(rule: str, text: str, methods: tuple[str, ...] = ("GET",)) -> Any:
+        class Routes:
+            @hookimpl
+            def plugit_extra_routes(self, proxy: PluginContext) -> list[Route]:
+                view = lambda request, **values: Response(text)  # noqa: E731
+                return [Route(rule, view, methods=methods, csrf=False)]
+
+        return Routes()
+
+    client = make_client(
+        routes("/_plugit/item/<int:pk>", "int"),
+        routes("/_plugit/item/<name>", "name"),
+        routes("/_plugit/item/<int:pk>", "post", methods=("POST",)),
+    )
+    assert client.get("/_plugit/item/7").text == "int"
+    assert client.get("/_plugit/item/seven").text == "name"
+    assert client.post("/_plugit/item/7").text == "post"
