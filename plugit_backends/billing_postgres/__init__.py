@@ -30,9 +30,9 @@ from plugit_backends.sql.postgres import (
     DEFAULT_POOL_SIZE,
     DEFAULT_POOL_TIMEOUT,
     DEFAULT_SCHEMA,
-    PG_MISSING,
     PostgresDatabase,
     build_store,
+    require_psycopg,
 )
 from plugit_core.backends import RegisterBackend
 from plugit_core.config import ProxyConfig
@@ -113,11 +113,7 @@ class PostgresBillingStore(SQLBillingStore):
         required: bool = False,
         clock: Callable[[], datetime] = _now,
     ) -> None:
-        if PG_MISSING is not None:
-            raise RuntimeError(
-                "billing_postgres needs psycopg 3: pip install 'plugit-wsgi[postgres]' "
-                f"({PG_MISSING})"
-            )
+        require_psycopg("billing_postgres")
         database = PostgresDatabase(
             dsn,
             STEPS,

@@ -31,8 +31,8 @@ from plugit_backends.sql.postgres import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_POOL_TIMEOUT,
     DEFAULT_SCHEMA,
-    PG_MISSING,
     PostgresDatabase,
+    require_psycopg,
 )
 from plugit_core.stores import DEFAULT_MAX_WAITERS
 
@@ -111,10 +111,7 @@ class PostgresMailQueue(SQLMailQueue):
         required: bool = False,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        if PG_MISSING is not None:
-            raise RuntimeError(
-                f"mail_postgres needs psycopg 3: pip install 'plugit-wsgi[postgres]' ({PG_MISSING})"
-            )
+        require_psycopg("mail_postgres")
         database = PostgresDatabase(
             dsn,
             STEPS,

@@ -79,13 +79,16 @@ class SchemaError(Exception):
     """The tables cannot be used: written by a newer PlugIt, or the schema name is invalid."""
 
 
-def require_psycopg() -> None:
-    """Raise RuntimeError when psycopg 3 or psycopg_pool is missing."""
+def require_psycopg(store: str | None = None) -> None:
+    """Raise RuntimeError when psycopg 3 or psycopg_pool is missing, naming ``store`` (the
+    backend that needs it) when given."""
     if PG_MISSING is not None:
-        raise RuntimeError(
-            "the PostgreSQL stores need psycopg 3 and psycopg_pool: "
-            f"pip install 'plugit-wsgi[postgres]' ({PG_MISSING})"
+        needs = (
+            f"{store} needs psycopg 3"
+            if store
+            else "the PostgreSQL stores need psycopg 3 and psycopg_pool"
         )
+        raise RuntimeError(f"{needs}: pip install 'plugit-wsgi[postgres]' ({PG_MISSING})")
 
 
 def check_schema_name(schema: Any) -> str:

@@ -30,9 +30,9 @@ from plugit_backends.sql.postgres import (
     DEFAULT_POOL_SIZE,
     DEFAULT_POOL_TIMEOUT,
     DEFAULT_SCHEMA,
-    PG_MISSING,
     PostgresDatabase,
     build_store,
+    require_psycopg,
 )
 from plugit_backends.sql.users import FAILURE_RETENTION, SQLUserStore
 from plugit_core.backends import RegisterBackend
@@ -121,11 +121,7 @@ class PostgresUserStore(SQLUserStore):
         required: bool = True,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        if PG_MISSING is not None:
-            raise RuntimeError(
-                "users_postgres needs psycopg 3: pip install 'plugit-wsgi[postgres]' "
-                f"({PG_MISSING})"
-            )
+        require_psycopg("users_postgres")
         database = PostgresDatabase(
             dsn,
             STEPS,
