@@ -163,15 +163,7 @@ class ProxyApp:
         self.mail: MailBackend | None = (
             self.backends.build("mail", config.mail, config) if config.mail else None
         )
-        # The mail queue is closed first: its threads use the service clients.
-        core.backends = lambda: (
-            self.mail,
-            self.users,
-            self.billing,
-            self.cache,
-            self.sessions,
-            *self.auth,
-        )
+        core.backends = self._closing_order
         themes = {self.theme.name: self.theme}
         for name in sorted({m.theme for m in config.services if m.theme} - {config.theme}):
             themes[name] = self.backends.build("theme", name, config)
@@ -284,8 +276,13 @@ class ProxyApp:
                     part.close()
                 except Exception:
                     log.exception("closing %s after a failed start-up", name)
-        for backend in (self.mail, self.users, self.billing, self.cache, self.sessions, *self.auth):
+        for backend in self._closing_order():
             _close_backend(backend)
+
+    def _closing_order(self) -> tuple[object, ...]:
+        """The backends the proxy built, in the order they close: the mail queue first (its
+        threads use the service clients)."""
+        return (self.mail, self.users, self.billing, self.cache, self.sessions, *self.auth)
 
     def _check_sections(self) -> None:
         themes = set(self.backends.names("theme"))
