@@ -51,7 +51,7 @@ if TYPE_CHECKING:
     from .app import ProxyApp, ProxyRequest
     from .context import PluginContext
 
-__all__ = ["API_PREFIX", "ApiCall", "ApiError", "CallbackAPI", "parse_id"]
+__all__ = ["API_PREFIX", "ApiCall", "ApiError", "CallbackAPI", "json_response", "parse_id"]
 
 log = logging.getLogger("plugit.api")
 
@@ -156,7 +156,8 @@ class ApiCall:
         return data
 
 
-def _json(data: Any, status: int = 200) -> Response:
+def json_response(data: Any, status: int = 200) -> Response:
+    """A JSON answer that no one caches or sniffs (the API's, and the status URLs')."""
     response = Response(
         json.dumps(data, ensure_ascii=False), status=status, mimetype="application/json"
     )
@@ -166,7 +167,7 @@ def _json(data: Any, status: int = 200) -> Response:
 
 
 def _error(status: int, code: str, message: str) -> Response:
-    return _json({"error": code, "message": message, "status": status}, status)
+    return json_response({"error": code, "message": message, "status": status}, status)
 
 
 def _past_deadline(request: ProxyRequest, mount: ServiceMount) -> Response | None:
@@ -284,7 +285,7 @@ class CallbackAPI:
             return _error(500, "internal", "the API failed; the error is logged")
         if isinstance(result, Response):
             return result
-        return _json(result)
+        return json_response(result)
 
 
 # -- the built-in endpoints (6.2) ------------------------------------------------------------------

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -12,17 +11,11 @@ from ..config import ProxyConfig
 from ..kinds.mail import MailBackend
 from ..metrics import MetricsBoard
 from ..stores import StoreGuard, StoreUnavailable, guards_of
+from .api import json_response
 from .health import bind_metrics, render_services, render_stores
 from .upstream import ServiceClient
 
-__all__ = ["HealthRoutes", "json_response"]
-
-
-def json_response(data: Any, status: int = 200) -> Response:
-    response = Response(json.dumps(data), status=status, mimetype="application/json")
-    response.headers["Cache-Control"] = "no-store"
-    response.headers["X-Content-Type-Options"] = "nosniff"
-    return response
+__all__ = ["HealthRoutes"]
 
 
 class HealthRoutes:
