@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from browser_helpers import css
+from browser_helpers import all_css, click_to_load, css, switch_user, wait_for
 
 from plugit_contrib.demo import DemoTheme, demo_config, make_demo_theme
 from plugit_contrib.examples.news import create_app as create_news
@@ -27,34 +27,8 @@ from plugit_core.testing import serve
 pytestmark = pytest.mark.browser
 
 
-def all_css(driver: Any, selector: str) -> list[Any]:
-    from selenium.webdriver.common.by import By
-
-    return driver.find_elements(By.CSS_SELECTOR, selector)
-
-
-def wait_for(driver: Any, selector: str, timeout: float = 15) -> Any:
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    return WebDriverWait(driver, timeout).until(
-        expected_conditions.presence_of_element_located((By.CSS_SELECTOR, selector))
-    )
-
-
 def console_errors(driver: Any) -> list[dict[str, Any]]:
     return [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
-
-
-def switch_user(driver: Any, mode: str) -> None:
-    from selenium.webdriver.support import expected_conditions
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    button = css(driver, f'#plugit-devbar button[data-plugit-mode="{mode}"]')
-    button.click()
-    WebDriverWait(driver, 15).until(expected_conditions.staleness_of(button))
-    wait_for(driver, f'#plugit-devbar button[data-plugit-mode="{mode}"].active')
 
 
 def fragment(driver: Any, name: str) -> Any:
@@ -100,7 +74,7 @@ def test_the_demo_home_is_composed_of_both_services_and_the_sidebar(driver, demo
     assert console_errors(driver) == []  # under the page's strict CSP
 
     # the same sidebar on the services' own pages
-    headlines[1].click()
+    click_to_load(driver, headlines[1])
     title = wait_for(driver, "#news-title")
     assert title.text == "New coffee machine on the second floor"
     assert len(all_css(driver, "#demo-sidebar .news-headline")) == 3
@@ -118,7 +92,7 @@ def test_news_posted_by_a_member_reaches_the_home_and_the_sidebar(driver, demo) 
     wait_for(driver, "#post-form")
     css(driver, "#news-title-input").send_keys("Fragments <everywhere>")
     css(driver, "#news-summary-input").send_keys("Posted from the test")
-    css(driver, "#post-submit").click()
+    click_to_load(driver, css(driver, "#post-submit"))
     assert wait_for(driver, "#news-title").text == "Fragments <everywhere>"
     switch_user(driver, "ano")
 

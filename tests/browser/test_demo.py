@@ -3,35 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from browser_helpers import css
+from browser_helpers import all_css, click_to_load, css, switch_user, wait_for
 
 pytestmark = pytest.mark.browser
-
-
-def all_css(driver, selector):
-    from selenium.webdriver.common.by import By
-
-    return driver.find_elements(By.CSS_SELECTOR, selector)
-
-
-def wait_for(driver, selector, timeout=15):
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    return WebDriverWait(driver, timeout).until(
-        expected_conditions.presence_of_element_located((By.CSS_SELECTOR, selector))
-    )
-
-
-def switch_user(driver, mode):
-    from selenium.webdriver.support import expected_conditions
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    button = css(driver, f'#plugit-devbar button[data-plugit-mode="{mode}"]')
-    button.click()
-    WebDriverWait(driver, 15).until(expected_conditions.staleness_of(button))
-    wait_for(driver, f'#plugit-devbar button[data-plugit-mode="{mode}"].active')
 
 
 def test_switch_user_create_a_poll_and_vote(driver, demo, tmp_path):
@@ -56,7 +30,7 @@ def test_switch_user_create_a_poll_and_vote(driver, demo, tmp_path):
     answers = all_css(driver, 'input[name="rep[]"]')
     answers[0].send_keys("Pizza")
     answers[1].send_keys("Sushi")
-    css(driver, "#create-submit").click()
+    click_to_load(driver, css(driver, "#create-submit"))
     title = wait_for(driver, "#poll-title")
     assert title.text == "Where do we eat <today>?"  # shown as text, escaped in the HTML
     assert css(driver, "#total-votes").text == "0"
@@ -64,7 +38,7 @@ def test_switch_user_create_a_poll_and_vote(driver, demo, tmp_path):
     # vote for Sushi
     buttons = all_css(driver, "form.vote-form button")
     sushi = next(b for b in buttons if "Sushi" in b.find_element("xpath", "ancestor::li").text)
-    sushi.click()
+    click_to_load(driver, sushi)
     wait_for(driver, ".result-mine")
     assert css(driver, "#total-votes").text == "1"
     mine = css(driver, ".result-mine")

@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 import requests
+from browser_helpers import all_css, click_to_load, css, switch_user, wait_for, wait_until
 
 from plugit_core.testing import free_port, wait_for_port
 
@@ -128,30 +129,6 @@ layout = "menu"
 # -- browser helpers ------------------------------------------------------------------------------
 
 
-def css(driver: Any, selector: str) -> Any:
-    return driver.find_element("css selector", selector)
-
-
-def all_css(driver: Any, selector: str) -> list[Any]:
-    return driver.find_elements("css selector", selector)
-
-
-def wait_until(driver: Any, condition: Any, timeout: float = 15) -> Any:
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    return WebDriverWait(driver, timeout, poll_frequency=0.1).until(condition)
-
-
-def wait_for(driver: Any, selector: str, timeout: float = 15) -> Any:
-    from selenium.webdriver.support import expected_conditions
-
-    return wait_until(
-        driver,
-        expected_conditions.presence_of_element_located(("css selector", selector)),
-        timeout,
-    )
-
-
 def console(driver: Any) -> list[dict[str, Any]]:
     """The console's messages since the last call (errors, warnings, logs)."""
     return driver.get_log("browser")
@@ -159,18 +136,6 @@ def console(driver: Any) -> list[dict[str, Any]]:
 
 def errors(entries: list[dict[str, Any]]) -> list[str]:
     return [e["message"] for e in entries if e["level"] == "SEVERE"]
-
-
-def switch_user(driver: Any, mode: str) -> None:
-    """Become a simulated user with the legacy theme's dev bar."""
-    from selenium.webdriver.support import expected_conditions
-
-    button = css(driver, f'#plugit-devbar button[data-plugit-mode="{mode}"]')
-    if "active" in (button.get_attribute("class") or ""):
-        return
-    button.click()
-    wait_until(driver, expected_conditions.staleness_of(button))
-    wait_for(driver, f'#plugit-devbar button[data-plugit-mode="{mode}"].active')
 
 
 def row(driver: Any, title: str) -> Any:
@@ -287,7 +252,7 @@ def test_list_show_vote_json_file_and_media(driver, site, tmp_path):
     assert not all_css(driver, "#plugit-menu #menu-create")  # anonymous: no "New poll"
 
     # show a poll; anonymous visitors get no vote buttons; an unknown poll is abort(404)
-    driver.find_element("link text", "Lunch on Friday?").click()
+    click_to_load(driver, driver.find_element("link text", "Lunch on Friday?"))
     assert wait_for(driver, "#poll-title").text == "Lunch on Friday?"
     assert not all_css(driver, ".vote-form")
     poll_url = driver.current_url
@@ -302,7 +267,7 @@ def test_list_show_vote_json_file_and_media(driver, site, tmp_path):
     driver.get(poll_url)
     switch_user(driver, "mem")
     assert css(driver, "#plugit-menu #menu-create")
-    row(driver, "Sushi").find_element("css selector", ".vote-button").click()
+    click_to_load(driver, row(driver, "Sushi").find_element("css selector", ".vote-button"))
     wait_for(driver, "#poll tr.voted")
     assert driver.current_url == poll_url
     assert votes(driver) == {"Pizza": 0, "Sushi": 1, "Salad": 0}
@@ -413,7 +378,7 @@ def test_create_a_poll_with_a_row_added_by_plus(driver, site):
     # too few responses: the form comes back with the errors and what was typed
     css(driver, "#title").send_keys("Team outing")
     all_css(driver, "#responses input")[0].send_keys("Bowling")
-    css(driver, "#create-submit").click()
+    click_to_load(driver, css(driver, "#create-submit"))
     assert "Give at least two responses." in wait_for(driver, "#errors").text
     assert css(driver, "#title").get_attribute("value") == "Team outing"
 
@@ -429,7 +394,7 @@ def test_create_a_poll_with_a_row_added_by_plus(driver, site):
     inputs[1].send_keys("Karaoke")
     inputs[2].send_keys("Escape room")
     css(driver, "#description").send_keys("Friday afternoon")
-    css(driver, "#create-submit").click()
+    click_to_load(driver, css(driver, "#create-submit"))
 
     assert wait_for(driver, "#poll-title").text == "Team outing"
     assert re.fullmatch(re.escape(polls) + r"show/\d+", driver.current_url)
@@ -477,11 +442,11 @@ def test_sandboxed_mount_removes_the_scripts_and_still_works(driver, site):
     inputs = all_css(driver, "#responses input")
     inputs[0].send_keys("Yes")
     inputs[1].send_keys("No")
-    css(driver, "#create-submit").click()
+    click_to_load(driver, css(driver, "#create-submit"))
     assert wait_for(driver, "#poll-title").text == "Sandboxed poll"
 
     # voting with the form needs no script
-    row(driver, "No").find_element("css selector", ".vote-button").click()
+    click_to_load(driver, row(driver, "No").find_element("css selector", ".vote-button"))
     wait_for(driver, "#poll tr.voted")
     assert votes(driver) == {"Yes": 0, "No": 1}
     row(driver, "Yes").find_element("css selector", ".ajax-vote").click()  # no handler: nothing
