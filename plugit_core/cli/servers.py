@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .access_log import AccessLog
 from .errors import CommandError
 
 if TYPE_CHECKING:
@@ -27,11 +28,9 @@ log = logging.getLogger("plugit")
 
 
 # The access log, one line per request on standard output: the Common Log Format (address,
-# -, user, [time], "request line", status, bytes) followed by the duration in milliseconds.
-# granian knows neither the user nor the size (-) and logs the path without its query string.
-GRANIAN_ACCESS_LOG = (
-    '%(addr)s - - [%(time)s] "%(method)s %(path)s %(protocol)s" %(status)d - %(dt_ms).1f'
-)
+# -, user, [time], "request line", status, bytes) followed by the duration in milliseconds.  On
+# granian it is written by PlugIt's own middleware (access_log.py), not granian's, which costs a
+# Python logging record per request; gunicorn's is gunicorn's, in the same format.
 GUNICORN_ACCESS_LOG = '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s %(M)s'
 
 SERVERS = ("granian", "gunicorn")
@@ -185,15 +184,16 @@ def _run_granian(factory: Callable[[], Any], options: ServeOptions) -> None:
         ssl_key_password=options.tls_key_password,
         # A request still running this long after SIGTERM is abandoned.
         workers_kill_timeout=options.timeout,
-        log_access=options.access_log,
-        log_access_format=GRANIAN_ACCESS_LOG,
+        log_access=False,  # written by AccessLog, see _granian_app
     )
-    server.serve(target_loader=functools.partial(_granian_app, factory), wrap_loader=False)
+    loader = functools.partial(_granian_app, factory, access_log=options.access_log)
+    server.serve(target_loader=loader, wrap_loader=False)
 
 
-def _granian_app(factory: Callable[[], Any]) -> Callable[..., Any]:
+def _granian_app(factory: Callable[[], Any], access_log: bool = True) -> Callable[..., Any]:
     """Runs in each granian worker: the app to serve."""
-    return _without_process_environment(factory())
+    app = _without_process_environment(factory())
+    return AccessLog(app) if access_log else app
 
 
 def _run_gunicorn(factory: Callable[[], Any], options: ServeOptions) -> None:

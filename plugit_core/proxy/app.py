@@ -41,6 +41,7 @@ from ..networks import NetworkList
 from ..plugins import make_plugin_manager
 from ..stores import StoreGuard, StoreUnavailable
 from ..users import Orga, PlugItUser
+from ..wsgi import answer
 from . import redirects
 from .api import CallbackAPI
 from .bodies import bound_body, close_body
@@ -340,7 +341,7 @@ class ProxyApp:
         bound_body(request, self.config.max_upload_size)  # 413 past it, chunked bodies too
         response = self.dispatch(request)
         response.call_on_close(lambda: close_body(request))  # uploads are temporary files
-        return response(environ, start_response)
+        return answer(response, environ, start_response)
 
     def match_mount(self, path: str) -> tuple[ServiceMount, str] | None:
         """The mount serving ``path`` and the action path below it, or None."""

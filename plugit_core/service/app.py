@@ -57,6 +57,7 @@ from werkzeug.wrappers import Request, Response
 from .. import protocol
 from ..networks import NetworkList
 from ..signing import NonceRegistry, SignatureError, verify_request
+from ..wsgi import answer
 from .api import deadline_scope
 from .decorators import ActionSpec, get_spec
 from .messages import (
@@ -240,7 +241,7 @@ class PlugItService:
         request.max_form_memory_size = self.config.max_form_memory_size
         response = self.handle(request)
         response.call_on_close(request.close)  # uploaded files are temporary files
-        return response(environ, start_response)
+        return answer(response, environ, start_response)
 
     def handle(self, request: ServiceRequest) -> Response:
         """Answer one request; never raises."""

@@ -347,6 +347,8 @@ def test_the_proxy_writes_an_access_log_by_default(
         "the access log line of GET /nowhere",
         timeout=30,
     )
+    # the line of a request answered just before the server stops is written as it stops
+    assert requests.get(f"http://127.0.0.1:{port}/last?page=2", timeout=10).status_code == 404
     output = process.stop()
     lines = [line for line in output.splitlines() if '"GET ' in line]
     assert any(
@@ -354,6 +356,7 @@ def test_the_proxy_writes_an_access_log_by_default(
         for line in lines
     ), output
     assert any('"GET /nowhere HTTP/1.1" 404 ' in line for line in lines), output
+    assert any('"GET /last?page=2 HTTP/1.1" 404 ' in line for line in lines), output
 
 
 def test_no_access_log_when_asked(
