@@ -4,7 +4,8 @@ granian's own access log runs Python's ``logging`` for every request (a record, 
 lock and a write to standard output) in the thread that served it, while the thread holds the
 interpreter's lock: on a busy process that costs more than a cached page.  :class:`AccessLog`
 builds each line with one f-string and hands it to :class:`LineBatches`, whose thread writes the
-lines of each half second in one call.  A line reaches the output at most ``interval`` seconds
+lines of each half second together (in pieces of whole lines that a pipe shared by the server's
+workers never mixes).  A line reaches the output at most ``interval`` seconds
 after its request (as nginx's ``access_log ... buffer= flush=``); the last lines are written when
 the worker stops, and lost only if it is killed.
 
@@ -22,6 +23,8 @@ from __future__ import annotations
 
 import atexit
 import multiprocessing.util
+import os
+import select
 import sys
 import threading
 import time
@@ -84,15 +87,30 @@ class LineBatches:
             self._wake.set()
 
     def flush(self) -> None:
-        """Write every line waiting now."""
+        """Write every line waiting now.
+
+        To a file descriptor (standard output), the lines go in writes of at most ``PIPE_BUF``
+        bytes, each ending at the end of a line: the workers of a server share their standard
+        output, often a pipe (a container's log, the journal), where only such writes are never
+        mixed with another process's.  Any other stream gets them in one write.
+        """
         with self._lock:
             lines, self._lines, self._size = self._lines, [], 0
         if not lines:
             return
         out = self._out or sys.stdout
         try:
-            out.write("".join(lines))
-            out.flush()
+            try:
+                fd = out.fileno()
+            except (AttributeError, OSError, ValueError):  # not a file (io.StringIO)
+                out.write("".join(lines))
+                out.flush()
+                return
+            out.flush()  # what the stream holds goes first
+            for chunk in whole_lines(lines, select.PIPE_BUF):
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(fd, view) :]
         except (OSError, ValueError):  # the output is gone: the lines with it
             pass
 
@@ -101,6 +119,22 @@ class LineBatches:
             self._wake.wait(self.interval)
             self._wake.clear()
             self.flush()
+
+
+def whole_lines(lines: Iterable[str], size: int) -> Iterator[bytes]:
+    """``lines`` encoded and joined into pieces of at most ``size`` bytes, each the end of a
+    line (a longer line is a piece of its own)."""
+    piece: list[bytes] = []
+    length = 0
+    for line in lines:
+        data = line.encode("utf-8", "replace")
+        if piece and length + len(data) > size:
+            yield b"".join(piece)
+            piece, length = [], 0
+        piece.append(data)
+        length += len(data)
+    if piece:
+        yield b"".join(piece)
 
 
 class AccessLog:

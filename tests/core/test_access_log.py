@@ -4,6 +4,7 @@ them, and the batches that write them off the request threads."""
 from __future__ import annotations
 
 import io
+import os
 import re
 import threading
 from collections.abc import Callable, Iterator
@@ -12,7 +13,7 @@ from typing import Any
 import pytest
 from werkzeug.test import EnvironBuilder
 
-from plugit_core.cli.access_log import AccessLog, LineBatches, request_line
+from plugit_core.cli.access_log import AccessLog, LineBatches, request_line, whole_lines
 from plugit_core.testing import wait_until
 
 LINE = re.compile(
@@ -207,3 +208,42 @@ def test_an_output_that_fails_loses_its_lines_and_nothing_else() -> None:
     batches.flush()  # no error: a closed output must not fail the requests that log
     batches.add("also lost\n")
     batches.flush()
+
+
+def test_pieces_end_with_a_line_and_stay_within_the_size() -> None:
+    lines = [f"{i:03d}" + "x" * 20 + "\n" for i in range(50)] + ["L" * 300 + "\n", "end\n"]
+    pieces = list(whole_lines(lines, 100))
+    assert b"".join(pieces) == "".join(lines).encode()
+    for piece in pieces:
+        assert piece.endswith(b"\n")
+        assert len(piece) <= 100 or piece.count(b"\n") == 1  # only a long line alone is longer
+    assert b"L" * 300 + b"\n" in pieces
+
+
+def test_workers_sharing_a_pipe_never_mix_their_lines() -> None:
+    # Two processes' batches (here two writers in threads) on one pipe, as granian's workers
+    # share standard output: every line read back is whole.
+    read_fd, write_fd = os.pipe()
+    expected = {
+        f"worker-{w} line {i:05d} " + "x" * (40 + i % 60) for w in range(2) for i in range(3000)
+    }
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(_read_all(read_fd)))
+    reader.start()
+    with open(write_fd, "w", closefd=True) as out:
+        writers = [LineBatches(out, interval=3600, limit=1 << 30) for _ in range(2)]
+        for w, batches in enumerate(writers):
+            for i in range(3000):
+                batches.add(f"worker-{w} line {i:05d} " + "x" * (40 + i % 60) + "\n")
+        threads = [threading.Thread(target=batches.flush) for batches in writers]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    reader.join()
+    assert sorted(got[0].decode().splitlines()) == sorted(expected)
+
+
+def _read_all(fd: int) -> bytes:
+    with open(fd, "rb", closefd=True) as f:
+        return f.read()
