@@ -69,6 +69,7 @@ class LineBatches:
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._writer: threading.Thread | None = None
+        self._closed = False
         # a granian worker is a multiprocessing child, which ends without running atexit
         multiprocessing.util.Finalize(self, self.flush, exitpriority=100)
         atexit.register(self.flush)
@@ -77,14 +78,17 @@ class LineBatches:
         with self._lock:
             self._lines.append(line)
             self._size += len(line)
-            full = self._size >= self.limit
-            if self._writer is None:  # started in the process that serves (after any fork)
+            full = self._size >= self.limit or self._closed
+            if self._writer is None and not self._closed:  # in the process that serves
                 self._writer = threading.Thread(
                     target=self._write_batches, name="plugit-access-log", daemon=True
                 )
                 self._writer.start()
         if full:
-            self._wake.set()
+            if self._closed:
+                self.flush()
+            else:
+                self._wake.set()
 
     def flush(self) -> None:
         """Write every line waiting now.
@@ -114,8 +118,17 @@ class LineBatches:
         except (OSError, ValueError):  # the output is gone: the lines with it
             pass
 
+    def close(self) -> None:
+        """Stop the writer and write what waits; lines added later are written at once."""
+        self._closed = True
+        self._wake.set()
+        writer = self._writer
+        if writer is not None and writer is not threading.current_thread():
+            writer.join()
+        self.flush()
+
     def _write_batches(self) -> None:
-        while True:
+        while not self._closed:
             self._wake.wait(self.interval)
             self._wake.clear()
             self.flush()

@@ -170,9 +170,22 @@ def test_an_app_that_raises_is_logged_as_a_500_and_the_error_goes_on() -> None:
 def test_lines_are_written_by_the_writer_within_its_interval() -> None:
     out = io.StringIO()
     batches = LineBatches(out, interval=0.05)
-    batches.add("one\n")
-    batches.add("two\n")
-    wait_until(lambda: out.getvalue() == "one\ntwo\n", timeout=10)
+    try:
+        batches.add("one\n")
+        batches.add("two\n")
+        wait_until(lambda: out.getvalue() == "one\ntwo\n", timeout=10)
+    finally:
+        batches.close()
+
+
+def test_closed_batches_write_what_waits_and_then_each_line_at_once() -> None:
+    out = io.StringIO()
+    batches = LineBatches(out, interval=3600)
+    batches.add("before\n")
+    batches.close()
+    assert out.getvalue() == "before\n"
+    batches.add("after\n")
+    assert out.getvalue() == "before\nafter\n"
 
 
 def test_a_full_batch_is_written_without_waiting_for_the_interval() -> None:
@@ -195,7 +208,7 @@ def test_every_line_of_many_threads_is_written_once_while_batches_are_written() 
         thread.start()
     for thread in threads:
         thread.join()
-    batches.flush()
+    batches.close()
     lines = out.getvalue().splitlines()
     assert sorted(lines) == sorted(f"{t}:{i}" for t in range(8) for i in range(2000))
 
