@@ -23,6 +23,7 @@ A command that reads a configuration takes ``--config FILE`` anywhere on its lin
 after its sub-command); without it, the file named by ``$PLUGIT_CONFIG``, else ``./plugit.toml``.
 
 The package has one module per job: :mod:`.servers` (how the commands that serve run their app),
+:mod:`.access_log` (the access log written on granian),
 :mod:`.services` (``plugit service``), :mod:`.proxy` (``plugit proxy``, ``plugit config check``),
 :mod:`.directory` (helpers of the commands on a configuration's backends), :mod:`.main` (the
 parser and entry point). Commands of backends and extras (``plugit users``, ``plugit billing``,
