@@ -53,6 +53,10 @@ class Reply:
 
     data: bytes = b""
     then: Literal["keep", "close", "hang"] = "keep"
+    # > 0: ``data`` is sent a byte at a time, one every ``pace`` seconds after the first
+    # ``quick`` bytes (a service trickling its reply, each byte well within the read timeout)
+    pace: float = 0.0
+    quick: int = 0
 
 
 class ScriptedServer:
@@ -124,7 +128,14 @@ class ScriptedServer:
                 with self._lock:
                     self.requests.append(request)
                     reply = self._script.popleft() if self._script else Reply(then="close")
-                sock.sendall(reply.data)
+                if reply.pace:
+                    sock.sendall(reply.data[: reply.quick])
+                    for i in range(reply.quick, len(reply.data)):
+                        if self._stopping.wait(reply.pace):
+                            break
+                        sock.sendall(reply.data[i : i + 1])
+                else:
+                    sock.sendall(reply.data)
                 if reply.then == "hang":
                     self._stopping.wait()
                 if reply.then != "keep":
@@ -503,6 +514,92 @@ def test_silent_service_times_out(serve, connect):
     error = failure(lambda: fetch(connect(server.url)))
     assert error.kind == "timeout" and error.status == 504
     assert time.monotonic() - started < HANG_GUARD
+
+
+# A service trickling its reply a byte every 0.05 s never lets one read wait TIMEOUT (0.5 s), and
+# would take 10 s or more to finish: the reply as a whole is cut at TIMEOUT, a timeout (504) that
+# its circuit breaker counts.
+TRICKLE = 0.05
+
+
+def test_a_head_trickled_a_byte_at_a_time_times_out_as_a_whole(serve, connect):
+    server = serve(Reply(reply(b"x", headers="X-Padding: " + "p" * 200 + "\r\n"), pace=TRICKLE))
+    started = time.monotonic()
+    error = failure(lambda: connect(server.url).send("GET", "/", {}, None))
+    assert error.kind == "timeout" and error.status == 504
+    assert time.monotonic() - started < HANG_GUARD
+
+
+@pytest.mark.parametrize("framing", ["length", "chunked", "unframed"])
+def test_a_body_trickled_a_byte_at_a_time_times_out_as_a_whole(serve, connect, framing):
+    body = b"z" * 200
+    data = {
+        "length": reply(body),
+        "chunked": chunked(*(body[i : i + 10] for i in range(0, 200, 10))),
+        # ends when the connection does: cut at the deadline it must not pass for a whole reply
+        "unframed": b"HTTP/1.1 200 OK\r\n\r\n" + body,
+    }[framing]
+    head_end = data.index(b"\r\n\r\n") + 4
+    server = serve(Reply(data, then="close", pace=TRICKLE, quick=head_end))
+    transport = connect(server.url)
+    started = time.monotonic()
+    exchange = transport.send("GET", "/", {}, None)
+    try:
+        error = failure(lambda: exchange.read(LIMIT))
+    finally:
+        exchange.close(complete=True)
+    assert error.kind == "timeout" and error.status == 504
+    assert time.monotonic() - started < HANG_GUARD
+    assert idle_connections(transport) == 0  # a connection cut at its deadline is not kept
+
+
+def test_a_reply_within_the_deadline_keeps_its_connection(serve, connect):
+    # the watch of a reply read in time is cancelled: nothing cuts the connection later
+    server = serve(Reply(reply(b"first")), Reply(reply(b"second")))
+    transport = connect(server.url)
+    assert fetch(transport)[1] == b"first"
+    time.sleep(TIMEOUT * 2)  # past the first reply's deadline, on purpose
+    assert fetch(transport)[1] == b"second"
+    assert server.connections == 1
+
+
+def test_a_streamed_file_may_take_longer_than_the_reply_deadline(serve, connect):
+    # a file on its way to a browser is paced by the browser: only each read has the timeout
+    body = b"f" * 30  # 30 x 0.05 s = 1.5 s, three times TIMEOUT
+    data = reply(body, headers=f"{protocol.H_FILE}: True\r\n")
+    server = serve(Reply(data, pace=TRICKLE, quick=data.index(b"\r\n\r\n") + 4))
+    exchange = connect(server.url).send("GET", "/", {}, None)
+    try:
+        assert b"".join(exchange.stream(8)) == body
+    finally:
+        exchange.close(complete=True)
+
+
+def test_a_trickling_service_opens_its_circuit_like_a_silent_one(serve, kind):
+    data = reply(b"y" * 100)
+    head_end = data.index(b"\r\n\r\n") + 4
+    server = serve(*[Reply(data, then="close", pace=TRICKLE, quick=head_end)] * 2)
+    mount = ServiceMount(
+        name="svc",
+        url=server.url,
+        mount="/x/",
+        title="x",
+        timeout=TIMEOUT,
+        connect_timeout=TIMEOUT,
+        breaker_failures=2,
+    )
+    client = ServiceClient(mount, http_client=kind)
+    try:
+        for _ in range(2):
+            with pytest.raises(ServiceError) as raised:
+                client.send(UpstreamRequest("GET", "page"))
+            assert raised.value.kind == "timeout"
+        with pytest.raises(ServiceError) as raised:
+            client.send(UpstreamRequest("GET", "page"))
+        assert (raised.value.kind, raised.value.cause) == ("circuit_open", "timeout")
+        assert len(server.requests) == 2  # the third call never reached it
+    finally:
+        client.close()
 
 
 def test_nothing_listening_is_unreachable(connect):

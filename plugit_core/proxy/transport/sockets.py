@@ -1,19 +1,4 @@
-"""The HTTP/1.1 exchanges between the proxy and one service, with pooled keep-alive connections.
-
-Two implementations of one small interface, chosen by the top-level ``http_client`` setting:
-
-* ``urllib3``: urllib3's connection pool (what a ``requests.Session`` pools with), always
-  available;
-* ``httptools``: plain sockets and the llhttp parser through ``httptools``
-  (``pip install 'plugit-wsgi[speedups]'``).  It costs a fifth of urllib3's CPU per call
-  (``benchmarks/README.md``), which on an uncached page is most of what the proxy does.
-
-``auto`` (the default) takes ``httptools`` when it is installed.  Both give the same
-:class:`Exchange`: status and headers once the head has arrived, then the body read whole (up
-to a limit) or streamed, then :meth:`Exchange.close`, which gives the connection back to the
-pool only when the reply was read to its end.  Failures are :class:`ServiceError` with the
-kinds the rest of the proxy acts on (``unreachable``, ``timeout``, ``bad_reply``).
-"""
+"""The httptools transport: plain sockets and the llhttp parser (the ``speedups`` extra)."""
 
 from __future__ import annotations
 
@@ -22,23 +7,14 @@ import select
 import socket
 from collections import deque
 from collections.abc import Iterator
-from typing import Protocol
 from urllib.parse import urlsplit
 
 import urllib3
 
-from ..config import HTTP_CLIENTS, httptools_available
+from ..deadlines import DEADLINES, Watch
+from .common import ServiceError, bodiless, late, over_limit, short, too_large
 
-__all__ = [
-    "Exchange",
-    "HttptoolsTransport",
-    "ServiceError",
-    "Transport",
-    "Urllib3Transport",
-    "httptools_available",
-    "make_transport",
-]
-
+__all__ = ["HttptoolsTransport"]
 
 # RFC 9110 section 9.2.2: a request that may be sent again when a kept-alive connection turns
 # out to have been closed by the service before it read anything.
@@ -46,223 +22,6 @@ _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 _FORBIDDEN_IN_HEADERS = ("\r", "\n", "\0")
 MAX_HEAD_BYTES = 64 * 1024  # a reply's status line and headers (give or take one read)
 MAX_HEADERS = 100
-
-
-class ServiceError(Exception):
-    """A service could not give a usable answer.
-
-    ``kind``: ``unreachable``, ``timeout``, ``busy`` (its concurrency cap is reached),
-    ``circuit_open``, ``bad_reply`` (garbage), ``incompatible`` (wrong protocol), ``error``
-    (it answered 5xx).  ``status`` is the HTTP status the browser gets (502, 503 or 504).
-    The message is for logs and dev mode; users see a generic text naming the service.
-    """
-
-    STATUS = {
-        "unreachable": 502,
-        "bad_reply": 502,
-        "incompatible": 502,
-        "error": 502,
-        "timeout": 504,
-        "busy": 503,
-        "circuit_open": 503,
-    }
-
-    def __init__(
-        self,
-        service: str,
-        kind: str,
-        message: str,
-        status: int | None = None,
-        *,
-        cause: str | None = None,
-    ) -> None:
-        super().__init__(f"{service}: {message}")
-        self.service = service
-        self.kind = kind
-        self.message = message
-        self.status = status or self.STATUS.get(kind, 502)
-        # What the service did to get here: for ``circuit_open``, the kind of its last failure
-        # (``unreachable``, ``timeout``, ``error``), so a dead service is called unreachable.
-        self.cause = cause
-
-
-class Exchange(Protocol):
-    """One reply being received."""
-
-    status: int
-    headers: urllib3.HTTPHeaderDict
-
-    def read(self, limit: int) -> bytes:
-        """The whole body; :class:`ServiceError` (``bad_reply``) past ``limit`` bytes."""
-
-    def stream(self, size: int) -> Iterator[bytes]:
-        """The body piece by piece, as it arrives."""
-
-    def close(self, *, complete: bool) -> None:
-        """End the exchange; the connection is kept only when ``complete`` is true."""
-
-
-class Transport(Protocol):
-    """Sends requests to one service."""
-
-    def send(
-        self, method: str, target: str, headers: dict[str, str], body: bytes | None
-    ) -> Exchange:
-        """Send a request (``target``: path and query) and wait for the head of the reply."""
-
-    def close(self) -> None:
-        """Close every idle connection."""
-
-
-def make_transport(
-    kind: str,
-    name: str,
-    url: str,
-    *,
-    connect_timeout: float,
-    timeout: float,
-    max_connections: int,
-) -> Transport:
-    """The transport for one service; ``kind`` is one of :data:`~plugit_core.config.HTTP_CLIENTS`.
-
-    ``auto`` takes ``httptools`` when it is installed and the service speaks plain http
-    (``https`` services always go through urllib3, which does TLS).
-    """
-    if kind not in HTTP_CLIENTS:
-        raise ValueError(f"http_client must be one of {', '.join(HTTP_CLIENTS)}, not {kind!r}")
-    plain = urlsplit(url).scheme == "http"
-    if kind == "httptools" or (kind == "auto" and plain and httptools_available()):
-        return HttptoolsTransport(
-            name, url, connect_timeout=connect_timeout, timeout=timeout, max_idle=max_connections
-        )
-    return Urllib3Transport(
-        name, url, connect_timeout=connect_timeout, timeout=timeout, max_connections=max_connections
-    )
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    return text if len(text) < 200 else text[:200] + "..."
-
-
-def _bodiless(method: str, status: int) -> bool:
-    """A reply that has no body whatever its Content-Length says (RFC 9110 section 6.4.1)."""
-    return method == "HEAD" or status in (204, 304) or status < 200
-
-
-def _too_large(name: str, length: str | None, limit: int) -> ServiceError | None:
-    if length and length.isascii() and length.isdigit() and int(length) > limit:
-        return ServiceError(name, "bad_reply", f"reply of {length} bytes is over the {limit} limit")
-    return None
-
-
-def _over_limit(name: str, limit: int) -> ServiceError:
-    return ServiceError(name, "bad_reply", f"reply is over the {limit} bytes limit")
-
-
-# -- urllib3 --------------------------------------------------------------------------------------
-
-
-class Urllib3Transport:
-    """urllib3's pool: no retries, no redirects, one read timeout per socket operation."""
-
-    def __init__(
-        self, name: str, url: str, *, connect_timeout: float, timeout: float, max_connections: int
-    ) -> None:
-        self.name = name
-        self.timeout = timeout
-        self.pool = urllib3.connection_from_url(
-            url,
-            maxsize=max_connections,
-            block=False,
-            retries=False,
-            timeout=urllib3.Timeout(connect=connect_timeout, read=timeout),
-        )
-
-    def send(
-        self, method: str, target: str, headers: dict[str, str], body: bytes | None
-    ) -> _Urllib3Exchange:
-        try:
-            response = self.pool.urlopen(
-                method,
-                target,
-                body=body,
-                headers=headers,
-                redirect=False,
-                preload_content=False,
-                assert_same_host=False,
-            )
-        except urllib3.exceptions.ConnectTimeoutError as exc:  # (NewConnectionError too)
-            raise ServiceError(
-                self.name, "unreachable", f"connection failed: {_short(exc)}"
-            ) from exc
-        except urllib3.exceptions.TimeoutError as exc:
-            raise ServiceError(self.name, "timeout", f"no answer within {self.timeout}s") from exc
-        except urllib3.exceptions.HTTPError as exc:
-            raise ServiceError(
-                self.name, "unreachable", f"{type(exc).__name__}: {_short(exc)}"
-            ) from exc
-        if not 200 <= response.status <= 599:  # 101 Switching Protocols, or no real status
-            response.close()
-            response.release_conn()
-            raise ServiceError(self.name, "bad_reply", f"status {response.status}")
-        return _Urllib3Exchange(self, response, method)
-
-    def close(self) -> None:
-        self.pool.close()
-
-
-class _Urllib3Exchange:
-    def __init__(
-        self, transport: Urllib3Transport, response: urllib3.BaseHTTPResponse, method: str
-    ) -> None:
-        self._transport = transport
-        self._response = response
-        self._bodiless = _bodiless(method, response.status)
-        self._read_all = False
-        self.status = response.status
-        self.headers = response.headers
-
-    def read(self, limit: int) -> bytes:
-        name = self._transport.name
-        error = (
-            None if self._bodiless else _too_large(name, self.headers.get("Content-Length"), limit)
-        )
-        if error:
-            raise error
-        with _urllib3_errors(self._transport, "reply"):
-            body = self._response.read(limit + 1)
-        if len(body) > limit:
-            raise _over_limit(name, limit)
-        self._read_all = True
-        return body
-
-    def stream(self, size: int) -> Iterator[bytes]:
-        with _urllib3_errors(self._transport, "file transfer"):
-            yield from self._response.stream(size)
-        self._read_all = True
-
-    def close(self, *, complete: bool) -> None:
-        if not (complete and self._read_all):  # never reuse a connection with unread bytes
-            self._response.close()
-        self._response.release_conn()
-
-
-@contextlib.contextmanager
-def _urllib3_errors(transport: Urllib3Transport, what: str) -> Iterator[None]:
-    try:
-        yield
-    except urllib3.exceptions.TimeoutError as exc:
-        raise ServiceError(
-            transport.name, "timeout", f"{what} not finished within {transport.timeout}s"
-        ) from exc
-    except urllib3.exceptions.HTTPError as exc:
-        raise ServiceError(
-            transport.name, "unreachable", f"{what} interrupted: {_short(exc)}"
-        ) from exc
-
-
-# -- httptools ------------------------------------------------------------------------------------
 
 
 class HttptoolsTransport:
@@ -326,7 +85,19 @@ class HttptoolsTransport:
         self, sock: socket.socket, method: str, head: bytes, body: bytes | None
     ) -> _HttptoolsExchange:
         """Send on ``sock`` and wait for the head of the reply; ``sock`` is closed on failure."""
-        exchange = _HttptoolsExchange(self, sock, method)
+        exchange = _HttptoolsExchange(self, sock, method, DEADLINES.watch(sock, self.timeout))
+        try:
+            return self._send_on(exchange, sock, head, body)
+        except (ServiceError, _RetryableError):
+            if not exchange.watch.cancel():  # cut at the deadline: late, not unreachable
+                raise ServiceError(
+                    self.name, "timeout", f"no answer within {self.timeout}s"
+                ) from None
+            raise
+
+    def _send_on(
+        self, exchange: _HttptoolsExchange, sock: socket.socket, head: bytes, body: bytes | None
+    ) -> _HttptoolsExchange:
         try:
             try:
                 if body and len(body) < 64 * 1024:
@@ -351,9 +122,7 @@ class HttptoolsTransport:
             sock.close()
             if not exchange.received:
                 raise _RetryableError from None
-            raise ServiceError(
-                self.name, "unreachable", f"connection lost: {_short(exc)}"
-            ) from None
+            raise ServiceError(self.name, "unreachable", f"connection lost: {short(exc)}") from None
         except BaseException:
             sock.close()
             raise
@@ -391,7 +160,7 @@ class HttptoolsTransport:
             sock = socket.create_connection(self.address, timeout=self.connect_timeout)
         except OSError as exc:  # refused, unresolvable, or not accepted within connect_timeout
             raise ServiceError(
-                self.name, "unreachable", f"connection failed: {_short(exc)}"
+                self.name, "unreachable", f"connection failed: {short(exc)}"
             ) from None
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.settimeout(self.timeout)
@@ -430,9 +199,12 @@ class _RetryableError(Exception):
 class _HttptoolsExchange:
     """One reply, parsed as its bytes arrive; the parser calls the ``on_*`` methods."""
 
-    def __init__(self, transport: HttptoolsTransport, sock: socket.socket, method: str) -> None:
+    def __init__(
+        self, transport: HttptoolsTransport, sock: socket.socket, method: str, watch: Watch
+    ) -> None:
         self._transport = transport
         self._sock: socket.socket | None = sock
+        self.watch = watch  # the whole reply's deadline (deadlines.py)
         self._parser = transport.parser_class(self)
         self._method = method
         self._raw: list[tuple[bytes, bytes]] = []
@@ -511,7 +283,7 @@ class _HttptoolsExchange:
                 self._reusable = False
                 return
             raise ServiceError(
-                self._transport.name, "bad_reply", f"not an HTTP reply ({_short(exc)})"
+                self._transport.name, "bad_reply", f"not an HTTP reply ({short(exc)})"
             ) from None
         # The head may end in the read that passes the limit: it is at most one read longer.
         if len(self._raw) > MAX_HEADERS or (self._in_head and self._head_bytes > MAX_HEAD_BYTES):
@@ -541,20 +313,34 @@ class _HttptoolsExchange:
 
     def read(self, limit: int) -> bytes:
         name = self._transport.name
-        bodiless = _bodiless(self._method, self.status)
-        error = None if bodiless else _too_large(name, self.headers.get("Content-Length"), limit)
+        empty = bodiless(self._method, self.status)
+        error = None if empty else too_large(name, self.headers.get("Content-Length"), limit)
         if error:
             raise error
-        with _socket_errors(self._transport, "reply"):
-            while not self._complete and self._size <= limit:
-                self._receive()
+        try:
+            with _socket_errors(self._transport, "reply"):
+                while not self._complete and self._size <= limit:
+                    self._receive()
+        except ServiceError:
+            if not self.watch.cancel():
+                self._reusable = False
+                raise late(self._transport) from None
+            raise
+        if not self.watch.cancel():
+            # the connection was shut down at the deadline: what came is not all (a reply
+            # without framing ends with its connection), and the connection is spent
+            self._reusable = False
+            raise late(self._transport)
         if self._size > limit:
-            raise _over_limit(name, limit)
+            raise over_limit(name, limit)
         body = b"".join(self._chunks)
         self._chunks = []
         return body
 
     def stream(self, size: int) -> Iterator[bytes]:
+        if not self.watch.cancel():  # a file is paced by its reader: each read has the timeout
+            self._reusable = False
+            raise late(self._transport)
         with _socket_errors(self._transport, "file transfer"):
             while True:
                 if self._chunks:
@@ -565,6 +351,8 @@ class _HttptoolsExchange:
                 self._receive()
 
     def close(self, *, complete: bool) -> None:
+        if not self.watch.cancel():
+            self._reusable = False
         sock, self._sock = self._sock, None
         if sock is None:
             return
@@ -584,5 +372,5 @@ def _socket_errors(transport: HttptoolsTransport, what: str) -> Iterator[None]:
         ) from None
     except (_NoReplyError, OSError) as exc:
         raise ServiceError(
-            transport.name, "unreachable", f"{what} interrupted: {_short(exc)}"
+            transport.name, "unreachable", f"{what} interrupted: {short(exc)}"
         ) from None
