@@ -91,6 +91,10 @@ class Urllib3Transport:
                     self.name, "timeout", f"no answer within {self.timeout}s"
                 ) from exc
             raise self._error(exc) from exc
+        except BaseException:
+            if watch is not None:  # the connection may go back to the pool: leave it whole
+                watch.cancel()
+            raise
         if watch is None:  # never: every connection of the pool is watched
             raise RuntimeError("urllib3 answered without calling getresponse()")
         if not 200 <= response.status <= 599:  # 101 Switching Protocols, or no real status
