@@ -20,6 +20,7 @@ import logging
 import re
 import secrets
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -120,6 +121,7 @@ class Script:
     headers: dict[str, str] = field(default_factory=dict)
     body: bytes | None = None  # the action's raw body instead of ``data`` as JSON
     meta_body: bytes | None = None  # a raw meta reply instead of the JSON one
+    trickle: float = 0.0  # > 0: the action's body sent a byte every ``trickle`` seconds
 
 
 @dataclass
@@ -204,7 +206,17 @@ class HostileService:
     @staticmethod
     def _action(script: Script) -> Response:
         content = script.body if script.body is not None else json.dumps(script.data).encode()
-        response = Response(content, status=script.status, mimetype="application/json")
+        if script.trickle:
+            pace = script.trickle
+
+            def trickled() -> Iterable[bytes]:
+                for i in range(len(content)):
+                    time.sleep(pace)
+                    yield content[i : i + 1]
+
+            response = Response(trickled(), status=script.status, mimetype="application/json")
+        else:
+            response = Response(content, status=script.status, mimetype="application/json")
         for name, value in script.headers.items():  # (any text: UTF-8 bytes on the wire)
             response.headers[name] = value.encode("utf-8").decode("latin-1")
         return response

@@ -26,6 +26,25 @@ def _path(prefix: str = "h") -> str:
     return f"{prefix}{next(_numbers)}"
 
 
+# -- slow replies ----------------------------------------------------------------------------------
+
+
+def test_a_reply_trickled_a_byte_at_a_time_is_cut_at_the_timeout(
+    site: Site, visitor: Visitor
+) -> None:
+    # Each byte comes well within the read timeout; the whole would take a minute.  The page is
+    # a 504 once the mount's timeout (5 s) has passed, and the thread is free again.
+    path = site.hostile.script(
+        _path("trickle"), "<p>{{ title }}</p>", data={"title": "x" * 120}, trickle=0.5
+    )
+    started = time.monotonic()
+    response = visitor.get(f"/hostile/{path}")
+    assert response.status_code == 504
+    assert time.monotonic() - started < 30  # a hang guard, far below the minute of the trickle
+    assert len(site.hostile.requests_to(f"action/{path}")) == 1
+    assert visitor.get("/healthy/").status_code == 200
+
+
 # -- spoofed headers and parameters ----------------------------------------------------------------
 
 
