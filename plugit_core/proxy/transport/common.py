@@ -103,8 +103,14 @@ class Named(Protocol):
     timeout: float
 
 
-def late(transport: Named) -> ServiceError:
-    """The error of a reply cut at its deadline (``proxy/deadlines.py``)."""
+def unanswered(transport: Named) -> ServiceError:
+    """No reply, or not its head, within the service's timeout."""
+    return ServiceError(transport.name, "timeout", f"no answer within {transport.timeout}s")
+
+
+def late(transport: Named, what: str = "reply") -> ServiceError:
+    """``what`` (the reply, a file transfer) not finished within the service's timeout: one read
+    waited that long, or the reply was cut at its deadline (``proxy/deadlines.py``)."""
     return ServiceError(
-        transport.name, "timeout", f"reply not finished within {transport.timeout}s"
+        transport.name, "timeout", f"{what} not finished within {transport.timeout}s"
     )

@@ -12,7 +12,7 @@ import urllib3
 import urllib3.connection
 
 from ..deadlines import DEADLINES, Watch
-from .common import ServiceError, bodiless, late, over_limit, short, too_large
+from .common import ServiceError, bodiless, late, over_limit, short, too_large, unanswered
 
 __all__ = ["Urllib3Transport"]
 
@@ -87,9 +87,7 @@ class Urllib3Transport:
                 watch, _watching.watch = _watching.watch, None
         except urllib3.exceptions.HTTPError as exc:
             if watch is not None and not watch.cancel():  # cut at the deadline: late
-                raise ServiceError(
-                    self.name, "timeout", f"no answer within {self.timeout}s"
-                ) from exc
+                raise unanswered(self) from exc
             raise self._error(exc) from exc
         except BaseException:
             if watch is not None:  # the connection may go back to the pool: leave it whole
@@ -108,7 +106,7 @@ class Urllib3Transport:
         if isinstance(exc, urllib3.exceptions.ConnectTimeoutError):  # (NewConnectionError too)
             return ServiceError(self.name, "unreachable", f"connection failed: {short(exc)}")
         if isinstance(exc, urllib3.exceptions.TimeoutError):
-            return ServiceError(self.name, "timeout", f"no answer within {self.timeout}s")
+            return unanswered(self)
         return ServiceError(self.name, "unreachable", f"{type(exc).__name__}: {short(exc)}")
 
     def close(self) -> None:
@@ -171,9 +169,7 @@ def _urllib3_errors(transport: Urllib3Transport, what: str) -> Iterator[None]:
     try:
         yield
     except urllib3.exceptions.TimeoutError as exc:
-        raise ServiceError(
-            transport.name, "timeout", f"{what} not finished within {transport.timeout}s"
-        ) from exc
+        raise late(transport, what) from exc
     except urllib3.exceptions.HTTPError as exc:
         raise ServiceError(
             transport.name, "unreachable", f"{what} interrupted: {short(exc)}"

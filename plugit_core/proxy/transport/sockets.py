@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 import urllib3
 
 from ..deadlines import DEADLINES, Watch
-from .common import ServiceError, bodiless, late, over_limit, short, too_large
+from .common import ServiceError, bodiless, late, over_limit, short, too_large, unanswered
 
 __all__ = ["HttptoolsTransport"]
 
@@ -90,9 +90,7 @@ class HttptoolsTransport:
             return self._send_on(exchange, sock, head, body)
         except (ServiceError, _RetryableError):
             if not exchange.watch.cancel():  # cut at the deadline: late, not unreachable
-                raise ServiceError(
-                    self.name, "timeout", f"no answer within {self.timeout}s"
-                ) from None
+                raise unanswered(self) from None
             raise
 
     def _send_on(
@@ -117,7 +115,7 @@ class HttptoolsTransport:
             raise _RetryableError from None
         except TimeoutError:
             sock.close()
-            raise ServiceError(self.name, "timeout", f"no answer within {self.timeout}s") from None
+            raise unanswered(self) from None
         except OSError as exc:
             sock.close()
             if not exchange.received:
@@ -367,9 +365,7 @@ def _socket_errors(transport: HttptoolsTransport, what: str) -> Iterator[None]:
     try:
         yield
     except TimeoutError:
-        raise ServiceError(
-            transport.name, "timeout", f"{what} not finished within {transport.timeout}s"
-        ) from None
+        raise late(transport, what) from None
     except (_NoReplyError, OSError) as exc:
         raise ServiceError(
             transport.name, "unreachable", f"{what} interrupted: {short(exc)}"
