@@ -16,7 +16,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import pytest
 from proxy_helpers import STRONG_KEY
@@ -220,6 +220,24 @@ def connect(kind: str) -> Iterator[Callable[[str], Transport]]:
     yield make
     for transport in transports:
         transport.close()
+
+
+@pytest.fixture
+def service_client(kind: str) -> Iterator[Callable[..., ServiceClient]]:
+    """``service_client(url, **mount_options)``: the proxy's client of a service at ``url``
+    (timeout ``TIMEOUT``), over the test's kind of transport, closed after the test."""
+    clients: list[ServiceClient] = []
+
+    def make(url: str, **options: Any) -> ServiceClient:
+        mount = ServiceMount(
+            name="svc", url=url, mount="/x/", title="x", timeout=TIMEOUT, **options
+        )
+        clients.append(ServiceClient(mount, http_client=kind))
+        return clients[-1]
+
+    yield make
+    for client in clients:
+        client.close()
 
 
 def fetch(
@@ -522,6 +540,11 @@ def test_silent_service_times_out(serve, connect):
 TRICKLE = 0.05
 
 
+def trickled(data: bytes, then: Literal["keep", "close", "hang"] = "keep") -> Reply:
+    """``data``'s head at once, then its body a byte every ``TRICKLE`` seconds."""
+    return Reply(data, then=then, pace=TRICKLE, quick=data.index(b"\r\n\r\n") + 4)
+
+
 def test_a_head_trickled_a_byte_at_a_time_times_out_as_a_whole(serve, connect):
     server = serve(Reply(reply(b"x", headers="X-Padding: " + "p" * 200 + "\r\n"), pace=TRICKLE))
     started = time.monotonic()
@@ -539,8 +562,7 @@ def test_a_body_trickled_a_byte_at_a_time_times_out_as_a_whole(serve, connect, f
         # ends when the connection does: cut at the deadline it must not pass for a whole reply
         "unframed": b"HTTP/1.1 200 OK\r\n\r\n" + body,
     }[framing]
-    head_end = data.index(b"\r\n\r\n") + 4
-    server = serve(Reply(data, then="close", pace=TRICKLE, quick=head_end))
+    server = serve(trickled(data, then="close"))
     transport = connect(server.url)
     started = time.monotonic()
     exchange = transport.send("GET", "/", {}, None)
@@ -567,7 +589,7 @@ def test_a_streamed_file_may_take_longer_than_the_reply_deadline(serve, connect)
     # a file on its way to a browser is paced by the browser: only each read has the timeout
     body = b"f" * 30  # 30 x 0.05 s = 1.5 s, three times TIMEOUT
     data = reply(body, headers=f"{protocol.H_FILE}: True\r\n")
-    server = serve(Reply(data, pace=TRICKLE, quick=data.index(b"\r\n\r\n") + 4))
+    server = serve(trickled(data))
     exchange = connect(server.url).send("GET", "/", {}, None)
     try:
         assert b"".join(exchange.stream(8)) == body
@@ -575,31 +597,17 @@ def test_a_streamed_file_may_take_longer_than_the_reply_deadline(serve, connect)
         exchange.close(complete=True)
 
 
-def test_a_trickling_service_opens_its_circuit_like_a_silent_one(serve, kind):
-    data = reply(b"y" * 100)
-    head_end = data.index(b"\r\n\r\n") + 4
-    server = serve(*[Reply(data, then="close", pace=TRICKLE, quick=head_end)] * 2)
-    mount = ServiceMount(
-        name="svc",
-        url=server.url,
-        mount="/x/",
-        title="x",
-        timeout=TIMEOUT,
-        connect_timeout=TIMEOUT,
-        breaker_failures=2,
-    )
-    client = ServiceClient(mount, http_client=kind)
-    try:
-        for _ in range(2):
-            with pytest.raises(ServiceError) as raised:
-                client.send(UpstreamRequest("GET", "page"))
-            assert raised.value.kind == "timeout"
+def test_a_trickling_service_opens_its_circuit_like_a_silent_one(serve, service_client):
+    server = serve(*[trickled(reply(b"y" * 100), then="close")] * 2)
+    client = service_client(server.url, connect_timeout=TIMEOUT, breaker_failures=2)
+    for _ in range(2):
         with pytest.raises(ServiceError) as raised:
             client.send(UpstreamRequest("GET", "page"))
-        assert (raised.value.kind, raised.value.cause) == ("circuit_open", "timeout")
-        assert len(server.requests) == 2  # the third call never reached it
-    finally:
-        client.close()
+        assert raised.value.kind == "timeout"
+    with pytest.raises(ServiceError) as raised:
+        client.send(UpstreamRequest("GET", "page"))
+    assert (raised.value.kind, raised.value.cause) == ("circuit_open", "timeout")
+    assert len(server.requests) == 2  # the third call never reached it
 
 
 def test_nothing_listening_is_unreachable(connect):
@@ -727,51 +735,33 @@ def test_config_takes_httptools_for_plain_http_services():
 # -- through the service client -------------------------------------------------------------------
 
 
-def test_service_client_streams_a_file_and_then_frees_its_slot(serve, kind):
+def test_service_client_streams_a_file_and_then_frees_its_slot(serve, service_client):
     file_header = f"{protocol.H_FILE}: True\r\nContent-Type: application/octet-stream\r\n"
     server = serve(Reply(chunked(b"file ", b"content", headers=file_header)))
-    mount = ServiceMount(
-        name="svc",
-        url=server.url,
-        mount="/x/",
-        title="x",
-        timeout=TIMEOUT,
-        connect_timeout=TIMEOUT,
-        max_concurrency=2,
-    )
-    client = ServiceClient(mount, http_client=kind)
-    try:
-        reply = client.send(UpstreamRequest("GET", "file"))
-        assert reply.stream is not None and reply.body == b""
-        assert client._slots.acquire(blocking=False)  # the stream holds the other one
-        assert not client._slots.acquire(blocking=False)
+    client = service_client(server.url, connect_timeout=TIMEOUT, max_concurrency=2)
+    reply = client.send(UpstreamRequest("GET", "file"))
+    assert reply.stream is not None and reply.body == b""
+    assert client._slots.acquire(blocking=False)  # the stream holds the other one
+    assert not client._slots.acquire(blocking=False)
+    client._slots.release()
+    assert b"".join(reply.stream) == b"file content"
+    for _ in range(client.mount.max_concurrency):
+        assert client._slots.acquire(blocking=False)
+    for _ in range(client.mount.max_concurrency):
         client._slots.release()
-        assert b"".join(reply.stream) == b"file content"
-        for _ in range(mount.max_concurrency):
-            assert client._slots.acquire(blocking=False)
-        for _ in range(mount.max_concurrency):
-            client._slots.release()
-        assert server.requests[0].startswith(b"GET /file HTTP/1.1\r\n")
-    finally:
-        client.close()
+    assert server.requests[0].startswith(b"GET /file HTTP/1.1\r\n")
 
 
-def test_service_client_raises_when_a_streamed_file_is_cut(serve, kind):
+def test_service_client_raises_when_a_streamed_file_is_cut(serve, service_client):
     file_header = f"{protocol.H_FILE}: True\r\nTransfer-Encoding: chunked\r\n"
     cut = f"HTTP/1.1 200 OK\r\n{file_header}\r\n5\r\nhello\r\n".encode()
     server = serve(Reply(cut, then="close"))
-    mount = ServiceMount(
-        name="svc", url=server.url, mount="/x/", title="x", timeout=TIMEOUT, max_concurrency=2
-    )
-    client = ServiceClient(mount, http_client=kind)
-    try:
-        reply = client.send(UpstreamRequest("GET", "file"))
-        assert reply.stream is not None
-        received = []
-        with pytest.raises(ServiceError):  # the browser's transfer must fail too, not end "whole"
-            for piece in reply.stream:
-                received.append(piece)
-        assert b"".join(received) == b"hello"
-        assert client._slots.acquire(blocking=False) and client._slots.acquire(blocking=False)
-    finally:
-        client.close()
+    client = service_client(server.url, max_concurrency=2)
+    reply = client.send(UpstreamRequest("GET", "file"))
+    assert reply.stream is not None
+    received = []
+    with pytest.raises(ServiceError):  # the browser's transfer must fail too, not end "whole"
+        for piece in reply.stream:
+            received.append(piece)
+    assert b"".join(received) == b"hello"
+    assert client._slots.acquire(blocking=False) and client._slots.acquire(blocking=False)
